@@ -1,0 +1,56 @@
+"""What a service is to the bus, whichever bus carries it.
+
+A service is a name plus a map {event model: handler}. A handler is a plain function
+`handler(event, uow, **dependencies)`; `bind_handlers` fills the dependencies by parameter name (as cosmicpython's
+bootstrap does), so the same functions run under a celery worker on Redis or on the in-process bus.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from events.catalog import Event
+from events.unit_of_work import UnitOfWork
+
+Handler = Callable[..., None]
+BoundHandler = Callable[[Event, UnitOfWork], None]
+
+
+class TransientError(Exception):
+    """A failure worth retrying with backoff (a gateway timeout, a lost connection). Anything else is a bug or bad
+    data and goes to the dead-letter store at once, to be replayed after a fix."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service as the bus sees it. `queue` is its one durable queue; it receives exactly the event types it
+    handles."""
+
+    name: str
+    handlers: Mapping[type[Event], Handler]
+    dependencies: Callable[..., Mapping[str, Any]] = field(default=lambda client=None: {})
+    """`dependencies(client)` builds what the handlers need; `client` is a Redis client, or None in process."""
+
+    @property
+    def queue(self) -> str:
+        return self.name
+
+    @property
+    def event_types(self) -> list[str]:
+        return sorted(model.type_name for model in self.handlers)
+
+
+def bind_handlers(spec: ServiceSpec, dependencies: Mapping[str, Any]) -> dict[str, BoundHandler]:
+    """{event type name: handler(event, uow)} with every other parameter injected by name."""
+    bound: dict[str, BoundHandler] = {}
+    for model, handler in spec.handlers.items():
+        wanted = list(inspect.signature(handler).parameters)[2:]
+        missing = [name for name in wanted if name not in dependencies]
+        if missing:
+            raise TypeError(f"{spec.name}: {handler.__name__} needs {missing}, not provided by its bootstrap")
+        bound[model.type_name] = partial(handler, **{name: dependencies[name] for name in wanted})
+    return bound

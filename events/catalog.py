@@ -1,0 +1,98 @@
+"""Every event the services exchange: one pydantic model per (type, version), and the registry that maps them.
+
+The model *is* the contract: a consumer validates the payload against it before any handler runs, unknown fields
+are rejected, and money travels as a decimal string so no float ever rounds a price.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar
+from uuid import UUID
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+
+
+def _decimal_not_float(value: Any) -> Any:
+    if isinstance(value, float):
+        raise ValueError("money must be a decimal string such as '19.99', not a float")
+    return value
+
+
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_decimal_not_float),
+    Field(ge=0, max_digits=14, decimal_places=2),
+    PlainSerializer(lambda amount: f"{amount:.2f}", return_type=str),
+]
+
+
+class Event(BaseModel):
+    """Base of every payload. Subclasses set `type_name` and `version`, the two halves of the routing key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type_name: ClassVar[str]
+    version: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.type_name = cls.__name__
+
+
+class OrderLine(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    product_id: str = Field(min_length=1, max_length=100)
+    quantity: int = Field(gt=0, le=10_000)
+    unit_price: Money
+
+
+class OrderCreated(Event):
+    order_id: UUID
+    customer_id: str
+    items: tuple[OrderLine, ...]
+    total: Money
+    payment_method: str
+
+
+class PaymentProcessed(Event):
+    order_id: UUID
+    payment_id: UUID
+    amount: Money
+
+
+class PaymentFailed(Event):
+    order_id: UUID
+    amount: Money
+    reason: str
+
+
+class OrderConfirmed(Event):
+    order_id: UUID
+    customer_id: str
+    total: Money
+
+
+class OrderCancelled(Event):
+    order_id: UUID
+    customer_id: str
+    total: Money
+    reason: str
+
+
+class NotificationSent(Event):
+    notification_id: UUID
+    order_id: UUID
+    customer_id: str
+    about: str = Field(description="the event type the customer was told about")
+
+
+EVENT_TYPES: dict[tuple[str, int], type[Event]] = {
+    (model.type_name, model.version): model
+    for model in (OrderCreated, PaymentProcessed, PaymentFailed, OrderConfirmed, OrderCancelled, NotificationSent)
+}
+
+
+def event_model(type_name: str, version: int) -> type[Event] | None:
+    return EVENT_TYPES.get((type_name, version))

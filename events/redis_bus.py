@@ -1,0 +1,558 @@
+"""The Redis bus: topology, transactional publishing, and the celery consumer runtime.
+
+Design (see the broker notes in the README for the pitfalls each choice avoids):
+
+* Topology. One kombu *direct* exchange, `shop.events`; each service owns one durable queue (a Redis list) bound
+  with the exact event type names it handles. `declare_topology` writes those bindings; `shop up`, every worker and
+  every publisher run it before publishing, so an event published while a subscriber is down waits in its queue.
+* Publishing. A publisher routes in Python from the binding table (cached for `topology_refresh` seconds, not read
+  per message) and stages, for each bound queue, a complete celery task message addressed to that queue *through the
+  default exchange*. Redelivery and celery retries of such a message stay in that one queue: no extra copies in
+  other services' queues (the fan-out-on-redelivery pitfall). An event bound to no queue is dead-lettered as
+  "unroutable" in the same step.
+* Atomicity. The service keeps its own documents in this Redis, under `shop:<service>:`. One Lua script checks the
+  inbox and the versions of what the handler read, then writes the documents, the inbox mark and the LPUSH of every
+  outgoing message. This is the transactional outbox without a relay: the queue *is* the outbox, so "state saved
+  but event never published" cannot happen, and nothing is left for a relay to lose. The price is that a service's
+  store lives beside the broker; a service on its own SQL database would need the classic outbox table + relay.
+* Consumption. Each service runs a celery worker (acks_late, reject_on_worker_lost, per-service unacked keys and
+  visibility timeout). Every message is verified (signature, size, JSON, schema, known type) before any handler
+  runs; rejects, poison messages and exhausted retries go to the service's dead-letter store with their reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import redis
+from celery import Celery
+from celery.worker.consumer import Consumer
+from kombu import Connection, Exchange, Queue, binding
+
+from events.bus import BoundHandler, ServiceSpec, TransientError, bind_handlers
+from events.envelope import Envelope, RejectedMessage, Sealed, open_envelope, seal
+from events.settings import BusSettings
+from events.unit_of_work import AlreadyHandled, ConcurrentUpdate, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+EVENTS_EXCHANGE = Exchange("shop.events", type="direct", durable=True)
+UNROUTABLE = "unroutable"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Key names: the one place that says where things live in Redis.
+# --------------------------------------------------------------------------------------------------------------------
+class Keys:
+    @staticmethod
+    def document(service: str, collection: str, key: str) -> str:
+        return f"shop:{service}:{collection}:{key}"
+
+    @staticmethod
+    def inbox(service: str, event_id: UUID | str) -> str:
+        return f"shop:{service}:inbox:{event_id}"
+
+    @staticmethod
+    def deliveries(service: str, event_id: UUID | str) -> str:
+        return f"shop:{service}:deliveries:{event_id}"
+
+    @staticmethod
+    def dead_letters(service: str) -> str:
+        return f"shop:deadletter:{service}"
+
+    @staticmethod
+    def retries(service: str) -> str:
+        return f"shop:stats:{service}:retries"
+
+    @staticmethod
+    def unacked(service: str) -> dict[str, str]:
+        return {
+            "unacked_key": f"shop:{service}:unacked",
+            "unacked_index_key": f"shop:{service}:unacked_index",
+            "unacked_mutex_key": f"shop:{service}:unacked_mutex",
+        }
+
+
+def redis_client(settings: BusSettings) -> redis.Redis:
+    options: dict[str, Any] = {"health_check_interval": 30}
+    if settings.redis_url.startswith("rediss://"):
+        options["ssl_cert_reqs"] = settings.redis_ssl_cert_reqs
+    return redis.Redis.from_url(settings.redis_url, **options)
+
+
+def _kombu_ssl(settings: BusSettings) -> dict[str, Any] | None:
+    """rediss:// without explicit `ssl_cert_reqs` would skip certificate checks; always pass it."""
+    if not settings.redis_url.startswith("rediss://"):
+        return None
+    import ssl
+
+    return {"ssl_cert_reqs": getattr(ssl, f"CERT_{settings.redis_ssl_cert_reqs.upper()}")}
+
+
+def kombu_connection(settings: BusSettings) -> Connection:
+    return Connection(settings.redis_url, ssl=_kombu_ssl(settings) or False)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Topology
+# --------------------------------------------------------------------------------------------------------------------
+def service_queue(spec: ServiceSpec) -> Queue:
+    """The queue as declared for routing: durable, bound with each exact event type (no wildcards)."""
+    return Queue(
+        spec.queue,
+        bindings=[binding(EVENTS_EXCHANGE, routing_key=type_name) for type_name in spec.event_types],
+        durable=True,
+    )
+
+
+def declare_topology(settings: BusSettings, specs: list[ServiceSpec]) -> None:
+    """Idempotent: writes the exchange's bindings so publishers can route before any worker ever ran."""
+    with kombu_connection(settings) as connection:
+        channel = connection.default_channel
+        for spec in specs:
+            service_queue(spec).declare(channel=channel)
+
+
+class Router:
+    """Event type -> bound queues, read from kombu's binding table and cached briefly.
+
+    The cache keeps a topology read off the hot path; bindings only change when a new service is declared, which
+    `shop up` does before anything is published."""
+
+    def __init__(self, settings: BusSettings, connection: Connection) -> None:
+        self._channel = connection.default_channel
+        self._ttl = settings.topology_refresh
+        self._table: dict[str, list[str]] = {}
+        self._loaded_at = float("-inf")
+
+    def queues_for(self, event_type: str) -> list[str]:
+        if time.monotonic() - self._loaded_at > self._ttl:
+            table: dict[str, list[str]] = {}
+            for routing_key, _pattern, queue in self._channel.get_table(EVENTS_EXCHANGE.name):
+                table.setdefault(routing_key, []).append(queue)
+            self._table = {key: sorted(set(queues)) for key, queues in table.items()}
+            self._loaded_at = time.monotonic()
+        return self._table.get(event_type, [])
+
+
+class _CommandCollector:
+    """Receives the final Redis commands kombu would run for a publish (its batch-publish hook), so they can run
+    inside our own atomic script instead of a separate round trip."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, tuple[Any, ...]]] = []
+
+    def add(self, name: str, *args: Any) -> None:
+        self.commands.append((name, args))
+
+
+class MessageFactory:
+    """Builds the exact celery task message (protocol 2, JSON) that a worker of `queue` will execute, addressed
+    through the default exchange so that any redelivery or retry goes back to that queue only."""
+
+    def __init__(self, settings: BusSettings, app: Celery) -> None:
+        self._settings = settings
+        self._app = app
+        self._connection = kombu_connection(settings)
+        self._channel = self._connection.default_channel
+
+    def task_name(self, queue: str) -> str:
+        return f"{queue}.handle_event"
+
+    def build(self, queue: str, sealed: Sealed, task_id: str) -> tuple[str, str]:
+        """(Redis list key, serialized message) for one delivery of `sealed` to `queue`."""
+        from kombu.serialization import dumps
+
+        message = self._app.amqp.as_task_v2(
+            task_id, self.task_name(queue), args=(), kwargs=sealed.model_dump(), ignore_result=True
+        )
+        content_type, content_encoding, body = dumps(message.body, serializer="json")
+        prepared = self._channel.prepare_message(
+            body, 0, content_type, content_encoding, message.headers, message.properties
+        )
+        collector = _CommandCollector()
+        self._channel.basic_publish(prepared, "", queue, _publish_batch=collector)
+        [(command, (key, payload))] = collector.commands
+        assert command == "lpush", command
+        return key, payload
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The atomic step
+# --------------------------------------------------------------------------------------------------------------------
+# KEYS: inbox ('' when the work has no cause), deliveries counter ('' likewise), n document keys, then list keys.
+# ARGV: n, inbox ttl, n expected versions, n documents, then one payload per list key.
+# Returns 1 committed, 0 already handled, -1 a document changed since it was read.
+COMMIT_SCRIPT = """
+local n = tonumber(ARGV[1])
+if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 1, n do
+  local current = redis.call('HGET', KEYS[2 + i], 'v') or '0'
+  if current ~= ARGV[2 + i] then return -1 end
+end
+for i = 1, n do
+  redis.call('HSET', KEYS[2 + i], 'v', tonumber(ARGV[2 + i]) + 1, 'd', ARGV[2 + n + i])
+end
+if KEYS[1] ~= '' then redis.call('SET', KEYS[1], '1', 'EX', ARGV[2]) end
+if KEYS[2] ~= '' then redis.call('DEL', KEYS[2]) end
+local a = 3 + 2 * n
+for k = 3 + n, #KEYS do
+  if string.sub(KEYS[k], 1, 15) == 'shop:deadletter' then
+    local record = cjson.decode(ARGV[a])
+    redis.call('HSET', KEYS[k], record['id'], ARGV[a])
+  else
+    redis.call('LPUSH', KEYS[k], ARGV[a])
+  end
+  a = a + 1
+end
+return 1
+"""
+
+
+class RedisPublisher:
+    """Everything a process needs to commit units of work and publish: client, router, message factory, script."""
+
+    def __init__(self, settings: BusSettings, app: Celery | None = None) -> None:
+        self.settings = settings
+        self.redis = redis_client(settings)
+        self.app = app or make_celery_app("shop.publisher", settings)
+        self.messages = MessageFactory(settings, self.app)
+        self.router = Router(settings, self.messages._connection)
+        self._commit = self.redis.register_script(COMMIT_SCRIPT)
+
+    def unit_of_work(self, service: str, cause: Envelope | None = None) -> RedisUnitOfWork:
+        return RedisUnitOfWork(self, service, cause)
+
+    def commit(self, uow: UnitOfWork) -> None:
+        uow.commit()
+
+    def deliveries_for(self, envelope: Envelope) -> list[tuple[str, str]]:
+        """(list key, payload) pairs: one message per subscribed queue, or one unroutable dead letter."""
+        sealed = seal(envelope, self.settings.key)
+        queues = self.router.queues_for(envelope.type)
+        if not queues:
+            record = dead_letter_record(
+                UNROUTABLE, f"unroutable: no queue is bound to {envelope.type}", "", sealed, attempts=0
+            )
+            return [(Keys.dead_letters(UNROUTABLE), json.dumps(record))]
+        return [self.messages.build(queue, sealed, f"{envelope.event_id}:{queue}") for queue in queues]
+
+    def publish(self, *envelopes: Envelope) -> None:
+        """Publish outside any unit of work (sample events, replays): still one atomic step for all of them."""
+        pushes = [delivery for envelope in envelopes for delivery in self.deliveries_for(envelope)]
+        self._commit(keys=["", "", *(key for key, _ in pushes)], args=[0, 0, *(payload for _, payload in pushes)])
+
+    def enqueue_sealed(self, queue: str, sealed: Sealed) -> None:
+        """Put a signed message straight into one service's queue (dead-letter replay)."""
+        key, payload = self.messages.build(queue, sealed, f"replay:{uuid4()}")
+        self.redis.lpush(key, payload)
+
+
+class RedisUnitOfWork(UnitOfWork):
+    def __init__(self, publisher: RedisPublisher, service: str, cause: Envelope | None = None) -> None:
+        super().__init__(service, cause)
+        self._publisher = publisher
+        self._redis = publisher.redis
+        self._versions: dict[tuple[str, str], str] = {}
+
+    def get(self, collection: str, key: str) -> dict[str, Any] | None:
+        version, data = self._redis.hmget(Keys.document(self.service, collection, key), "v", "d")
+        self._versions[(collection, key)] = version.decode() if version else "0"
+        return None if data is None else json.loads(data)
+
+    def already_handled(self) -> bool:
+        return self.cause is not None and bool(self._redis.exists(Keys.inbox(self.service, self.cause.event_id)))
+
+    def commit(self) -> None:
+        writes = list(self._writes.items())
+        pushes = [delivery for envelope in self.outbox for delivery in self._publisher.deliveries_for(envelope)]
+        keys = [
+            Keys.inbox(self.service, self.cause.event_id) if self.cause else "",
+            Keys.deliveries(self.service, self.cause.event_id) if self.cause else "",
+            *(Keys.document(self.service, collection, key) for (collection, key), _ in writes),
+            *(key for key, _ in pushes),
+        ]
+        args = [
+            len(writes),
+            self._publisher.settings.inbox_ttl,
+            *(self._versions.get(name, "0") for name, _ in writes),
+            *(json.dumps(document, separators=(",", ":")) for _, document in writes),
+            *(payload for _, payload in pushes),
+        ]
+        outcome = self._publisher._commit(keys=keys, args=args)
+        if outcome == 0:
+            raise AlreadyHandled(str(self.cause.event_id if self.cause else ""))
+        if outcome == -1:
+            raise ConcurrentUpdate(", ".join(f"{c}/{k}" for (c, k), _ in writes))
+        self.committed, self.outbox, self._writes = self.outbox, [], {}
+
+
+def scan_documents(client: redis.Redis, service: str, collection: str) -> dict[str, dict[str, Any]]:
+    """Every document of one collection (for status, checks and tests; never on a hot path)."""
+    prefix = Keys.document(service, collection, "")
+    found: dict[str, dict[str, Any]] = {}
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    for start in range(0, len(keys), 500):
+        batch = keys[start : start + 500]
+        with client.pipeline(transaction=False) as pipe:
+            for key in batch:
+                pipe.hget(key, "d")
+            for key, data in zip(batch, pipe.execute()):
+                if data is not None:
+                    found[key.decode()[len(prefix) :]] = json.loads(data)
+    return found
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Dead letters
+# --------------------------------------------------------------------------------------------------------------------
+def dead_letter_record(
+    service: str, reason: str, detail: str, message: Sealed | dict[str, Any] | str | None, attempts: int
+) -> dict[str, Any]:
+    if isinstance(message, Sealed):
+        message = message.model_dump()
+    return {
+        "id": uuid4().hex[:12],
+        "service": service,
+        "reason": reason,
+        "detail": detail[:4000],
+        "attempts": attempts,
+        "dead_at": datetime.now(UTC).isoformat(),
+        "message": message,
+    }
+
+
+class DeadLetterStore:
+    """One Redis hash per service: id -> record with the reason, attempts and the original message, so a dead
+    letter can be read, understood and replayed after the fix."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def add(self, service: str, reason: str, detail: str, message: Any, attempts: int) -> dict[str, Any]:
+        record = dead_letter_record(service, reason, detail, message, attempts)
+        self.redis.hset(Keys.dead_letters(service), record["id"], json.dumps(record))
+        log.warning("dead-lettered %s in %s: %s %s", record["id"], service, reason, detail[:200])
+        return record
+
+    def services(self) -> list[str]:
+        return sorted(key.decode().rsplit(":", 1)[1] for key in self.redis.scan_iter(match=Keys.dead_letters("*")))
+
+    def list(self, service: str | None = None) -> list[dict[str, Any]]:
+        records = []
+        for name in [service] if service else self.services():
+            records += [json.loads(raw) for raw in self.redis.hvals(Keys.dead_letters(name))]
+        return sorted(records, key=lambda record: record["dead_at"])
+
+    def counts(self) -> dict[str, int]:
+        return {name: self.redis.hlen(Keys.dead_letters(name)) for name in self.services()}
+
+    def get(self, record_id: str) -> dict[str, Any] | None:
+        for record in self.list():
+            if record["id"] == record_id:
+                return record
+        return None
+
+    def remove(self, record: dict[str, Any]) -> bool:
+        return bool(self.redis.hdel(Keys.dead_letters(record["service"]), record["id"]))
+
+    def purge(self, service: str | None = None) -> int:
+        names = [service] if service else self.services()
+        return sum(self.redis.hlen(Keys.dead_letters(name)) for name in names) if names and self.redis.delete(
+            *(Keys.dead_letters(name) for name in names)
+        ) else 0
+
+    def replay(self, record: dict[str, Any], publisher: RedisPublisher) -> str:
+        """Re-inject the original signed message. Unroutable ones are routed again (a subscriber may exist now);
+        others go back to the owning service's queue with a fresh delivery count."""
+        message = record.get("message")
+        if not isinstance(message, dict) or set(message) != {"envelope", "signature"}:
+            raise ValueError(f"dead letter {record['id']} holds no replayable envelope (reason: {record['reason']})")
+        sealed = Sealed.model_validate(message)
+        if record["service"] == UNROUTABLE:
+            envelope = Envelope.model_validate_json(sealed.envelope)
+            if not publisher.router.queues_for(envelope.type):
+                raise ValueError(f"still no subscriber for {envelope.type}")
+            publisher.publish(envelope)
+            target = ",".join(publisher.router.queues_for(envelope.type))
+        else:
+            envelope_id = _event_id_of(sealed.envelope)
+            if envelope_id:
+                self.redis.delete(Keys.deliveries(record["service"], envelope_id))
+            publisher.enqueue_sealed(record["service"], sealed)
+            target = record["service"]
+        self.remove(record)
+        return target
+
+
+def _event_id_of(raw: str) -> str | None:
+    try:
+        return str(json.loads(raw).get("event_id") or "") or None
+    except (ValueError, AttributeError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The consumer runtime
+# --------------------------------------------------------------------------------------------------------------------
+def make_celery_app(name: str, settings: BusSettings, service: str | None = None) -> Celery:
+    app = Celery(name, broker=settings.redis_url, set_as_current=False)
+    transport_options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    if service:
+        transport_options.update(Keys.unacked(service))
+    if _kombu_ssl(settings):
+        app.conf.broker_use_ssl = _kombu_ssl(settings)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=settings.prefetch_multiplier,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        worker_consumer="events.redis_bus:DeadLetteringConsumer",
+    )
+    return app
+
+
+class ServiceRuntime:
+    """Runs one service's handlers for messages delivered by celery: verify, deduplicate, handle, commit."""
+
+    def __init__(self, spec: ServiceSpec, settings: BusSettings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.app = make_celery_app(spec.name, settings, service=spec.name)
+        self.app.conf.task_queues = [Queue(spec.queue, Exchange(""), routing_key=spec.queue)]
+        self.app.conf.task_default_queue = spec.queue
+        self.publisher = RedisPublisher(settings, self.app)
+        self.redis = self.publisher.redis
+        self.dead_letters = DeadLetterStore(self.redis)
+        self.handlers: dict[str, BoundHandler] = bind_handlers(spec, spec.dependencies(self.redis))
+        self.app.shop_runtime = self  # the consumer step dead-letters through it
+
+        def handle_event(task: Any, *args: Any, **kwargs: Any) -> str:
+            """The one celery task of this service. It takes anything, so that a malformed message reaches the
+            dead-letter store through `handle` instead of failing inside celery and being acknowledged."""
+            envelope, signature = kwargs.pop("envelope", None), kwargs.pop("signature", None)
+            if args:
+                kwargs["args"] = list(args)
+            return self.handle(envelope, signature, kwargs, retries=task.request.retries, task=task)
+
+        self.task = self.app.task(name=self.publisher.messages.task_name(spec.queue), bind=True)(handle_event)
+
+    def declare(self) -> None:
+        declare_topology(self.settings, [self.spec])
+
+    def handle(
+        self, raw: Any, signature: Any, unexpected: Mapping[str, Any] | None = None, retries: int = 0, task: Any = None
+    ) -> str:
+        """Returns the outcome (handled, duplicate, dead-lettered, retried); raises celery's Retry to retry."""
+        message = {"envelope": raw, "signature": signature, **(unexpected or {})}
+        try:
+            if unexpected:
+                raise RejectedMessage("malformed message", f"unexpected fields {sorted(unexpected)}")
+            envelope, event = open_envelope(
+                raw, signature, key=self.settings.key, max_bytes=self.settings.max_message_bytes
+            )
+            handler = self.handlers.get(envelope.type)
+            if handler is None:
+                raise RejectedMessage("no handler", f"{self.spec.name} does not handle {envelope.type}")
+        except RejectedMessage as rejected:
+            self.dead_letters.add(self.spec.name, rejected.reason, rejected.detail, message, attempts=1)
+            return "dead-lettered"
+
+        deliveries_key = Keys.deliveries(self.spec.name, envelope.event_id)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(Keys.inbox(self.spec.name, envelope.event_id))
+            pipe.incr(deliveries_key)
+            pipe.expire(deliveries_key, self.settings.inbox_ttl)
+            handled_before, deliveries, _ = pipe.execute()
+        if handled_before:
+            self.redis.delete(deliveries_key)
+            return "duplicate"
+        if deliveries > self.settings.max_deliveries:
+            self.dead_letters.add(
+                self.spec.name,
+                "poison message",
+                f"delivered {deliveries - 1} times without finishing (the worker died each time)",
+                message,
+                attempts=deliveries - 1,
+            )
+            self.redis.delete(deliveries_key)
+            return "dead-lettered"
+
+        uow = self.publisher.unit_of_work(self.spec.name, envelope)
+        try:
+            handler(event, uow)
+            uow.commit()
+        except AlreadyHandled:
+            return "duplicate"
+        except (TransientError, ConcurrentUpdate, redis.ConnectionError, redis.TimeoutError) as exc:
+            self.redis.delete(deliveries_key)
+            if retries >= self.settings.max_retries or task is None:
+                self.dead_letters.add(self.spec.name, "retries exhausted", repr(exc), message, attempts=retries + 1)
+                return "dead-lettered"
+            self.redis.incr(Keys.retries(self.spec.name))
+            raise task.retry(exc=exc, countdown=self.settings.retry_backoff * 2**retries, max_retries=None)
+        except Exception as exc:  # noqa: BLE001 - a bug in a handler: keep the message, keep the worker
+            log.exception("%s: handler for %s failed", self.spec.name, envelope.type)
+            self.redis.delete(deliveries_key)
+            self.dead_letters.add(
+                self.spec.name, "handler error", "".join(traceback.format_exception(exc)), message, attempts=1
+            )
+            return "dead-lettered"
+        return "handled"
+
+
+class DeadLetteringConsumer(Consumer):
+    """Celery acknowledges (deletes) a message it cannot decode or that is not a known task. Dead-letter it first,
+    with the raw body, so nothing malformed disappears."""
+
+    def _dead_letter(self, message: Any, reason: str, detail: str) -> None:
+        runtime: ServiceRuntime | None = getattr(self.app, "shop_runtime", None)
+        if runtime is None:
+            return
+        try:
+            body = message.body.decode(errors="replace") if isinstance(message.body, bytes) else message.body
+        except Exception:  # noqa: BLE001
+            body = repr(message.body)
+        runtime.dead_letters.add(
+            runtime.spec.name, reason, detail, {"raw_body": str(body)[:65536], "headers": _safe(message.headers)}, 1
+        )
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        self._dead_letter(message, "undecodable message", repr(exc))
+        super().on_decode_error(message, exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._dead_letter(message, "not a task message", "")
+        super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._dead_letter(message, "unknown task", repr(exc))
+        super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._dead_letter(message, "invalid task message", repr(exc))
+        super().on_invalid_task(body, message, exc)
+
+
+def _safe(headers: Any) -> Any:
+    try:
+        json.dumps(headers)
+        return headers
+    except (TypeError, ValueError):
+        return repr(headers)

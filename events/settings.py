@@ -1,0 +1,50 @@
+"""Configuration of the bus, read from the environment (prefix `SHOP_`, plus the conventional `REDIS_URL`).
+
+One class, so every process (workers, API, CLI, tests) agrees on queue names, limits and keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class BusSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHOP_", extra="ignore")
+
+    redis_url: str = Field(
+        DEFAULT_REDIS_URL,
+        validation_alias=AliasChoices("REDIS_URL", "SHOP_REDIS_URL"),
+        description="Broker and stores. Password/ACL user go in the URL (redis://user:pass@host:port/db); "
+        "rediss:// enables TLS with certificate checks on (see `redis_ssl_cert_reqs`).",
+    )
+    redis_ssl_cert_reqs: str = Field("required", description="for rediss://: required | optional | none")
+    signing_key: SecretStr = Field(
+        SecretStr("dev-only-signing-key-change-me"),
+        description="HMAC key shared by every service; set a real secret outside a laptop demo.",
+    )
+    max_message_bytes: int = Field(64 * 1024, description="larger envelopes are dead-lettered unread")
+    visibility_timeout: float = Field(
+        60.0, description="seconds before an unacknowledged message (its worker died) is delivered again"
+    )
+    prefetch_multiplier: int = 4
+    worker_pool: str = "solo"
+    max_retries: int = Field(4, description="transient failures are retried this often before dead-lettering")
+    retry_backoff: float = Field(0.2, description="first retry delay in seconds; doubles each attempt")
+    max_deliveries: int = Field(
+        5, description="deliveries that never finished (the worker died) before a message is treated as poison"
+    )
+    inbox_ttl: int = Field(7 * 24 * 3600, description="seconds a handled event id is remembered for deduplication")
+    topology_refresh: float = Field(2.0, description="seconds a publisher caches the routing table")
+    var_dir: Path = Field(Path("var"), description="where local files (notification log, embedded Redis) live")
+    fault_injection: bool = Field(
+        False, description="enables the gateway's test behaviours (card_slow, card_crash); never in production"
+    )
+
+    @property
+    def key(self) -> bytes:
+        return self.signing_key.get_secret_value().encode()

@@ -1,0 +1,1 @@
+"""Tells customers how their order ended, once per outcome."""

@@ -1,0 +1,39 @@
+"""A notification to a customer. Its id is derived from the order and the outcome, so every redelivery of the same
+outcome describes the same notification, and the log can refuse a second copy."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from events.catalog import OrderCancelled, OrderConfirmed
+
+
+class Notification(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: UUID
+    event_id: UUID
+    order_id: UUID
+    customer_id: str
+    type: str
+    message: str
+    sent_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def about(cls, event: OrderConfirmed | OrderCancelled, event_id: UUID) -> Notification:
+        short = str(event.order_id)[:8]
+        if isinstance(event, OrderConfirmed):
+            message = f"Hello {event.customer_id}, your order {short} is confirmed: {event.total} charged. Thank you!"
+        else:
+            message = f"Hello {event.customer_id}, your order {short} was cancelled: {event.reason}. Nothing was charged."
+        return cls(
+            id=uuid5(NAMESPACE_URL, f"shop:notification:{event.order_id}:{event.type_name}"),
+            event_id=event_id,
+            order_id=event.order_id,
+            customer_id=event.customer_id,
+            type=event.type_name,
+            message=message,
+        )

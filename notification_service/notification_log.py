@@ -1,0 +1,75 @@
+"""The notification log: one JSON object per line, the customer-visible "sent" channel of this demo.
+
+A file cannot join a Redis transaction, so exactly-once is made here: the log knows every notification id it holds
+and refuses a second line for the same id, under an exclusive lock so two workers sharing the file cannot both
+write it. A crash after the line is written but before the service commits is therefore harmless: the redelivery
+finds the line and only commits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class NotificationLog:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+b")  # noqa: SIM115 - held for the life of the worker
+        self._known: set[str] = set()
+        self._read_up_to = 0
+
+    def send(self, notification_id: str, line: dict[str, Any]) -> bool:
+        """Append `line` unless a line for `notification_id` is already there. True if it was written now."""
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        try:
+            self._catch_up()
+            if notification_id in self._known:
+                return False
+            prefix = b"" if self._read_up_to == 0 or self._ends_with_newline() else b"\n"
+            self._file.write(prefix + json.dumps(line, separators=(",", ":")).encode() + b"\n")
+            self._file.flush()
+            self._read_up_to = self._file.tell()
+            self._known.add(notification_id)
+            return True
+        finally:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+
+    def _catch_up(self) -> None:
+        """Learn the ids of lines appended since we last looked (by other workers, or before a restart)."""
+        self._file.seek(self._read_up_to)
+        chunk = self._file.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        for raw in complete.splitlines():
+            try:
+                self._known.add(str(json.loads(raw)["notification_id"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn line left by a crash mid-write: never ours to count
+        self._read_up_to += len(complete)
+
+    def _ends_with_newline(self) -> bool:
+        size = os.fstat(self._file.fileno()).st_size
+        if size == 0:
+            return True
+        self._file.seek(size - 1)
+        return self._file.read(1) == b"\n"
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_notifications(path: Path) -> list[dict[str, Any]]:
+    """Every complete line of the log (for `shop logs`, checks and tests)."""
+    if not Path(path).exists():
+        return []
+    lines = []
+    for raw in Path(path).read_bytes().splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:
+            continue
+    return lines

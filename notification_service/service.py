@@ -1,0 +1,32 @@
+"""The notification service as the bus sees it, and the dependencies its handlers get."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import redis
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from events.bus import ServiceSpec
+from events.catalog import OrderCancelled, OrderConfirmed
+from notification_service import handlers
+from notification_service.notification_log import NotificationLog
+
+
+class NotificationSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHOP_", extra="ignore")
+
+    notification_log: Path = Field(Path("var/notifications.log"), description="one JSON notification per line")
+
+
+def dependencies(client: redis.Redis | None = None) -> dict[str, Any]:
+    return {"notifications": NotificationLog(NotificationSettings().notification_log)}
+
+
+SERVICE = ServiceSpec(
+    name="notification_service",
+    handlers={OrderConfirmed: handlers.notify_customer, OrderCancelled: handlers.notify_customer},
+    dependencies=dependencies,
+)

@@ -1,0 +1,1 @@
+"""Owns orders: places them, and settles them when payment succeeds or fails."""

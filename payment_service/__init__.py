@@ -1,0 +1,1 @@
+"""Owns payments: charges each order once through the (simulated) card gateway."""

@@ -1,0 +1,128 @@
+"""A simulated card gateway with deterministic outcomes, so tests and demos choose what happens.
+
+Like a real gateway it takes an idempotency key (the order id): asking twice for the same key returns the first
+result and never charges again. Its ledger of real charges is what the chaos run audits for double charging.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
+from uuid import uuid4
+
+import redis
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from events.bus import TransientError
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHOP_GATEWAY_", extra="ignore")
+
+    limit: Decimal = Field(Decimal("10000.00"), description="orders above this are declined: insufficient funds")
+    flaky_failures: int = Field(2, description="card_flaky: the gateway times out this many times, then charges")
+    delay: float = Field(0.0, description="seconds every charge takes (a slow gateway, to study scaling)")
+    slow_seconds: float = Field(3.0, description="card_slow (fault injection only): seconds the charge hangs")
+    fault_injection: bool = Field(False, validation_alias="SHOP_FAULT_INJECTION")
+
+
+class GatewayUnavailable(TransientError):
+    """The gateway timed out; the charge did not happen and may be retried."""
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    approved: bool
+    reference: str | None = None
+    reason: str | None = None
+
+
+class Ledger(Protocol):
+    def recall(self, idempotency_key: str) -> ChargeResult | None: ...
+    def record(self, idempotency_key: str, result: ChargeResult) -> ChargeResult: ...
+    def count_attempt(self, idempotency_key: str) -> int: ...
+
+
+class InMemoryLedger:
+    def __init__(self) -> None:
+        self.results: dict[str, ChargeResult] = {}
+        self.charges: list[str] = []
+        self.attempts: dict[str, int] = {}
+
+    def recall(self, idempotency_key: str) -> ChargeResult | None:
+        return self.results.get(idempotency_key)
+
+    def record(self, idempotency_key: str, result: ChargeResult) -> ChargeResult:
+        if idempotency_key in self.results:
+            return self.results[idempotency_key]
+        self.results[idempotency_key] = result
+        if result.approved:
+            self.charges.append(idempotency_key)
+        return result
+
+    def count_attempt(self, idempotency_key: str) -> int:
+        self.attempts[idempotency_key] = self.attempts.get(idempotency_key, 0) + 1
+        return self.attempts[idempotency_key]
+
+
+class RedisLedger:
+    """The gateway's own books (keys `shop:gateway:*`): results by idempotency key, and a list of real charges."""
+
+    RESULTS, CHARGES, ATTEMPTS = "shop:gateway:results", "shop:gateway:charges", "shop:gateway:attempts"
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def recall(self, idempotency_key: str) -> ChargeResult | None:
+        raw = self.redis.hget(self.RESULTS, idempotency_key)
+        return None if raw is None else _decode(raw)
+
+    def record(self, idempotency_key: str, result: ChargeResult) -> ChargeResult:
+        if not self.redis.hsetnx(self.RESULTS, idempotency_key, _encode(result)):
+            return self.recall(idempotency_key)  # type: ignore[return-value]
+        if result.approved:
+            self.redis.rpush(self.CHARGES, idempotency_key)
+        return result
+
+    def count_attempt(self, idempotency_key: str) -> int:
+        return int(self.redis.hincrby(self.ATTEMPTS, idempotency_key, 1))
+
+
+def _encode(result: ChargeResult) -> str:
+    return f"{int(result.approved)}|{result.reference or ''}|{result.reason or ''}"
+
+
+def _decode(raw: bytes) -> ChargeResult:
+    approved, reference, reason = raw.decode().split("|", 2)
+    return ChargeResult(approved == "1", reference or None, reason or None)
+
+
+class SimulatedGateway:
+    def __init__(self, ledger: Ledger, settings: GatewaySettings | None = None) -> None:
+        self.ledger = ledger
+        self.settings = settings or GatewaySettings()
+
+    def charge(self, idempotency_key: str, amount: Decimal, payment_method: str) -> ChargeResult:
+        previous = self.ledger.recall(idempotency_key)
+        if previous is not None:
+            return previous
+        if self.settings.delay:
+            time.sleep(self.settings.delay)
+        if payment_method == "card_flaky" and self.ledger.count_attempt(idempotency_key) <= self.settings.flaky_failures:
+            raise GatewayUnavailable(f"gateway timeout for {idempotency_key}")
+        if self.settings.fault_injection:
+            if payment_method == "card_slow":
+                time.sleep(self.settings.slow_seconds)
+            elif payment_method == "card_crash":
+                os._exit(70)  # a poison message: the process dies on it, every time
+        if payment_method == "card_declined":
+            result = ChargeResult(False, reason="card declined")
+        elif amount > self.settings.limit:
+            result = ChargeResult(False, reason=f"insufficient funds (limit {self.settings.limit})")
+        else:
+            result = ChargeResult(True, reference=f"ch_{uuid4().hex[:16]}")
+        return self.ledger.record(idempotency_key, result)

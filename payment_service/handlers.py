@@ -1,0 +1,30 @@
+"""What the payment service does."""
+
+from __future__ import annotations
+
+from events.catalog import OrderCreated, PaymentFailed, PaymentProcessed
+from events.unit_of_work import UnitOfWork
+from payment_service.domain import Payment, PaymentStatus
+from payment_service.gateway import SimulatedGateway
+from payment_service.store import Payments
+
+
+def charge_payment(event: OrderCreated, uow: UnitOfWork, gateway: SimulatedGateway) -> None:
+    """One payment per order. The gateway call carries the order id as idempotency key, so a redelivery after a
+    crash between "charged" and "committed" gets the gateway's first answer instead of a second charge."""
+    payments = Payments(uow)
+    if payments.for_order(event.order_id) is not None:
+        return
+    result = gateway.charge(str(event.order_id), event.total, event.payment_method)
+    if result.approved:
+        payment = Payment(
+            order_id=event.order_id, amount=event.total, status=PaymentStatus.CHARGED,
+            gateway_reference=result.reference,
+        )
+        uow.publish(PaymentProcessed(order_id=event.order_id, payment_id=payment.id, amount=event.total))
+    else:
+        payment = Payment(
+            order_id=event.order_id, amount=event.total, status=PaymentStatus.DECLINED, reason=result.reason
+        )
+        uow.publish(PaymentFailed(order_id=event.order_id, amount=event.total, reason=result.reason or "declined"))
+    payments.add(payment)
