@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -131,15 +132,21 @@ class Router:
         self._ttl = settings.topology_refresh
         self._table: dict[str, list[str]] = {}
         self._loaded_at = float("-inf")
+        self._lock = threading.Lock()  # the HTTP edge publishes from several threads
 
     def queues_for(self, event_type: str) -> list[str]:
+        if time.monotonic() - self._loaded_at > self._ttl:
+            with self._lock:
+                self._reload()
+        return self._table.get(event_type, [])
+
+    def _reload(self) -> None:
         if time.monotonic() - self._loaded_at > self._ttl:
             table: dict[str, list[str]] = {}
             for routing_key, _pattern, queue in self._channel.get_table(EVENTS_EXCHANGE.name):
                 table.setdefault(routing_key, []).append(queue)
             self._table = {key: sorted(set(queues)) for key, queues in table.items()}
             self._loaded_at = time.monotonic()
-        return self._table.get(event_type, [])
 
 
 class _CommandCollector:

@@ -10,6 +10,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from events.catalog import OrderLine
 from events.unit_of_work import UnitOfWork
@@ -18,6 +19,17 @@ from order_service.domain import Order
 from order_service.store import Orders
 
 SERVICE_NAME = "order_service"
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHOP_ORDER_API_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 5001
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
 
 
 class Bus(Protocol):

@@ -1,0 +1,367 @@
+"""`shop`: run, feed, watch and repair the event-driven shop."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Optional
+from uuid import uuid4
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from events.catalog import EVENT_TYPES
+from events.envelope import Envelope
+from events.settings import BusSettings
+from notification_service.notification_log import read_notifications
+from notification_service.service import NotificationSettings
+from order_service.api import ApiSettings
+from shop.services import SERVICES
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode="rich")
+order_app = typer.Typer(help="Place orders through the order service's HTTP API.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Inspect, replay and purge dead letters.", no_args_is_help=True)
+app.add_typer(order_app, name="order")
+app.add_typer(dlq_app, name="dlq")
+console = Console()
+
+ServiceName = Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")]
+
+
+def _check_service(name: str) -> str:
+    if name not in SERVICES:
+        raise typer.BadParameter(f"unknown service {name!r}; choose from {', '.join(SERVICES)}")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------------------------------------------------
+@app.command()
+def declare() -> None:
+    """Declare every service's queue and bindings (idempotent). Events published afterwards wait for their
+    subscribers even if those have never run."""
+    from events.redis_bus import declare_topology
+
+    declare_topology(BusSettings(), list(SERVICES.values()))
+    console.print(f"declared queues: {', '.join(spec.queue for spec in SERVICES.values())}")
+
+
+@app.command()
+def worker(
+    service: ServiceName,
+    loglevel: Annotated[str, typer.Option(help="celery log level")] = "WARNING",
+) -> None:
+    """Run one celery worker for SERVICE's queue (what `shop up` and the compose file start)."""
+    from shop.worker import run_worker
+
+    run_worker(_check_service(service), loglevel=loglevel)
+
+
+@app.command()
+def api() -> None:
+    """Serve the order service's HTTP API (port 5001 unless SHOP_ORDER_API_PORT says otherwise)."""
+    import uvicorn
+
+    from events.redis_bus import RedisPublisher, declare_topology
+    from order_service.api import create_app
+
+    settings, api_settings = BusSettings(), ApiSettings()
+    declare_topology(settings, list(SERVICES.values()))
+    uvicorn.run(create_app(RedisPublisher(settings)), host=api_settings.host, port=api_settings.port,
+                log_level="warning")
+
+
+def _start_everything(var_dir: Path) -> tuple["Supervisor", object]:  # noqa: F821
+    from shop.embedded_redis import choose_broker
+    from shop.supervisor import Supervisor, shop_command
+
+    url, embedded = choose_broker(var_dir)
+    if embedded:
+        console.print(f"[yellow]no Redis configured or running: started an embedded one at {url}[/]")
+    os.environ["REDIS_URL"] = url
+    from events.redis_bus import declare_topology
+
+    declare_topology(BusSettings(), list(SERVICES.values()))
+    children = {name: shop_command("worker", name) for name in SERVICES}
+    children["order_api"] = shop_command("api")
+    supervisor = Supervisor(children, env={"REDIS_URL": url}, report=lambda text: console.print(f"[dim]up:[/] {text}"))
+    supervisor.start()
+    return supervisor, embedded
+
+
+@app.command()
+def up() -> None:
+    """Declare the topology and run every worker and the order API in the foreground. Ctrl-C stops them all."""
+    supervisor, embedded = _start_everything(BusSettings().var_dir)
+    console.print(f"[green]shop is up[/]: orders API on {ApiSettings().base_url}  (Ctrl-C to stop)")
+    try:
+        supervisor.run_forever()
+    finally:
+        if embedded:
+            embedded.stop()
+
+
+SAMPLE_ORDERS = [
+    ("alice", [("book", 2, "12.50")], "card"),
+    ("bob", [("lamp", 1, "49.90"), ("bulb", 4, "2.25")], "card"),
+    ("carol", [("chair", 1, "89.00")], "card_declined"),
+    ("dave", [("piano", 1, "15000.00")], "card"),
+    ("erin", [("mug", 3, "7.00")], "card"),
+]
+
+
+@app.command()
+def demo(
+    keep_running: Annotated[bool, typer.Option(help="stay up after the sample orders are notified")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for every notification")] = 60.0,
+) -> None:
+    """`shop up`, place a handful of sample orders (some confirmed, some declined) and follow the notification log
+    until each one is notified."""
+    settings = BusSettings()
+    supervisor, embedded = _start_everything(settings.var_dir)
+    try:
+        base_url = ApiSettings().base_url
+        _wait_for_api(base_url, timeout=30)
+        placed = {}
+        for customer, lines, method in SAMPLE_ORDERS:
+            order = _place(base_url, customer, lines, method)
+            placed[order["id"]] = order
+            console.print(f"placed [bold]{order['id'][:8]}[/] for {customer}: total {order['total']} by {method}")
+        log_path = NotificationSettings().notification_log
+        seen: set[str] = set()
+        deadline = time.monotonic() + timeout
+        while len(seen) < len(placed) and time.monotonic() < deadline:
+            supervisor.poll()
+            for line in read_notifications(log_path):
+                if line["order_id"] in placed and line["order_id"] not in seen:
+                    seen.add(line["order_id"])
+                    _print_notification(line)
+            time.sleep(0.1)
+        if len(seen) < len(placed):
+            console.print(f"[red]only {len(seen)} of {len(placed)} orders were notified within {timeout}s[/]")
+            raise typer.Exit(1)
+        for order_id in placed:
+            order = httpx.get(f"{base_url}/orders/{order_id}").json()
+            console.print(f"order {order_id[:8]} is [bold]{order['status']}[/]" + (f" ({order['reason']})" if order.get("reason") else ""))
+        console.print(f"[green]all {len(placed)} sample orders notified[/]; log: {log_path}")
+        if keep_running:
+            console.print("still up (Ctrl-C to stop); try `shop order place` or `shop logs -f` in another terminal")
+            supervisor.run_forever()
+    finally:
+        supervisor.stop()
+        if embedded:
+            embedded.stop()
+
+
+def _wait_for_api(base_url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"order API at {base_url} did not answer within {timeout}s")
+
+
+def _place(base_url: str, customer: str, lines: list[tuple[str, int, str]], method: str) -> dict:
+    body = {
+        "customer_id": customer,
+        "items": [{"product_id": p, "quantity": q, "unit_price": price} for p, q, price in lines],
+        "payment_method": method,
+    }
+    response = httpx.post(f"{base_url}/orders", json=body, timeout=10)
+    if response.status_code != 202:
+        raise RuntimeError(f"POST /orders answered {response.status_code}: {response.text}")
+    return response.json()
+
+
+def _print_notification(line: dict) -> None:
+    colour = "green" if line.get("type") == "OrderConfirmed" else "red"
+    console.print(f"[dim]{line.get('sent_at', '')[:23]}[/] [{colour}]{line.get('type', '?'):15}[/] {line.get('message', line)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Feeding it
+# ---------------------------------------------------------------------------------------------------------------------
+@order_app.command("place")
+def order_place(
+    customer: Annotated[str, typer.Option(help="customer id")] = "alice",
+    item: Annotated[list[str], typer.Option(help="PRODUCT:QUANTITY:UNIT_PRICE, repeatable")] = ["book:1:19.99"],
+    payment_method: Annotated[str, typer.Option(help="card | card_declined | card_flaky | ...")] = "card",
+    count: Annotated[int, typer.Option(help="how many identical orders")] = 1,
+) -> None:
+    """Place orders through POST /orders (the API must be running: `shop up`)."""
+    lines = []
+    for spec in item:
+        try:
+            product, quantity, price = spec.split(":")
+            lines.append((product, int(quantity), str(Decimal(price))))
+        except (ValueError, ArithmeticError):
+            raise typer.BadParameter(f"--item {spec!r} is not PRODUCT:QUANTITY:UNIT_PRICE") from None
+    base_url = ApiSettings().base_url
+    from rich.progress import track
+
+    for _ in track(range(count), description="placing orders", console=console, disable=count < 10):
+        order = _place(base_url, customer, lines, payment_method)
+        if count < 10:
+            console.print_json(data=order)
+
+
+@app.command()
+def publish(
+    event_type: Annotated[str, typer.Argument(help=f"one of: {', '.join(sorted({t for t, _ in EVENT_TYPES}))}")],
+    payload: Annotated[str, typer.Option("--json", help="the event's payload as JSON")],
+    version: int = 1,
+) -> None:
+    """Publish one raw event (validated against its contract) to every subscribed queue."""
+    from pydantic import ValidationError
+
+    from events.redis_bus import RedisPublisher
+
+    model = EVENT_TYPES.get((event_type, version))
+    if model is None:
+        raise typer.BadParameter(f"unknown event type {event_type} v{version}")
+    try:
+        event = model.model_validate_json(payload)
+    except ValidationError as exc:
+        console.print(f"[red]invalid {event_type} payload:[/]\n{exc}")
+        raise typer.Exit(2) from None
+    envelope = Envelope.wrap(event, producer="shop-cli", correlation_id=getattr(event, "order_id", None) or uuid4())
+    publisher = RedisPublisher(BusSettings())
+    publisher.publish(envelope)
+    queues = publisher.router.queues_for(event_type)
+    console.print(f"published {event_type} {envelope.event_id} to {', '.join(queues) or '[red]no queue: dead-lettered as unroutable[/]'}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Watching it
+# ---------------------------------------------------------------------------------------------------------------------
+@app.command()
+def logs(follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new notifications")] = False) -> None:
+    """Print the notification log, one line per notification."""
+    path = NotificationSettings().notification_log
+    printed = 0
+    while True:
+        lines = read_notifications(path)
+        for line in lines[printed:]:
+            _print_notification(line)
+        printed = len(lines)
+        if not follow:
+            if not printed:
+                console.print(f"[dim]no notifications yet in {path}[/]")
+            return
+        time.sleep(0.25)
+
+
+@app.command()
+def status() -> None:
+    """Queue depths, messages in flight, dead letters, retries and live workers."""
+    from events.redis_bus import DeadLetterStore, Keys, make_celery_app, redis_client
+
+    settings = BusSettings()
+    client = redis_client(settings)
+    dead = DeadLetterStore(client).counts()
+    try:
+        replies = make_celery_app("shop.status", settings).control.inspect(timeout=1.0).ping() or {}
+    except Exception:  # noqa: BLE001 - status must print even when the control channel fails
+        replies = {}
+    table = Table(title=f"shop on {settings.redis_url.split('@')[-1]}")
+    for column in ("queue", "waiting", "in flight", "retries", "dead letters", "workers"):
+        table.add_column(column, justify="right" if column != "queue" else "left")
+    for name, spec in SERVICES.items():
+        workers = sorted(host for host in replies if host.startswith(f"{name}@"))
+        table.add_row(
+            spec.queue,
+            str(client.llen(spec.queue)),
+            str(client.hlen(Keys.unacked(name)["unacked_key"])),
+            str(int(client.get(Keys.retries(name)) or 0)),
+            str(dead.get(name, 0)),
+            str(len(workers)) if workers else "[red]0[/]",
+        )
+    table.add_row("(unroutable)", "-", "-", "-", str(dead.get("unroutable", 0)), "-")
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Dead letters
+# ---------------------------------------------------------------------------------------------------------------------
+def _dead_letter_store():
+    from events.redis_bus import DeadLetterStore, redis_client
+
+    return DeadLetterStore(redis_client(BusSettings()))
+
+
+@dlq_app.command("list")
+def dlq_list(service: Annotated[Optional[str], typer.Argument(help="only this service ('unroutable' too)")] = None) -> None:
+    """One line per dead letter: id, service, reason, attempts, when."""
+    records = _dead_letter_store().list(service)
+    table = Table(title=f"{len(records)} dead letters")
+    for column in ("id", "service", "reason", "attempts", "dead at", "detail"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(record["id"], record["service"], record["reason"], str(record["attempts"]),
+                      record["dead_at"][:19], record["detail"][:60])
+    console.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(record_id: str) -> None:
+    """The whole dead letter, original message included."""
+    record = _dead_letter_store().get(record_id)
+    if record is None:
+        console.print(f"[red]no dead letter {record_id}[/]")
+        raise typer.Exit(1)
+    console.print_json(data=record)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    record_id: Annotated[Optional[str], typer.Argument(help="the dead letter to replay")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="replay every replayable dead letter")] = False,
+    service: Annotated[Optional[str], typer.Option(help="with --all: only this service")] = None,
+) -> None:
+    """Re-inject dead letters into their service's queue (after the cause is fixed). Signatures are kept: a
+    tampered message stays rejected."""
+    from events.redis_bus import RedisPublisher
+
+    store, publisher = _dead_letter_store(), RedisPublisher(BusSettings())
+    if all_:
+        records = store.list(service)
+    elif record_id:
+        record = store.get(record_id)
+        if record is None:
+            console.print(f"[red]no dead letter {record_id}[/]")
+            raise typer.Exit(1)
+        records = [record]
+    else:
+        raise typer.BadParameter("give a dead letter id or --all")
+    failures = 0
+    for record in records:
+        try:
+            target = store.replay(record, publisher)
+            console.print(f"replayed {record['id']} into {target}")
+        except ValueError as exc:
+            failures += 1
+            console.print(f"[yellow]kept {record['id']}:[/] {exc}")
+    if failures and not all_:
+        raise typer.Exit(1)
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    service: Annotated[Optional[str], typer.Argument(help="only this service")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+) -> None:
+    """Delete dead letters for good."""
+    if not yes and not typer.confirm(f"delete all dead letters{' of ' + service if service else ''}?"):
+        raise typer.Abort()
+    console.print(f"purged {_dead_letter_store().purge(service)} dead letters")

@@ -1,0 +1,103 @@
+"""Runs the shop's processes in the foreground, as a small process supervisor would: restart what dies (with a
+backoff that grows when a process keeps dying), report it, and stop everything cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+def shop_command(*args: str) -> list[str]:
+    """The command line of a shop process; the compose file runs the same `shop ...` commands."""
+    return [sys.executable, "-m", "shop", *args]
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    restart_at: float | None = None
+    failures_in_a_row: int = 0
+    log: list[str] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        children: dict[str, list[str]],
+        env: dict[str, str] | None = None,
+        report: Callable[[str], None] = print,
+        backoff: float = 0.5,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.children = {name: Child(name, argv) for name, argv in children.items()}
+        self.env = {**os.environ, **(env or {})}
+        self.report = report
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.stopping = False
+
+    def start(self) -> None:
+        for child in self.children.values():
+            self._spawn(child)
+
+    def _spawn(self, child: Child) -> None:
+        child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True)
+        child.started_at, child.restart_at = time.monotonic(), None
+        self.report(f"started {child.name} (pid {child.process.pid})")
+
+    def poll(self) -> None:
+        """Restart children that exited; call this in the foreground loop."""
+        now = time.monotonic()
+        for child in self.children.values():
+            if self.stopping or child.process is None:
+                continue
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restarts += 1
+                    self._spawn(child)
+                continue
+            code = child.process.poll()
+            if code is None:
+                if now - child.started_at > 30:
+                    child.failures_in_a_row = 0
+                continue
+            child.failures_in_a_row += 1
+            delay = min(self.backoff * 2 ** (child.failures_in_a_row - 1), self.max_backoff)
+            child.restart_at = now + delay
+            self.report(f"{child.name} exited with code {code}; restarting in {delay:.1f}s")
+
+    def alive(self) -> dict[str, bool]:
+        return {name: c.process is not None and c.process.poll() is None for name, c in self.children.items()}
+
+    def run_forever(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        try:
+            while not should_stop():
+                self.poll()
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopping = True
+        running = [c for c in self.children.values() if c.process is not None and c.process.poll() is None]
+        for child in running:
+            os.killpg(child.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in running:
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(child.process.pid, signal.SIGKILL)
+                child.process.wait()
+        if running:
+            self.report(f"stopped {', '.join(child.name for child in running)}")
