@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import warnings
+
+from celery.platforms import SecurityWarning
 
 from events.redis_bus import ServiceRuntime
 from events.settings import BusSettings
@@ -14,9 +17,11 @@ def run_worker(service: str, settings: BusSettings | None = None, loglevel: str 
     settings = settings or BusSettings()
     runtime = ServiceRuntime(SERVICES[service], settings)
     runtime.declare()
+    warnings.filterwarnings("ignore", category=SecurityWarning)  # containers and CI run as root by design
     logging.basicConfig(level=loglevel, format=f"%(asctime)s {service} %(levelname)s %(message)s")
     runtime.app.worker_main(
         [
+            "--quiet",  # no banner: the supervisor reports starts and restarts
             "worker",
             f"--queues={runtime.spec.queue}",
             f"--pool={settings.worker_pool}",
