@@ -365,3 +365,8 @@ def dlq_purge(
     if not yes and not typer.confirm(f"delete all dead letters{' of ' + service if service else ''}?"):
         raise typer.Abort()
     console.print(f"purged {_dead_letter_store().purge(service)} dead letters")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Further commands (monolith, compare, bench, chaos) are registered below, one block each.
+# ---------------------------------------------------------------------------------------------------------------------
