@@ -8,10 +8,14 @@ model), so a contract violation fails here as it would on Redis.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from events.bus import BoundHandler, ServiceSpec, TransientError, bind_handlers
@@ -59,31 +63,180 @@ class InMemoryBus:
 
     def _deliver(self, service: str, handler: BoundHandler, envelope: Envelope) -> None:
         for attempt in range(self.max_retries + 1):
-            uow = self.unit_of_work(service, envelope)
-            if uow.already_handled():
+            retryable = self._attempt(service, handler, envelope, attempt)
+            if retryable is None:
                 return
-            try:
-                handler(Envelope.model_validate_json(envelope.model_dump_json()).event(), uow)
+        self._dead_letter(service, envelope, "retries exhausted", repr(retryable), self.max_retries + 1)
+
+    def _attempt(self, service: str, handler: BoundHandler, envelope: Envelope, attempt: int) -> Exception | None:
+        """One delivery of `envelope` to one subscriber. Returns the error when it is worth retrying; None when the
+        delivery is over (handled, a duplicate, or dead-lettered). The commit takes the bus lock, so a dispatcher
+        thread and request threads committing at the same time cannot interleave inside one commit."""
+        uow = self.unit_of_work(service, envelope)
+        if uow.already_handled():
+            return None
+        try:
+            handler(Envelope.model_validate_json(envelope.model_dump_json()).event(), uow)
+            with self._lock:
                 uow.commit()
-            except AlreadyHandled:
-                return
-            except (TransientError, ConcurrentUpdate) as exc:
-                last_error = exc
-                continue
-            except RejectedMessage as exc:
-                self._dead_letter(service, envelope, exc.reason, exc.detail, attempt + 1)
-                return
-            except Exception as exc:  # noqa: BLE001 - a handler bug must not stop the other subscribers
-                log.exception("%s failed on %s", service, envelope.type)
-                self._dead_letter(service, envelope, "handler error", repr(exc), attempt + 1)
-                return
-            self._pending.extend(uow.committed)
-            if self.on_handled:
-                self.on_handled(service, envelope)
-            return
-        self._dead_letter(service, envelope, "retries exhausted", repr(last_error), self.max_retries + 1)
+                self._pending.extend(uow.committed)
+        except AlreadyHandled:
+            return None
+        except (TransientError, ConcurrentUpdate) as exc:
+            return exc
+        except RejectedMessage as exc:
+            self._dead_letter(service, envelope, exc.reason, exc.detail, attempt + 1)
+            return None
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not stop the other subscribers
+            log.exception("%s failed on %s", service, envelope.type)
+            self._dead_letter(service, envelope, "handler error", repr(exc), attempt + 1)
+            return None
+        if self.on_handled:
+            self.on_handled(service, envelope)
+        return None
 
     def _dead_letter(self, service: str, envelope: Envelope, reason: str, detail: str, attempts: int) -> None:
         self.dead_letters.append(
             {"service": service, "reason": reason, "detail": detail, "attempts": attempts, "envelope": envelope}
         )
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    service: str
+    handler: BoundHandler
+    envelope: Envelope
+    attempt: int = 0
+
+
+class DispatchingInMemoryBus(InMemoryBus):
+    """The in-process bus with a queue and one dispatcher thread, for a long-running process (the monolith).
+
+    `commit` stores the unit of work and queues its events, then returns: the caller (an HTTP request) is answered
+    at once, as it is by the Redis bus, and the saga continues on the dispatcher thread. Handlers run one at a time
+    and *outside* the bus lock, so a slow handler (a slow gateway) never holds up a request that only commits.
+    A transient failure is retried after `retry_backoff * 2**attempt` seconds, the Redis bus's policy, by putting
+    the delivery back on a timer instead of sleeping: one failing subscriber does not stall every other event.
+
+    Like everything in process, queued events and retries live in memory: `stop` drains them (bounded by its
+    timeout) so a graceful shutdown loses nothing; a killed process loses them.
+    """
+
+    def __init__(
+        self,
+        store: InMemoryStore | None = None,
+        max_retries: int = 4,
+        retry_backoff: float = 0.2,
+        keep_published: int = 10_000,
+    ) -> None:
+        super().__init__(store, max_retries)
+        self.retry_backoff = retry_backoff
+        # A process that runs for hours must not keep every envelope it ever dispatched; the recent ones are enough
+        # to inspect.
+        self.published = deque(maxlen=keep_published)  # type: ignore[assignment]
+        self._ready = threading.Condition(self._lock)
+        self._deliveries: deque[_Delivery] = deque()
+        self._retries: list[tuple[float, int, _Delivery]] = []
+        self._retry_sequence = itertools.count()
+        self._in_progress = 0
+        self._stopping = False
+        self._abandon = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._dispatch_forever, name="event-dispatcher", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """Finish what is queued (retries included), then stop the dispatcher. Returns how many deliveries were
+        abandoned because `timeout` ran out (0 after a clean drain)."""
+        if self._thread is None:
+            return 0
+        with self._ready:
+            self._stopping = True
+            self._ready.notify_all()
+        self._thread.join(timeout)
+        with self._ready:
+            left = self.backlog()
+            self._abandon = True
+            self._ready.notify_all()
+        self._thread.join(1.0)
+        self._thread = None
+        if left:
+            log.warning("stopped with %d deliveries not done: they are lost with this process", left)
+        return left
+
+    def commit(self, uow: InMemoryUnitOfWork) -> None:
+        """Store the unit of work and queue its events; the dispatcher delivers them."""
+        with self._ready:
+            uow.commit()
+            self._pending.extend(uow.committed)
+            self._ready.notify()
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Wait until every queued event and retry is handled (the dispatcher does the work)."""
+        deadline = time.monotonic() + timeout
+        with self._ready:
+            while self.backlog():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{self.backlog()} deliveries still pending after {timeout}s")
+                self._ready.wait(min(remaining, 0.1))
+
+    def backlog(self) -> int:
+        """Events not yet fanned out, deliveries waiting or running, and retries scheduled."""
+        with self._lock:
+            return len(self._pending) + len(self._deliveries) + len(self._retries) + self._in_progress
+
+    def _dispatch_forever(self) -> None:
+        while True:
+            with self._ready:
+                delivery = self._next_delivery()
+                if delivery is None:
+                    return
+                self._in_progress += 1
+            try:
+                retryable = self._attempt(delivery.service, delivery.handler, delivery.envelope, delivery.attempt)
+                if retryable is not None:
+                    self._retry_later(delivery, retryable)
+            except Exception:  # noqa: BLE001 - the dispatcher thread must outlive any one delivery
+                log.exception("dispatcher failed on %s", delivery.envelope.type)
+            finally:
+                with self._ready:
+                    self._in_progress -= 1
+                    self._ready.notify_all()
+
+    def _retry_later(self, delivery: _Delivery, error: Exception) -> None:
+        if delivery.attempt >= self.max_retries:
+            self._dead_letter(
+                delivery.service, delivery.envelope, "retries exhausted", repr(error), delivery.attempt + 1
+            )
+            log.error("%s: %s dead-lettered after %d attempts: %r", delivery.service, delivery.envelope.type,
+                      delivery.attempt + 1, error)
+            return
+        due = time.monotonic() + self.retry_backoff * 2**delivery.attempt
+        retry = _Delivery(delivery.service, delivery.handler, delivery.envelope, delivery.attempt + 1)
+        with self._ready:
+            heapq.heappush(self._retries, (due, next(self._retry_sequence), retry))
+
+    def _next_delivery(self) -> _Delivery | None:
+        """The next delivery to run, waiting for one; None once stopping and nothing is left (or it is abandoned).
+        Called with the lock held."""
+        while not self._abandon:
+            now = time.monotonic()
+            while self._retries and self._retries[0][0] <= now:
+                self._deliveries.append(heapq.heappop(self._retries)[2])
+            while self._pending:
+                envelope = self._pending.popleft()
+                self.published.append(envelope)
+                subscribers = self._subscribers.get(envelope.type, [])
+                if not subscribers:
+                    self.unroutable.append(envelope)
+                self._deliveries.extend(_Delivery(service, handler, envelope) for service, handler in subscribers)
+            if self._deliveries:
+                return self._deliveries.popleft()
+            if self._stopping and not self._retries:
+                return None
+            self._ready.wait(self._retries[0][0] - now if self._retries else None)
+        return None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import traceback
@@ -34,8 +35,10 @@ from uuid import UUID, uuid4
 
 import redis
 from celery import Celery
+from celery.exceptions import Reject
 from celery.worker.consumer import Consumer
 from kombu import Connection, Exchange, Queue, binding
+from kombu.exceptions import OperationalError
 
 from events.bus import BoundHandler, ServiceSpec, TransientError, bind_handlers
 from events.envelope import Envelope, RejectedMessage, Sealed, open_envelope, seal
@@ -411,7 +414,13 @@ def _event_id_of(raw: str) -> str | None:
 # --------------------------------------------------------------------------------------------------------------------
 def make_celery_app(name: str, settings: BusSettings, service: str | None = None) -> Celery:
     app = Celery(name, broker=settings.redis_url, set_as_current=False)
-    transport_options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    transport_options: dict[str, Any] = {
+        "visibility_timeout": settings.visibility_timeout,
+        # kombu sweeps for abandoned messages every interval x throttle seconds (10 x 10 by default): a message
+        # whose worker was killed would wait 100 s past its visibility timeout. Sweep a few times per timeout.
+        "unacked_restore_interval": max(1, int(settings.visibility_timeout // 4)),
+        "unacked_restore_throttle": 1,
+    }
     if service:
         transport_options.update(Keys.unacked(service))
     if _kombu_ssl(settings):
@@ -466,7 +475,19 @@ class ServiceRuntime:
     def handle(
         self, raw: Any, signature: Any, unexpected: Mapping[str, Any] | None = None, retries: int = 0, task: Any = None
     ) -> str:
-        """Returns the outcome (handled, duplicate, dead-lettered, retried); raises celery's Retry to retry."""
+        """Returns the outcome (handled, duplicate, dead-lettered); raises celery's Retry or Reject to redeliver."""
+        try:
+            return self._handle(raw, signature, unexpected, retries, task)
+        except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+            # Store or broker unreachable: give the message back untouched. If even that fails, it stays in the
+            # unacked set and returns after the visibility timeout. Acknowledging here would lose it.
+            log.warning("%s: Redis unavailable (%s); requeueing the message", self.spec.name, exc)
+            time.sleep(self.settings.retry_backoff)
+            raise Reject(exc, requeue=True) from None
+
+    def _handle(
+        self, raw: Any, signature: Any, unexpected: Mapping[str, Any] | None, retries: int, task: Any
+    ) -> str:
         message = {"envelope": raw, "signature": signature, **(unexpected or {})}
         try:
             if unexpected:
@@ -480,7 +501,11 @@ class ServiceRuntime:
         except RejectedMessage as rejected:
             self.dead_letters.add(self.spec.name, rejected.reason, rejected.detail, message, attempts=1)
             return "dead-lettered"
+        return self._handle_valid(envelope, event, handler, message, retries, task)
 
+    def _handle_valid(
+        self, envelope: Envelope, event: Any, handler: BoundHandler, message: dict[str, Any], retries: int, task: Any
+    ) -> str:
         deliveries_key = Keys.deliveries(self.spec.name, envelope.event_id)
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.exists(Keys.inbox(self.spec.name, envelope.event_id))
@@ -504,16 +529,20 @@ class ServiceRuntime:
         uow = self.publisher.unit_of_work(self.spec.name, envelope)
         try:
             handler(event, uow)
+            self.failpoint("before_commit", envelope)
             uow.commit()
+            self.failpoint("after_commit", envelope)
         except AlreadyHandled:
             return "duplicate"
-        except (TransientError, ConcurrentUpdate, redis.ConnectionError, redis.TimeoutError) as exc:
+        except (TransientError, ConcurrentUpdate) as exc:
             self.redis.delete(deliveries_key)
             if retries >= self.settings.max_retries or task is None:
                 self.dead_letters.add(self.spec.name, "retries exhausted", repr(exc), message, attempts=retries + 1)
                 return "dead-lettered"
             self.redis.incr(Keys.retries(self.spec.name))
             raise task.retry(exc=exc, countdown=self.settings.retry_backoff * 2**retries, max_retries=None)
+        except (redis.ConnectionError, redis.TimeoutError, OperationalError):
+            raise
         except Exception as exc:  # noqa: BLE001 - a bug in a handler: keep the message, keep the worker
             log.exception("%s: handler for %s failed", self.spec.name, envelope.type)
             self.redis.delete(deliveries_key)
@@ -522,6 +551,15 @@ class ServiceRuntime:
             )
             return "dead-lettered"
         return "handled"
+
+    def failpoint(self, point: str, envelope: Envelope) -> None:
+        """Fault injection for the crash tests: with SHOP_FAULT_INJECTION on and SHOP_CRASH_AT=<point>:<EventType>,
+        the worker process dies at that point, once per event (the mark survives the crash in Redis)."""
+        if not self.settings.fault_injection or self.settings.crash_at != f"{point}:{envelope.type}":
+            return
+        if self.redis.set(f"shop:failpoint:{self.spec.name}:{point}:{envelope.event_id}", 1, nx=True, ex=3600):
+            log.warning("failpoint %s: killing %s on %s", point, self.spec.name, envelope.event_id)
+            os._exit(70)
 
 
 class DeadLetteringConsumer(Consumer):

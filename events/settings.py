@@ -42,8 +42,9 @@ class BusSettings(BaseSettings):
     topology_refresh: float = Field(2.0, description="seconds a publisher caches the routing table")
     var_dir: Path = Field(Path("var"), description="where local files (notification log, embedded Redis) live")
     fault_injection: bool = Field(
-        False, description="enables the gateway's test behaviours (card_slow, card_crash); never in production"
+        False, description="enables test-only faults (card_slow, card_crash, crash_at); never in production"
     )
+    crash_at: str = Field("", description="with fault_injection: '<before_commit|after_commit>:<EventType>'")
 
     @property
     def key(self) -> bytes:

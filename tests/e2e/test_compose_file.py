@@ -1,0 +1,254 @@
+"""The compose file and the image run the same shop as `shop up`.
+
+No Docker engine is needed: the file is parsed and checked for what the broker notes require (AOF, noeviction, a
+password), for scalable workers, and above all for running, per process, exactly the `shop ...` command that `shop up`
+supervises. `docker compose config -q` runs too when a compose binary is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import yaml
+
+from order_service.api import ApiSettings
+from shop.processes import shop_processes, supervised_commands
+from shop.services import SERVICES
+from shop.supervisor import shop_command
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+ONE_SHOT = {"declare"}
+INFRASTRUCTURE = {"redis"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def shop_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every service that runs the shop image (all but Redis)."""
+    return {name: service for name, service in services.items() if name not in INFRASTRUCTURE}
+
+
+def command_of(service: dict[str, Any]) -> list[str]:
+    command = service["command"]
+    assert isinstance(command, list), f"use the exec form so the command is exact, not {command!r}"
+    return command
+
+
+def started_by_shop_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str]]:
+    """The children `shop up` hands its supervisor, captured without starting Redis or any process."""
+    import events.redis_bus
+    import shop.cli
+    import shop.embedded_redis
+    import shop.supervisor
+
+    captured: dict[str, list[str]] = {}
+
+    class RecordingSupervisor:
+        def __init__(self, children: dict[str, list[str]], **_: Any) -> None:
+            captured.update(children)
+
+        def start(self) -> None:
+            pass
+
+    monkeypatch.setenv("REDIS_URL", "redis://unused.invalid:6379/0")  # restored afterwards; `shop up` overwrites it
+    monkeypatch.setattr(shop.embedded_redis, "choose_broker", lambda var_dir: ("redis://unused.invalid:6379/0", None))
+    monkeypatch.setattr(events.redis_bus, "declare_topology", lambda *args, **kwargs: None)
+    monkeypatch.setattr(shop.supervisor, "Supervisor", RecordingSupervisor)
+    shop.cli._start_everything(tmp_path)
+    return captured
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Same processes, same commands
+# ---------------------------------------------------------------------------------------------------------------------
+def test_the_compose_file_has_one_service_per_shop_process_plus_redis_and_declare(services: dict) -> None:
+    assert set(services) == set(shop_processes()) | ONE_SHOT | INFRASTRUCTURE
+
+
+def test_every_process_runs_exactly_the_shop_command_that_shop_up_runs(services: dict) -> None:
+    for name, argv in shop_processes().items():
+        assert command_of(services[name]) == argv, name
+
+
+def test_shop_up_supervises_the_processes_of_the_compose_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                              services: dict) -> None:
+    from_compose = {
+        name: shop_command(*command_of(service)[1:])
+        for name, service in shop_services(services).items()
+        if name not in ONE_SHOT
+    }
+    assert started_by_shop_up(monkeypatch, tmp_path) == from_compose == supervised_commands()
+
+
+def test_the_shop_script_and_python_dash_m_shop_are_the_same_cli() -> None:
+    # The compose file runs `shop ...`; the supervisor runs `python -m shop ...`. Both must reach shop.cli:app.
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["shop"] == "shop.cli:app"
+    assert shop_command("up")[1:] == ["-m", "shop", "up"]
+    assert "from shop.cli import app" in (ROOT / "shop" / "__main__.py").read_text()
+
+
+def test_every_worker_service_is_named_after_its_service(services: dict) -> None:
+    for name in SERVICES:
+        assert command_of(services[name]) == ["shop", "worker", name]
+
+
+def test_the_topology_is_declared_once_before_anything_else_starts(services: dict) -> None:
+    declare = services["declare"]
+    assert command_of(declare) == ["shop", "declare"]
+    assert declare["restart"] == "no", "a one-shot service restarted forever would never 'complete'"
+    assert declare["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    for name in shop_processes():
+        assert services[name]["depends_on"] == {
+            "redis": {"condition": "service_healthy"},
+            "declare": {"condition": "service_completed_successfully"},
+        }, name
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Redis as the broker notes require
+# ---------------------------------------------------------------------------------------------------------------------
+def mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(source, target) of each short-syntax volume."""
+    return [tuple(volume.split(":")[:2]) for volume in service.get("volumes", [])]
+
+
+def option(command: list[str], name: str) -> str:
+    assert name in command, f"{name} missing from {command}"
+    return command[command.index(name) + 1]
+
+
+def test_redis_7_persists_every_write_and_never_evicts(compose: dict, services: dict) -> None:
+    redis = services["redis"]
+    assert redis["image"].split(":")[1].startswith("7")
+    command = command_of(redis)
+    assert command[0] == "redis-server"
+    assert option(command, "--appendonly") == "yes"
+    assert option(command, "--maxmemory-policy") == "noeviction"
+    assert any(source in compose["volumes"] and target == "/data" for source, target in mounts(redis))
+
+
+def test_redis_requires_a_password_that_every_shop_process_uses(services: dict) -> None:
+    password = option(command_of(services["redis"]), "--requirepass")
+    assert password.startswith("${REDIS_PASSWORD:-") and len(password) > len("${REDIS_PASSWORD:-}"), \
+        "the password comes from REDIS_PASSWORD, with a default for the demo"
+    for name, service in shop_services(services).items():
+        assert service["environment"]["REDIS_URL"] == f"redis://:{password}@redis:6379/0", name
+
+
+def test_redis_is_healthy_only_when_it_answers_an_authenticated_ping(services: dict) -> None:
+    redis = services["redis"]
+    test = " ".join(redis["healthcheck"]["test"])
+    assert "redis-cli" in test and "ping" in test
+    assert "-a" in test.split() and "$$REDIS_PASSWORD" in test
+    assert redis["environment"]["REDIS_PASSWORD"] == option(command_of(redis), "--requirepass")
+
+
+def test_the_signing_key_comes_from_the_environment(services: dict) -> None:
+    for name, service in shop_services(services).items():
+        environment = service["environment"]
+        assert "SHOP_SIGNING_KEY" in environment, name
+        # None passes the host's value through, or leaves it unset; a literal here would be a secret in the repo.
+        assert environment["SHOP_SIGNING_KEY"] is None or str(environment["SHOP_SIGNING_KEY"]).startswith("${"), name
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Scaling, restarts, the API, the notification log
+# ---------------------------------------------------------------------------------------------------------------------
+def test_workers_can_be_scaled(services: dict) -> None:
+    # `docker compose up --scale payment_service=3` fails on a fixed container name or a published host port.
+    for name, service in shop_services(services).items():
+        assert "container_name" not in service, name
+    for name in SERVICES:
+        assert "ports" not in services[name], name
+
+
+def test_long_running_processes_restart_unless_stopped(services: dict) -> None:
+    for name in [*shop_processes(), *INFRASTRUCTURE]:
+        assert services[name]["restart"] == "unless-stopped", name
+
+
+def test_the_order_api_listens_on_every_interface_on_its_port(services: dict) -> None:
+    api = services["order_api"]
+    port = ApiSettings.model_fields["port"].default
+    assert api["environment"]["SHOP_ORDER_API_HOST"] == "0.0.0.0"
+    assert api["ports"] == [f"{port}:{port}"]
+    test = api["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    assert "urllib" in test[3] and f":{port}/health" in test[3]
+
+
+def test_the_notification_log_is_on_a_named_volume(compose: dict, services: dict) -> None:
+    service = services["notification_service"]
+    log = Path(service["environment"]["SHOP_NOTIFICATION_LOG"])
+    assert any(source in compose["volumes"] and Path(target) in log.parents for source, target in mounts(service)), \
+        f"{log} is not on a named volume"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The image
+# ---------------------------------------------------------------------------------------------------------------------
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def test_the_image_installs_the_project_and_runs_shop_up_as_a_non_root_user() -> None:
+    instructions = dockerfile_instructions()
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+    assert any(kind == "RUN" and "pip install ." in args for kind, args in instructions)
+    users = [args for kind, args in instructions if kind == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    cmd = json.loads([args for kind, args in instructions if kind == "CMD"][-1])
+    assert cmd == ["shop", "up"]
+    import shop.cli
+
+    assert cmd[1] in typer.main.get_command(shop.cli.app).commands
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Docker's own validation, where a compose binary exists
+# ---------------------------------------------------------------------------------------------------------------------
+def compose_binary() -> list[str] | None:
+    """`docker compose` (plugin) or `docker-compose`; `config` needs neither an engine nor a network."""
+    candidates = []
+    if shutil.which("docker"):
+        candidates.append(["docker", "compose"])
+    if shutil.which("docker-compose"):
+        candidates.append(["docker-compose"])
+    for candidate in candidates:
+        try:
+            if subprocess.run([*candidate, "version"], capture_output=True, timeout=30).returncode == 0:
+                return candidate
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+    return None
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    binary = compose_binary()
+    if binary is None:
+        pytest.skip("neither the `docker compose` plugin nor `docker-compose` is installed; structure checked above")
+    env = {key: value for key, value in os.environ.items() if key not in ("REDIS_PASSWORD", "SHOP_SIGNING_KEY")}
+    result = subprocess.run([*binary, "-f", str(COMPOSE_FILE), "config", "-q"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,356 @@
+"""The bad-input matrix, in one run, against a real payment worker process.
+
+Issue requirement: "each gets its clear error or dead-letter reason, no worker dies, every good message in the same
+run is processed". So this test
+
+* starts a real `shop worker payment_service` process,
+* places good orders through the order service's HTTP edge (each one puts an OrderCreated into the payment queue),
+* interleaves with them, straight into the payment queue, one message of every bad kind we know: transport-level
+  garbage, kombu messages that are not celery tasks, celery tasks celery cannot run, and well-formed celery tasks
+  whose signed envelope is wrong in every way `open_envelope` and `ServiceRuntime.handle` check,
+* sends every kind of bad HTTP request to the same FastAPI app,
+
+then asserts that each bad message is exactly one dead letter with the expected reason, each bad request got a
+readable 4xx, the worker is still alive, and every good order was paid.
+
+Every bad message carries a unique marker (`<bad-input:kind>`) somewhere in what the dead letter keeps (raw body,
+envelope text, kwargs), so each dead letter is matched to the one case that produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from kombu import Producer
+
+from events.catalog import OrderCreated, PaymentProcessed
+from events.envelope import Envelope, Sealed, seal, sign
+from events.redis_bus import (
+    DeadLetterStore,
+    Keys,
+    RedisPublisher,
+    declare_topology,
+    kombu_connection,
+    scan_documents,
+)
+from events.settings import BusSettings
+from order_service.api import create_app
+from shop.services import SERVICES
+from tests.helpers import wait_until
+
+SERVICE = "payment_service"
+QUEUE = SERVICES[SERVICE].queue
+MAX_MESSAGE_BYTES = 8192  # the worker's SHOP_MAX_MESSAGE_BYTES in this test: an oversized message stays small
+GOOD_ORDER = {
+    "customer_id": "alice",
+    "items": [{"product_id": "book", "quantity": 2, "unit_price": "12.50"}],
+    "payment_method": "card",
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Building bad messages
+# --------------------------------------------------------------------------------------------------------------------
+def marker(kind: str) -> str:
+    return f"<bad-input:{kind}>"
+
+
+def envelope_dict(kind: str, event: Any = None, **changes: Any) -> dict[str, Any]:
+    """A valid envelope (as JSON-ready dict) around `event` (an OrderCreated by default), with the producer field
+    carrying the case marker, then `changes` applied (a value of `...` deletes the field)."""
+    event = event or OrderCreated(
+        order_id=uuid4(),
+        customer_id="mallory",
+        items=[{"product_id": "book", "quantity": 1, "unit_price": "1.00"}],
+        total="1.00",
+        payment_method="card",
+    )
+    envelope = Envelope.wrap(event, producer=marker(kind), correlation_id=uuid4()).model_dump(mode="json")
+    for field, value in changes.items():
+        if value is ...:
+            del envelope[field]
+        else:
+            envelope[field] = value
+    return envelope
+
+
+def signed(raw: str, key: bytes) -> Sealed:
+    return Sealed(envelope=raw, signature=sign(raw, key))
+
+
+class Kwargs:
+    """Stands in for `Sealed` where MessageFactory.build needs any kwargs (it only calls `model_dump()`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+
+    def model_dump(self) -> dict[str, Any]:
+        return self.kwargs
+
+
+def celery_task(
+    publisher: RedisPublisher, task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(body, headers, properties) of a protocol-2 celery task message, as MessageFactory builds them."""
+    message = publisher.app.amqp.as_task_v2(str(uuid4()), task_name, args=args, kwargs=kwargs, ignore_result=True)
+    return message.body, message.headers, message.properties
+
+
+@dataclass
+class BadMessage:
+    kind: str
+    reason: str
+    inject: Callable[["Injector"], None]
+
+
+class Injector:
+    """Puts one message into the payment queue, at the level each case needs."""
+
+    def __init__(self, publisher: RedisPublisher, client: redis.Redis) -> None:
+        self.publisher = publisher
+        self.client = client
+        self.settings = publisher.settings
+        self._connection = kombu_connection(self.settings)
+        self._producer = Producer(self._connection.default_channel)
+
+    def close(self) -> None:
+        self._connection.release()
+
+    def raw(self, payload: str | bytes) -> None:
+        """Transport level: bytes kombu itself must parse."""
+        self.client.lpush(QUEUE, payload)
+
+    def kombu(self, body: Any, headers: dict[str, Any] | None = None, **properties: Any) -> None:
+        """A well-formed kombu message (JSON, default exchange, routing key = queue) with any body and headers."""
+        serializer = properties.pop("serializer", "json")
+        self._producer.publish(
+            body, exchange="", routing_key=QUEUE, serializer=serializer, headers=headers or {}, **properties
+        )
+
+    def task(self, kwargs: Sealed | Kwargs) -> None:
+        """A well-formed celery task for the payment service's task, built by the production MessageFactory."""
+        key, payload = self.publisher.messages.build(QUEUE, kwargs, f"bad-input:{uuid4()}")  # type: ignore[arg-type]
+        self.client.lpush(key, payload)
+
+    def task_with_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        body, headers, properties = celery_task(self.publisher, self.publisher.messages.task_name(QUEUE), args, kwargs)
+        self.kombu(body, headers, **properties)
+
+    def envelope(self, envelope: dict[str, Any]) -> None:
+        self.task(signed(json.dumps(envelope), self.settings.key))
+
+
+def tampered(injector: Injector) -> None:
+    envelope = envelope_dict("tampered-after-signing")
+    sealed = signed(json.dumps(envelope), injector.settings.key)
+    envelope["payload"]["total"] = "0.01"  # the attacker's edit, after the signature was made
+    injector.task(Sealed(envelope=json.dumps(envelope), signature=sealed.signature))
+
+
+def wrong_key(injector: Injector) -> None:
+    injector.task(signed(json.dumps(envelope_dict("signed-with-another-key")), b"not-the-shared-key"))
+
+
+def oversized(injector: Injector) -> None:
+    envelope = envelope_dict("larger-than-max-message-bytes")
+    envelope["payload"]["customer_id"] = "x" * (MAX_MESSAGE_BYTES + 1)
+    injector.envelope(envelope)
+
+
+def payload_change(kind: str, **changes: Any) -> Callable[[Injector], None]:
+    def inject(injector: Injector) -> None:
+        envelope = envelope_dict(kind)
+        envelope["payload"].update(changes)
+        injector.envelope(envelope)
+
+    return inject
+
+
+def line_change(kind: str, **changes: Any) -> Callable[[Injector], None]:
+    def inject(injector: Injector) -> None:
+        envelope = envelope_dict(kind)
+        envelope["payload"]["items"][0].update(changes)
+        injector.envelope(envelope)
+
+    return inject
+
+
+def valid_sealed(kind: str, key: bytes) -> Sealed:
+    return signed(json.dumps(envelope_dict(kind)), key)
+
+
+BAD_MESSAGES: list[BadMessage] = [
+    # ---- transport level: kombu / celery see these before any shop code ----
+    BadMessage("transport-not-json", "undecodable message",
+               lambda i: i.raw(f"{marker('transport-not-json')} {{ this is not JSON")),
+    BadMessage("transport-json-not-kombu", "undecodable message",
+               lambda i: i.raw(json.dumps({"hello": marker("transport-json-not-kombu")}))),
+    BadMessage("transport-json-array", "undecodable message",
+               lambda i: i.raw(json.dumps([marker("transport-json-array"), 1, 2]))),
+    BadMessage("kombu-message-not-a-celery-task", "not a task message",
+               lambda i: i.kombu({"hello": marker("kombu-message-not-a-celery-task")})),
+    BadMessage("celery-task-unknown-name", "unknown task",
+               lambda i: i.kombu(*celery_task(i.publisher, f"{marker('celery-task-unknown-name')}.nope", (), {})[:2])),
+    BadMessage("celery-body-not-json-content", "invalid task message",
+               lambda i: i.kombu(f"{marker('celery-body-not-json-content')}", celery_task(
+                   i.publisher, i.publisher.messages.task_name(QUEUE), (), {})[1], serializer="pickle")),
+    # ---- the service's task, with arguments it cannot use ----
+    BadMessage("positional-args", "malformed message",
+               lambda i: i.task_with_args((marker("positional-args"), "sig"), {})),
+    BadMessage("signature-missing", "malformed message",
+               lambda i: i.task(Kwargs(envelope=json.dumps(envelope_dict("signature-missing"))))),
+    BadMessage("unexpected-kwarg", "malformed message",
+               lambda i: i.task(Kwargs(**valid_sealed("x", i.settings.key).model_dump(),
+                                       priority=marker("unexpected-kwarg")))),
+    BadMessage("signature-not-a-string", "malformed message",
+               lambda i: i.task(Kwargs(envelope=json.dumps(envelope_dict("signature-not-a-string")), signature=42))),
+    # ---- the signed envelope ----
+    BadMessage("larger-than-max-message-bytes", "message too large", oversized),
+    BadMessage("tampered-after-signing", "bad signature", tampered),
+    BadMessage("signed-with-another-key", "bad signature", wrong_key),
+    BadMessage("envelope-not-json", "invalid JSON",
+               lambda i: i.task(signed(f"{marker('envelope-not-json')} {{ not JSON", i.settings.key))),
+    BadMessage("envelope-missing-field", "invalid envelope",
+               lambda i: i.envelope(envelope_dict("envelope-missing-field", event_id=...))),
+    BadMessage("envelope-extra-field", "invalid envelope",
+               lambda i: i.envelope(envelope_dict("envelope-extra-field", priority="high"))),
+    BadMessage("envelope-naive-timestamp", "invalid envelope",
+               lambda i: i.envelope(envelope_dict("envelope-naive-timestamp",
+                                                  occurred_at=datetime.now(UTC).replace(tzinfo=None).isoformat()))),
+    BadMessage("unknown-event-type", "unknown event type",
+               lambda i: i.envelope(envelope_dict("unknown-event-type", type="OrderTeleported"))),
+    BadMessage("unknown-version", "unknown event type",
+               lambda i: i.envelope(envelope_dict("unknown-version", version=2))),
+    BadMessage("payload-negative-quantity", "invalid payload", line_change("payload-negative-quantity", quantity=-1)),
+    BadMessage("payload-float-money", "invalid payload", line_change("payload-float-money", unit_price=1.0)),
+    BadMessage("payload-extra-field", "invalid payload", payload_change("payload-extra-field", discount="0.50")),
+    BadMessage("payload-null-order-id", "invalid payload", payload_change("payload-null-order-id", order_id=None)),
+    BadMessage("event-not-handled-by-service", "no handler",
+               lambda i: i.envelope(envelope_dict("event-not-handled-by-service", event=PaymentProcessed(
+                   order_id=uuid4(), payment_id=uuid4(), amount="1.00")))),
+]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bad HTTP requests: (kind, method, path, body or raw text, expected status, text the answer must contain)
+# --------------------------------------------------------------------------------------------------------------------
+def order_with(**changes: Any) -> dict[str, Any]:
+    return {**GOOD_ORDER, **changes}
+
+
+def line_with(**changes: Any) -> dict[str, Any]:
+    return order_with(items=[{**GOOD_ORDER["items"][0], **changes}])
+
+
+BAD_REQUESTS: list[tuple[str, str, str, Any, int, str]] = [
+    ("invalid JSON body", "POST", "/orders", '{"customer_id": "alice", "items": [', 422, "JSON decode error"),
+    ("body is not an object", "POST", "/orders", [1, 2], 422, "valid dictionary"),
+    ("missing field", "POST", "/orders", {k: v for k, v in GOOD_ORDER.items() if k != "customer_id"}, 422,
+     "customer_id: Field required"),
+    ("quantity 0", "POST", "/orders", line_with(quantity=0), 422, "items.0.quantity: Input should be greater than 0"),
+    ("negative unit_price", "POST", "/orders", line_with(unit_price="-1.00"), 422, "items.0.unit_price"),
+    ("float unit_price", "POST", "/orders", line_with(unit_price=12.5), 422, "money must be a decimal string"),
+    ("extra field", "POST", "/orders", order_with(coupon="FREE"), 422, "coupon: Extra inputs are not permitted"),
+    ("extra line field", "POST", "/orders", line_with(discount="1"), 422, "discount: Extra inputs are not permitted"),
+    ("empty items", "POST", "/orders", order_with(items=[]), 422, "items: List should have at least 1 item"),
+    ("non-UUID order id", "GET", "/orders/not-a-uuid", None, 422, "order_id: Input should be a valid UUID"),
+    ("unknown order", "GET", f"/orders/{uuid4()}", None, 404, "no order"),
+]
+
+
+def send(client: TestClient, method: str, path: str, body: Any) -> Any:
+    if method == "GET":
+        return client.get(path)
+    if isinstance(body, str):
+        return client.post(path, content=body, headers={"content-type": "application/json"})
+    return client.post(path, json=body)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------------------------
+def dead_letter_kind(record: dict[str, Any], kinds: list[str]) -> list[str]:
+    text = json.dumps(record.get("message"))
+    return [kind for kind in kinds if marker(kind) in text]
+
+
+@pytest.mark.timeout(300)
+def test_every_bad_input_gets_its_reason_and_good_orders_still_flow(
+    redis_client: redis.Redis,
+    start_worker: Callable[..., subprocess.Popen],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SHOP_MAX_MESSAGE_BYTES", str(MAX_MESSAGE_BYTES))
+    settings = BusSettings()
+    assert settings.max_message_bytes == MAX_MESSAGE_BYTES
+    declare_topology(settings, list(SERVICES.values()))  # good orders must find the payment queue bound
+    publisher = RedisPublisher(settings)
+    injector = Injector(publisher, redis_client)
+    dead_letters = DeadLetterStore(redis_client)
+    worker = start_worker(SERVICE)
+
+    good_orders: list[str] = []
+    with TestClient(create_app(publisher)) as http:
+
+        def place_good_order() -> None:
+            response = http.post("/orders", json=GOOD_ORDER)
+            assert response.status_code == 202, response.text
+            good_orders.append(response.json()["id"])
+
+        # Good and bad interleaved in the one queue: a good order before and after every bad message.
+        place_good_order()
+        for case in BAD_MESSAGES:
+            case.inject(injector)
+            place_good_order()
+
+        # HTTP: each bad request gets a readable 4xx and publishes nothing.
+        http_results = {}
+        for kind, method, path, body, status, expected in BAD_REQUESTS:
+            response = send(http, method, path, body)
+            http_results[kind] = (response.status_code, response.text)
+            assert response.status_code == status, (kind, response.status_code, response.text)
+            assert expected in response.text, (kind, response.text)
+        assert http.get(f"/orders/{good_orders[0]}").status_code == 200
+    injector.close()
+
+    def settled() -> bool:
+        paid = scan_documents(redis_client, SERVICE, "payment")
+        return (
+            all(order_id in paid for order_id in good_orders)
+            and len(dead_letters.list(SERVICE)) >= len(BAD_MESSAGES)
+            and redis_client.llen(QUEUE) == 0
+            and redis_client.hlen(Keys.unacked(SERVICE)["unacked_key"]) == 0
+        ) or worker.poll() is not None
+
+    wait_until(settled, timeout=180, interval=0.2, message="every good order paid and every bad message dead-lettered")
+    assert worker.poll() is None, f"the payment worker died (exit code {worker.returncode})"
+
+    # Every good order, and only those, was paid; no bad HTTP request created an order.
+    paid = scan_documents(redis_client, SERVICE, "payment")
+    assert sorted(paid) == sorted(good_orders)
+    assert all(paid[order_id]["status"] == "charged" for order_id in good_orders), paid
+    assert sorted(scan_documents(redis_client, "order_service", "order")) == sorted(good_orders)
+
+    # Every bad message is exactly one dead letter, with its reason.
+    kinds = [case.kind for case in BAD_MESSAGES]
+    records = dead_letters.list(SERVICE)
+    by_kind: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+    for record in records:
+        matched = dead_letter_kind(record, kinds)
+        assert len(matched) == 1, f"dead letter matches {matched}: {record}"
+        by_kind[matched[0]].append(record)
+    matrix = {kind: [record["reason"] for record in by_kind[kind]] for kind in kinds}
+    expected = {case.kind: [case.reason] for case in BAD_MESSAGES}
+    assert matrix == expected
+    assert Counter(record["reason"] for record in records) == Counter(case.reason for case in BAD_MESSAGES)
+    assert dead_letters.list("unroutable") == []

@@ -1,0 +1,121 @@
+"""At-least-once delivery with exactly-once effects, proven by killing real worker processes with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+from decimal import Decimal
+
+import pytest
+import redis
+
+from events.catalog import OrderLine
+from events.redis_bus import DeadLetterStore, Keys, RedisPublisher, declare_topology, scan_documents
+from events.settings import BusSettings
+from order_service.handlers import place_order
+from payment_service.gateway import RedisLedger
+from shop.services import SERVICES
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.usefixtures("redis_url")
+
+
+def place(publisher: RedisPublisher, payment_method: str = "card", price: str = "10.00") -> str:
+    uow = publisher.unit_of_work("order_service")
+    order = place_order(
+        uow, customer_id="kim", items=[OrderLine(product_id="p", quantity=1, unit_price=Decimal(price))],
+        payment_method=payment_method,
+    )
+    uow.commit()
+    return str(order.id)
+
+
+@pytest.fixture
+def publisher(monkeypatch: pytest.MonkeyPatch) -> RedisPublisher:
+    monkeypatch.setenv("SHOP_FAULT_INJECTION", "1")
+    monkeypatch.setenv("SHOP_GATEWAY_SLOW_SECONDS", "3")
+    settings = BusSettings()
+    declare_topology(settings, list(SERVICES.values()))
+    return RedisPublisher(settings)
+
+
+def kill_hard(process) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+def payments(client: redis.Redis) -> dict:
+    return scan_documents(client, "payment_service", "payment")
+
+
+def test_worker_killed_while_handling_gets_the_message_back_and_charges_once(publisher, redis_client, start_worker):
+    order_id = place(publisher, "card_slow")
+    worker = start_worker("payment_service")
+    wait_until(lambda: redis_client.hlen(Keys.unacked("payment_service")["unacked_key"]) == 1,
+               message="the slow charge to be in flight")
+    kill_hard(worker)
+    assert payments(redis_client) == {}
+
+    start_worker("payment_service")
+    wait_until(lambda: order_id in payments(redis_client), timeout=40, message="the payment after restart")
+    wait_until(lambda: redis_client.hlen(Keys.unacked("payment_service")["unacked_key"]) == 0, timeout=20)
+    assert redis_client.lrange(RedisLedger.CHARGES, 0, -1) == [order_id.encode()]
+    assert redis_client.llen("order_service") == 1, "exactly one PaymentProcessed for the order service"
+
+
+@pytest.mark.parametrize("crash_point", ["before_commit", "after_commit"])
+def test_crash_between_state_and_publish_still_publishes_exactly_once(
+    crash_point, publisher, redis_client, start_worker, monkeypatch
+):
+    order_id = place(publisher)
+    crashing = start_worker("payment_service", SHOP_CRASH_AT=f"{crash_point}:OrderCreated")
+    wait_until(lambda: crashing.poll() is not None, message="the worker to die at the failpoint")
+    committed = order_id in payments(redis_client)
+    assert committed == (crash_point == "after_commit")
+    assert redis_client.llen("order_service") == int(committed), "the event is published with the state, or not at all"
+
+    start_worker("payment_service")
+    wait_until(
+        lambda: redis_client.hlen(Keys.unacked("payment_service")["unacked_key"]) == 0
+        and redis_client.llen("payment_service") == 0
+        and order_id in payments(redis_client),
+        timeout=40, message="the redelivered message to be settled",
+    )
+    assert redis_client.llen("order_service") == 1
+    assert redis_client.lrange(RedisLedger.CHARGES, 0, -1) == [order_id.encode()]
+
+
+def test_poison_message_that_kills_the_worker_every_time_is_dead_lettered(
+    publisher, redis_client, start_worker, monkeypatch
+):
+    monkeypatch.setenv("SHOP_MAX_DELIVERIES", "2")
+    poison = place(publisher, "card_crash")
+    good = place(publisher, "card")
+    deaths = 0
+    worker = start_worker("payment_service")
+
+    def settled() -> bool:
+        nonlocal worker, deaths
+        if worker.poll() is not None:
+            deaths += 1
+            worker = start_worker("payment_service")
+        return good in payments(redis_client) and bool(DeadLetterStore(redis_client).list("payment_service"))
+
+    wait_until(settled, timeout=90, interval=0.2, message="the poison message to be dead-lettered")
+    [record] = DeadLetterStore(redis_client).list("payment_service")
+    assert record["reason"] == "poison message"
+    assert poison in record["message"]["envelope"]
+    assert 2 <= deaths <= 3
+    assert poison not in payments(redis_client)
+
+
+def test_duplicate_delivery_of_the_same_event_has_one_effect(publisher, redis_client, start_worker):
+    order_id = place(publisher)
+    [message] = redis_client.lrange("payment_service", 0, -1)
+    redis_client.lpush("payment_service", message)  # the same event id, delivered twice
+    start_worker("payment_service")
+    wait_until(lambda: redis_client.llen("payment_service") == 0
+               and redis_client.hlen(Keys.unacked("payment_service")["unacked_key"]) == 0, timeout=30)
+    assert list(payments(redis_client)) == [order_id]
+    assert redis_client.llen("order_service") == 1
+    assert redis_client.llen(RedisLedger.CHARGES) == 1
