@@ -90,3 +90,11 @@ class WorkerGroup:
 
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds spent by everything on the machine (all cores, not idle nor iowait): with the benchmark's own
+    processes subtracted, what other tenants used during a run — the noise figure reported beside each result."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values[:8]) - idle) / CLOCK_TICKS

@@ -578,8 +578,16 @@ class DeadLetteringConsumer(Consumer):
             runtime.spec.name, reason, detail, {"raw_body": str(body)[:65536], "headers": _safe(message.headers)}, 1
         )
 
+    def connection_for_read(self, heartbeat: Any = None) -> Any:
+        """The consuming connection, with its Redis channels guarded against transport-level garbage before they
+        exist (see `guard_transport`)."""
+        connection = self.app.connection_for_read(heartbeat=heartbeat)
+        guard_transport(connection)
+        return self.ensure_connected(connection)
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        self._dead_letter(message, "undecodable message", repr(exc))
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        self._dead_letter(message, "undecodable message", str(headers.get(UNDECODABLE_HEADER) or repr(exc)))
         super().on_decode_error(message, exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
@@ -594,6 +602,113 @@ class DeadLetteringConsumer(Consumer):
         self._dead_letter(message, "invalid task message", repr(exc))
         super().on_invalid_task(body, message, exc)
 
+
+# --------------------------------------------------------------------------------------------------------------------
+# Transport-level garbage (used by DeadLetteringConsumer only)
+# --------------------------------------------------------------------------------------------------------------------
+# kombu's Redis transport json-parses each item it BRPOPs and builds a kombu Message from it before celery sees it. An
+# item that is not JSON, or JSON that is not a kombu message (no `properties`, no delivery tag, ...), raises inside
+# the worker's event loop: celery logs "Unrecoverable error", the worker process exits (with status 0), and the item,
+# already popped, is lost. Seen with a raw LPUSH of garbage into a service queue (tests/integration/test_bad_input.py).
+# The guard checks every popped item and swaps an unusable one for a well-formed kombu message that carries the
+# original bytes (base64) and the problem in a header. That message has no task header and an unregistered content
+# type, so celery hands it to `DeadLetteringConsumer.on_decode_error`: dead-lettered as "undecodable message" with the
+# raw item, then acknowledged like any other message (until then it sits in `unacked` as usual). Only the worker's
+# consuming connection is guarded; the cost is one extra json.loads per delivered message.
+UNDECODABLE_CONTENT_TYPE = "application/x-shop-undecodable"
+UNDECODABLE_HEADER = "x-shop-undecodable"
+
+
+def kombu_payload_problem(item: bytes | str) -> str | None:
+    """Why kombu's Redis transport (and celery's dispatch) could not take this raw queue item, or None if they can."""
+    import base64
+
+    try:
+        payload = json.loads(item)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        return f"not JSON: {exc}"
+    if not isinstance(payload, dict):
+        return f"not a kombu message: a JSON {type(payload).__name__}"
+    properties = payload.get("properties")
+    if not isinstance(properties, dict):
+        return "not a kombu message: no 'properties' object"
+    if "delivery_tag" not in properties:
+        return "not a kombu message: no 'properties.delivery_tag'"
+    info = properties.get("delivery_info")
+    if not isinstance(info, dict) or "exchange" not in info or "routing_key" not in info:
+        return "not a kombu message: no 'properties.delivery_info' with exchange and routing_key"
+    headers = payload.get("headers")
+    if headers is not None and not isinstance(headers, dict):
+        return "not a kombu message: 'headers' is not an object"
+    if headers and "task" in headers and not isinstance(headers["task"], str):
+        return "not a celery message: the 'task' header is not a string"
+    encoding, body = properties.get("body_encoding"), payload.get("body")
+    if body and encoding is not None:
+        if encoding != "base64":
+            return f"not a kombu message: unknown body_encoding {str(encoding)[:50]!r}"
+        try:
+            base64.b64decode(body)
+        except Exception as exc:  # noqa: BLE001 - binascii.Error, TypeError, ValueError: all mean "unusable"
+            return f"not a kombu message: body is not base64 ({exc})"
+    return None
+
+
+def undecodable_kombu_message(item: bytes | str, queue: str, problem: str) -> str:
+    """A valid kombu message (JSON, as the Redis transport stores it) carrying the unusable `item` unchanged."""
+    import base64
+
+    raw = item if isinstance(item, bytes) else item.encode(errors="replace")
+    return json.dumps(
+        {
+            "body": base64.b64encode(raw).decode(),
+            "content-encoding": "binary",
+            "content-type": UNDECODABLE_CONTENT_TYPE,
+            "headers": {UNDECODABLE_HEADER: problem},
+            "properties": {
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid4()),
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "delivery_mode": 2,
+                "priority": 0,
+            },
+        }
+    )
+
+
+def guard_transport(connection: Connection) -> None:
+    """Make `connection` (not yet connected) use a Redis channel whose BRPOP replies pass `kombu_payload_problem`."""
+    from kombu.transport import redis as kombu_redis
+    from kombu.utils.encoding import bytes_to_str
+    from kombu.utils.objects import cached_property
+
+    transport = connection.transport
+    base = transport.Channel
+    if not isinstance(transport, kombu_redis.Transport) or getattr(base, "shop_guarded", False):
+        return
+
+    class GuardedChannel(base):  # type: ignore[misc, valid-type]
+        shop_guarded = True
+
+        @cached_property
+        def client(self) -> Any:
+            client = self._create_client(asynchronous=True)
+            parse_response = client.parse_response
+
+            def guarded_parse_response(connection: Any, command_name: Any, **options: Any) -> Any:
+                response = parse_response(connection, command_name, **options)
+                if command_name == "BRPOP" and response:
+                    key, item = response
+                    problem = kombu_payload_problem(item)
+                    if problem is not None:
+                        queue = bytes_to_str(key).rsplit(self.sep, 1)[0]
+                        log.warning("unusable item in queue %s, handing it to the dead-letter path: %s", queue, problem)
+                        response = (key, undecodable_kombu_message(item, queue, problem))
+                return response
+
+            client.parse_response = guarded_parse_response
+            return client
+
+    transport.Channel = GuardedChannel
 
 def _safe(headers: Any) -> Any:
     try:

@@ -30,7 +30,7 @@ class NotificationLog:
             self._catch_up()
             if notification_id in self._known:
                 return False
-            prefix = b"" if self._read_up_to == 0 or self._ends_with_newline() else b"\n"
+            prefix = b"" if self._ends_with_newline() else b"\n"  # close a torn line left by a crash
             self._file.write(prefix + json.dumps(line, separators=(",", ":")).encode() + b"\n")
             self._file.flush()
             self._read_up_to = self._file.tell()

@@ -80,7 +80,8 @@ def api() -> None:
 
 def _start_everything(var_dir: Path) -> tuple["Supervisor", object]:  # noqa: F821
     from shop.embedded_redis import choose_broker
-    from shop.supervisor import Supervisor, shop_command
+    from shop.processes import supervised_commands
+    from shop.supervisor import Supervisor
 
     url, embedded = choose_broker(var_dir)
     if embedded:
@@ -89,9 +90,7 @@ def _start_everything(var_dir: Path) -> tuple["Supervisor", object]:  # noqa: F8
     from events.redis_bus import declare_topology
 
     declare_topology(BusSettings(), list(SERVICES.values()))
-    children = {name: shop_command("worker", name) for name in SERVICES}
-    children["order_api"] = shop_command("api")
-    supervisor = Supervisor(children, env={"REDIS_URL": url}, report=lambda text: console.print(f"[dim]up:[/] {text}"))
+    supervisor = Supervisor(supervised_commands(), env={"REDIS_URL": url}, report=lambda text: console.print(f"[dim]up:[/] {text}"))
     supervisor.start()
     return supervisor, embedded
 
@@ -370,3 +369,13 @@ def dlq_purge(
 # ---------------------------------------------------------------------------------------------------------------------
 # Further commands (monolith, compare, bench, chaos) are registered below, one block each.
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def monolith() -> None:
+    """Run order, payment and notification in ONE process over the in-process bus, behind the same HTTP API (port
+    5001 unless SHOP_ORDER_API_PORT says otherwise) and notification log. No Redis needed. Ctrl-C drains and stops."""
+    from shop.monolith import run_monolith
+
+    console.print(f"[green]shop monolith[/]: orders API on {ApiSettings().base_url}  (Ctrl-C to stop)")
+    run_monolith()

@@ -197,6 +197,11 @@ BAD_MESSAGES: list[BadMessage] = [
                lambda i: i.raw(json.dumps({"hello": marker("transport-json-not-kombu")}))),
     BadMessage("transport-json-array", "undecodable message",
                lambda i: i.raw(json.dumps([marker("transport-json-array"), 1, 2]))),
+    BadMessage("kombu-task-header-not-a-string", "undecodable message",
+               lambda i: i.kombu({}, {"task": [marker("kombu-task-header-not-a-string")]})),
+    BadMessage("celery-body-not-args-kwargs-embed", "invalid task message",
+               lambda i: i.kombu(marker("celery-body-not-args-kwargs-embed"), celery_task(
+                   i.publisher, i.publisher.messages.task_name(QUEUE), (), {})[1])),
     BadMessage("kombu-message-not-a-celery-task", "not a task message",
                lambda i: i.kombu({"hello": marker("kombu-message-not-a-celery-task")})),
     BadMessage("celery-task-unknown-name", "unknown task",

@@ -1,0 +1,142 @@
+"""The pipelines under test, behind one small interface: start workers, place an order, tell which orders are done.
+
+Both pipelines are fed the same way (the first hop is enqueued by the load generator, no HTTP) and observed the same
+way (one pipelined Redis read per poll over the orders still in flight), so neither gets a cheaper front door or a
+more precise clock than the other.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from decimal import Decimal
+from pathlib import Path
+from uuid import uuid4
+
+import redis
+
+from benchmarks import bare_celery
+from benchmarks.procs import WorkerGroup, python_module
+from events.settings import BusSettings
+
+PAYMENT = "payment"
+"""Role name of the first hop's worker: the one the scaling table multiplies."""
+
+
+class Pipeline(abc.ABC):
+    mode: str
+    description: str
+    roles: tuple[str, ...]
+
+    def __init__(self, settings: BusSettings, workers: WorkerGroup) -> None:
+        self.settings = settings
+        self.workers = workers
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.worker_names: list[str] = []
+
+    def start(self) -> None:
+        for role in self.roles:
+            self.add_worker(role)
+
+    def add_worker(self, role: str) -> str:
+        name = f"{self.mode}.{role}.{sum(n.startswith(f'{self.mode}.{role}.') for n in self.worker_names) + 1}"
+        self.workers.start(name, self.worker_argv(role))
+        self.worker_names.append(name)
+        return name
+
+    def remove_worker(self, name: str) -> None:
+        self.workers.stop(name)
+        self.worker_names.remove(name)
+
+    def pids(self) -> dict[str, int]:
+        return self.workers.pids(self.worker_names)
+
+    @abc.abstractmethod
+    def worker_argv(self, role: str) -> list[str]: ...
+
+    @abc.abstractmethod
+    def place(self) -> str:
+        """Enqueue one order's first hop; returns its id."""
+
+    @abc.abstractmethod
+    def done(self, order_ids: list[str]) -> list[str]:
+        """Which of these orders have completed the whole journey."""
+
+
+class FullSystem(Pipeline):
+    """The shop in microservices mode: `python -m shop worker <service>` x3, orders placed by the order service's own
+    command on a RedisPublisher unit of work. Done = the order document's `notified_at` is set, read from the order
+    service's store (the same field `shop status`-style tools read; nothing is added to the services for the bench)."""
+
+    mode = "full"
+    description = "shop microservices: 3 x `shop worker`"
+    roles = ("order_service", PAYMENT, "notification_service")
+
+    def __init__(self, settings: BusSettings, workers: WorkerGroup) -> None:
+        super().__init__(settings, workers)
+        from events.catalog import OrderLine
+        from events.redis_bus import Keys, RedisPublisher, declare_topology
+        from order_service import handlers
+        from order_service.store import COLLECTION
+        from shop.services import SERVICES
+
+        declare_topology(settings, list(SERVICES.values()))
+        self._publisher = RedisPublisher(settings)
+        self._place_order = handlers.place_order
+        self._items = [OrderLine(product_id="book", quantity=2, unit_price=Decimal("12.50"))]
+        self._key = lambda order_id: Keys.document("order_service", COLLECTION, order_id)
+
+    def worker_argv(self, role: str) -> list[str]:
+        from shop.supervisor import shop_command
+
+        return shop_command("worker", "payment_service" if role == PAYMENT else role)
+
+    def place(self) -> str:
+        uow = self._publisher.unit_of_work("order_service")
+        order = self._place_order(uow, customer_id="bench", items=self._items, payment_method="card")
+        self._publisher.commit(uow)
+        return str(order.id)
+
+    def done(self, order_ids: list[str]) -> list[str]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for order_id in order_ids:
+                pipe.hget(self._key(order_id), "d")
+            documents = pipe.execute()
+        return [
+            order_id
+            for order_id, raw in zip(order_ids, documents)
+            if raw is not None and json.loads(raw).get("notified_at") is not None
+        ]
+
+
+class BareCelery(Pipeline):
+    mode = "bare"
+    description = "bare celery: same 4 hops, no-op tasks, 3 solo workers"
+    roles = ("order", PAYMENT, "notification")
+    _queues = {"order": bare_celery.ORDER, PAYMENT: bare_celery.PAYMENT, "notification": bare_celery.NOTIFICATION}
+
+    def __init__(self, settings: BusSettings, workers: WorkerGroup) -> None:
+        super().__init__(settings, workers)
+        bare_celery.app.conf.broker_url = settings.redis_url
+
+    def worker_argv(self, role: str) -> list[str]:
+        return python_module("benchmarks.bare_celery", self._queues[role])
+
+    def place(self) -> str:
+        order_id = uuid4().hex
+        bare_celery.place(order_id)
+        return order_id
+
+    def done(self, order_ids: list[str]) -> list[str]:
+        if not order_ids:
+            return []
+        stamps = self.redis.hmget(bare_celery.DONE_KEY, order_ids)
+        return [order_id for order_id, stamp in zip(order_ids, stamps) if stamp is not None]
+
+
+def monolith_available() -> tuple[bool, str]:
+    """The monolith is another piece of work in progress; the benchmark measures it only once it exists."""
+    path = Path(__file__).resolve().parent.parent / "shop" / "monolith.py"
+    if not path.exists():
+        return False, "skipped: shop/monolith.py does not exist yet"
+    return False, "skipped: shop/monolith.py exists but the benchmark has no adapter for it yet"
