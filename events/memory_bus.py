@@ -4,6 +4,10 @@ Used by unit tests and by the monolith. Events committed by a unit of work are q
 handler at a time, to every service subscribed to their type, each with its own inbox, exactly like the Redis bus
 but without serialization or network hops. Payloads still go through the same envelope round trip (`json` ->
 model), so a contract violation fails here as it would on Redis.
+
+`InMemoryBus.commit` dispatches synchronously, so a unit test sees the whole saga when commit returns.
+`DispatchingInMemoryBus` (the monolith) queues instead and dispatches on its own thread, so a request is answered
+before the saga runs, as it is over Redis.
 """
 
 from __future__ import annotations

@@ -379,3 +379,87 @@ def monolith() -> None:
 
     console.print(f"[green]shop monolith[/]: orders API on {ApiSettings().base_url}  (Ctrl-C to stop)")
     run_monolith()
+
+
+@app.command()
+def chaos(
+    orders: Annotated[int, typer.Option(help="orders to place")] = 5000,
+    kill_every: Annotated[float, typer.Option(help="mean seconds between two worker kills")] = 3.0,
+    rate: Annotated[float, typer.Option(help="orders placed per second")] = 100.0,
+    poison_ratio: Annotated[float, typer.Option(help="share of poison + tampered messages")] = 0.01,
+) -> None:
+    """Place ORDERS while killing random workers (SIGKILL) and restarting a private Redis once, with ~1% poison and
+    tampered messages; then audit every store. Exits non-zero on any loss or duplicate effect."""
+    from shop.chaos import run_chaos
+
+    result = run_chaos(orders=orders, kill_every=kill_every, rate=rate, poison_ratio=poison_ratio,
+                       report=lambda text: console.print(f"[dim]{text}[/]"))
+    table = Table(title="chaos run")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name in ("orders", "poison_orders", "tampered_messages", "kills", "worker_restarts", "redis_restarts",
+                 "settled", "lost", "double_charged", "duplicate_notifications", "missing_notifications",
+                 "dead_lettered", "poison_not_dead_lettered", "unexpected_dead_letters", "seconds"):
+        table.add_row(name.replace("_", " "), str(getattr(result, name)))
+    console.print(table)
+    if not result.passed:
+        console.print(f"[red]FAILED:[/] {'; '.join(result.problems)}")
+        raise typer.Exit(1)
+    console.print("[green]passed: nothing lost, nothing done twice[/]")
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="short runs (< 1 min): a smoke test, not a measurement")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="directory for bench.json and bench.png [default: var/bench]")] = None,
+    runs: Annotated[Optional[int], typer.Option(help="alternating saturation runs per pipeline (>= 3 for a headline)")] = None,
+    rates: Annotated[Optional[str], typer.Option(help="offered loads for latency, e.g. '50,100,200' orders/s "
+                                                      "[default: fractions of the slowest saturation]")] = None,
+) -> None:
+    """Measure the full system against a bare celery pipeline of the same shape (and the monolith): throughput,
+    latency at fixed offered loads, CPU per order, peak RSS. Flushes the Redis database of REDIS_URL (not db 0)."""
+    from benchmarks.runner import BenchSettings, run
+
+    overrides = {key: value for key, value in {"out_dir": out, "runs": runs}.items() if value is not None}
+    settings = BenchSettings.quick(**overrides) if quick else BenchSettings(**overrides)
+    offered = [float(rate) for rate in rates.split(",")] if rates else None
+    try:
+        result = run(settings, BusSettings().redis_url, offered, report=lambda text: console.print(f"[dim]{text}[/]"))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    table = Table(title=f"shop bench ({'quick' if quick else 'full'}, {result['meta']['seconds']}s)")
+    for column in ("mode", "orders/s", "worker CPU ms/order", "redis CPU ms/order", "peak RSS MiB/worker", "latency"):
+        table.add_column(column, justify="left" if column in ("mode", "latency") else "right")
+    for name, mode in result["modes"].items():
+        if "runs" not in mode:
+            table.add_row(name, "-", "-", "-", "-", mode.get("skipped", ""))
+            continue
+        latency = "; ".join(f"@{p['offered_rate']:g}/s p50 {p['p50_ms']:g} p99 {p['p99_ms']:g} ms" for p in mode["latency"])
+        table.add_row(name, f"{mode['throughput']:.1f}", f"{mode['cpu_ms_per_order']:.2f}",
+                      f"{mode['redis_cpu_ms_per_order']:.2f}", f"{max(mode['peak_rss_mib'].values()):.0f}", latency)
+    console.print(table)
+    for name, scaling in result.get("scaling", {}).items():
+        console.print(f"scaling {name}: 1 payment worker {scaling['1']:.1f}/s, 2 payment workers {scaling['2']:.1f}/s")
+    console.print(f"[bold]full / bare throughput: {result['ratio_full_over_bare']:.3f}[/] (median of per-pair ratios "
+                  f"{result['ratio_runs']}); results in {settings.out_dir}")
+
+
+@app.command()
+def compare(
+    quick: Annotated[bool, typer.Option("--quick", help="a small workload (for tests): every scenario, few orders")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="where compare.md and compare.json go (default: var/compare)")] = None,
+) -> None:
+    """Run the same workload against the microservices and the monolith; print and write the comparison table
+    (latency, throughput, failure impact, scaling, deployment) beside the classic claims."""
+    from shop.compare import compare as run_comparison
+
+    out_dir = out or BusSettings().var_dir / "compare"
+    result = run_comparison(out_dir, quick=quick, report=lambda text: console.print(f"[dim]{text}[/]"))
+    table = Table(title=f"microservices vs monolith on {result.results['machine']['cores']} cores")
+    for column in ("claim", "measure", "microservices", "monolith"):
+        table.add_column(column)
+    for row in result.table:
+        table.add_row(row.claim, row.measure, row.microservices, row.monolith)
+    console.print(table)
+    console.print(f"how each row was measured: {result.markdown_path}; raw numbers: {result.json_path}")

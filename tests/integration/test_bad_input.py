@@ -34,7 +34,7 @@ from fastapi.testclient import TestClient
 from kombu import Producer
 
 from events.catalog import OrderCreated, PaymentProcessed
-from events.envelope import Envelope, Sealed, seal, sign
+from events.envelope import Envelope, Sealed, sign
 from events.redis_bus import (
     DeadLetterStore,
     Keys,
@@ -45,6 +45,7 @@ from events.redis_bus import (
 )
 from events.settings import BusSettings
 from order_service.api import create_app
+from payment_service.domain import PaymentStatus
 from shop.services import SERVICES
 from tests.helpers import wait_until
 
@@ -189,10 +190,11 @@ def valid_sealed(kind: str, key: bytes) -> Sealed:
     return signed(json.dumps(envelope_dict(kind)), key)
 
 
+NOT_JSON = f"{marker('transport-not-json')} {{ this is not JSON"
+
 BAD_MESSAGES: list[BadMessage] = [
     # ---- transport level: kombu / celery see these before any shop code ----
-    BadMessage("transport-not-json", "undecodable message",
-               lambda i: i.raw(f"{marker('transport-not-json')} {{ this is not JSON")),
+    BadMessage("transport-not-json", "undecodable message", lambda i: i.raw(NOT_JSON)),
     BadMessage("transport-json-not-kombu", "undecodable message",
                lambda i: i.raw(json.dumps({"hello": marker("transport-json-not-kombu")}))),
     BadMessage("transport-json-array", "undecodable message",
@@ -343,7 +345,7 @@ def test_every_bad_input_gets_its_reason_and_good_orders_still_flow(
     # Every good order, and only those, was paid; no bad HTTP request created an order.
     paid = scan_documents(redis_client, SERVICE, "payment")
     assert sorted(paid) == sorted(good_orders)
-    assert all(paid[order_id]["status"] == "charged" for order_id in good_orders), paid
+    assert {paid[order_id]["status"] for order_id in good_orders} == {PaymentStatus.CHARGED}, paid
     assert sorted(scan_documents(redis_client, "order_service", "order")) == sorted(good_orders)
 
     # Every bad message is exactly one dead letter, with its reason.
@@ -359,3 +361,7 @@ def test_every_bad_input_gets_its_reason_and_good_orders_still_flow(
     assert matrix == expected
     assert Counter(record["reason"] for record in records) == Counter(case.reason for case in BAD_MESSAGES)
     assert dead_letters.list("unroutable") == []
+    # A transport-level reject keeps the original bytes, so it can be read and understood.
+    [garbage] = by_kind["transport-not-json"]
+    assert garbage["message"]["raw_body"] == NOT_JSON
+    assert garbage["detail"].startswith("not JSON")

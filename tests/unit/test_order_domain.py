@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from order_service.domain import Order, OrderStatus
 from events.catalog import OrderLine
+from order_service.domain import Order, OrderStatus
 
 
 def line(quantity: int, unit_price: str, product_id: str = "p") -> OrderLine:

@@ -1,0 +1,64 @@
+"""The monolith under the benchmark: `shop.monolith.build_bus` (the three services on the in-process bus, exactly
+as `shop monolith` wires them) in one process, fed and observed through Redis instead of HTTP.
+
+Fed: the load generator LPUSHes an order token; this process places the order with the order service's command
+(`order_service.handlers.place_order` on the bus's unit of work + commit), the same call the full system's load
+generator makes. Observed: when the order service has handled NotificationSent, the token's completion time goes
+into one Redis hash, like the bare pipeline's last hop. That is one Redis round trip in and one out per order,
+the minimum needed to drive a process from outside, and the same two the bare pipeline pays.
+
+Run: `python -m benchmarks.monolith_process` with REDIS_URL set (the benchmark does it). Stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from decimal import Decimal
+
+import redis
+
+ORDERS_KEY = "bench:monolith:orders"
+DONE_KEY = "bench:monolith:done"
+
+
+def main() -> None:
+    from events.catalog import OrderLine
+    from events.settings import BusSettings
+    from order_service import handlers
+    from shop.monolith import build_bus
+
+    settings = BusSettings()
+    client = redis.Redis.from_url(settings.redis_url)
+    bus = build_bus(settings)
+    tokens: dict[str, str] = {}
+    items = [OrderLine(product_id="book", quantity=2, unit_price=Decimal("12.50"))]
+
+    def on_handled(service: str, envelope) -> None:
+        if service == "order_service" and envelope.type == "NotificationSent":
+            token = tokens.pop(str(envelope.payload["order_id"]), None)
+            if token is not None:
+                client.hset(DONE_KEY, token, repr(time.time()))
+
+    bus.on_handled = on_handled
+    bus.start()
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        while not stopping.is_set():
+            popped = client.brpop([ORDERS_KEY], timeout=1)
+            if popped is None:
+                continue
+            batch = [popped[1], *(client.rpop(ORDERS_KEY, 63) or [])]
+            for token in batch:
+                uow = bus.unit_of_work("order_service")
+                order = handlers.place_order(uow, customer_id="bench", items=items, payment_method="card")
+                tokens[str(order.id)] = token.decode()
+                bus.commit(uow)
+    finally:
+        bus.stop(timeout=5)
+
+
+if __name__ == "__main__":
+    main()

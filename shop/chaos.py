@@ -1,0 +1,241 @@
+"""`shop chaos`: place many orders while killing workers and restarting Redis, then audit every service's store.
+
+What it proves: at-least-once delivery plus idempotent consumers give exactly-once *effects*. Workers are killed
+with SIGKILL at random moments (mid-message included), the broker is killed -9 and restarted from its AOF once,
+and ~1% of the traffic is poison (orders whose charge kills the payment worker every time) or tampered (a bad
+signature). Afterwards every order must be settled and notified exactly once, no order charged twice, and every
+poison or tampered message must sit in a dead-letter store. Everything runs on a private redis-server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from uuid import uuid4
+
+import redis
+
+from events.catalog import OrderCreated, OrderLine
+from events.envelope import Envelope, Sealed
+from events.redis_bus import DeadLetterStore, Keys, RedisPublisher, declare_topology, scan_documents
+from events.settings import BusSettings
+from events.unit_of_work import ConcurrentUpdate
+from notification_service.notification_log import read_notifications
+from order_service.handlers import place_order
+from payment_service.gateway import RedisLedger
+from shop.redis_server import RedisServer
+from shop.services import SERVICES
+from shop.supervisor import Supervisor, shop_command
+
+
+@dataclass
+class ChaosReport:
+    orders: int = 0
+    poison_orders: int = 0
+    tampered_messages: int = 0
+    kills: int = 0
+    redis_restarts: int = 0
+    worker_restarts: int = 0
+    settled: int = 0
+    lost: int = 0
+    double_charged: int = 0
+    duplicate_notifications: int = 0
+    missing_notifications: int = 0
+    dead_lettered: int = 0
+    unexpected_dead_letters: int = 0
+    poison_not_dead_lettered: int = 0
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+def run_chaos(
+    orders: int = 5000,
+    kill_every: float = 3.0,
+    poison_ratio: float = 0.01,
+    rate: float = 100.0,
+    work_dir: Path = Path("var/chaos"),
+    quiesce_timeout: float = 240.0,
+    report=print,
+) -> ChaosReport:
+    started = time.monotonic()
+    run_dir = Path(work_dir) / time.strftime("%Y%m%d-%H%M%S")
+    server = RedisServer(run_dir / "redis").start()
+    log_path = run_dir / "notifications.log"
+    env = {
+        "REDIS_URL": server.url,
+        "SHOP_NOTIFICATION_LOG": str(log_path),
+        "SHOP_VISIBILITY_TIMEOUT": "5",
+        "SHOP_MAX_DELIVERIES": "3",
+        "SHOP_FAULT_INJECTION": "1",
+        "SHOP_GATEWAY_FLAKY_FAILURES": "1",
+        "SHOP_RETRY_BACKOFF": "0.1",
+    }
+    os.environ.update(env)
+    settings = BusSettings()
+    declare_topology(settings, list(SERVICES.values()))
+    supervisor = Supervisor(
+        {name: shop_command("worker", name) for name in SERVICES}, env=env, report=lambda text: None,
+        backoff=0.2, max_backoff=2.0,
+    )
+    supervisor.start()
+    result = ChaosReport()
+    placed: dict[str, str] = {}  # order id -> payment method
+    tampered: list[str] = []
+    stop_killing = threading.Event()
+    rng = random.Random(7)
+
+    def killer() -> None:
+        while not stop_killing.wait(kill_every * rng.uniform(0.5, 1.5)):
+            alive = [c for c in supervisor.children.values() if c.process and c.process.poll() is None]
+            if alive:
+                victim = rng.choice(alive)
+                try:
+                    os.killpg(victim.process.pid, signal.SIGKILL)
+                    result.kills += 1
+                except ProcessLookupError:
+                    pass
+
+    killing = threading.Thread(target=killer, daemon=True)
+    killing.start()
+    try:
+        publisher = RedisPublisher(settings)
+        restart_at = orders * 2 // 5
+        interval = 1.0 / rate
+        next_at = time.monotonic()
+        for n in range(orders):
+            supervisor.poll()
+            if n == restart_at:
+                server.restart()
+                result.redis_restarts += 1
+                report(f"chaos: redis-server killed -9 and restarted after {n} orders")
+            roll = rng.random()
+            if roll < poison_ratio / 2:
+                method = "card_crash"
+            elif roll < poison_ratio:
+                tampered.append(_inject_tampered(publisher, rng))
+                method = "card"
+            elif roll < 0.10:
+                method = "card_declined"
+            elif roll < 0.15:
+                method = "card_flaky"
+            else:
+                method = "card"
+            placed[_place_surviving_outages(publisher, n, method)] = method
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            if n and n % 500 == 0:
+                report(f"chaos: {n} orders placed, {result.kills} kills")
+        stop_killing.set()
+        killing.join()
+        report(f"chaos: all {orders} orders placed; waiting for quiescence")
+        client = redis.Redis.from_url(server.url)
+        deadline = time.monotonic() + quiesce_timeout
+        while time.monotonic() < deadline:
+            supervisor.poll()
+            if _quiet(client, placed):
+                break
+            time.sleep(0.5)
+        _audit(client, placed, tampered, log_path, result)
+    finally:
+        stop_killing.set()
+        result.worker_restarts = sum(child.restarts for child in supervisor.children.values())
+        supervisor.stop()
+        server.stop()
+        for name in env:
+            os.environ.pop(name, None)
+    result.seconds = round(time.monotonic() - started, 1)
+    (run_dir / "report.json").write_text(json.dumps(asdict(result), indent=2))
+    return result
+
+
+def _place_surviving_outages(publisher: RedisPublisher, n: int, method: str) -> str:
+    """Place one order; while Redis is down, retry the *same* unit of work, so an order is never placed twice."""
+    uow = publisher.unit_of_work("order_service")
+    order = place_order(
+        uow, customer_id=f"customer-{n % 97}", payment_method=method,
+        items=[OrderLine(product_id=f"sku-{n % 13}", quantity=1 + n % 3, unit_price=Decimal("9.90"))],
+    )
+    for _ in range(600):
+        try:
+            uow.commit()
+            return str(order.id)
+        except ConcurrentUpdate:
+            return str(order.id)  # an earlier attempt did commit; its answer was lost with the connection
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            time.sleep(0.05)
+    raise RuntimeError("Redis did not come back within 30 s")
+
+
+def _inject_tampered(publisher: RedisPublisher, rng: random.Random) -> str:
+    """A well-formed message whose signature does not match its envelope, straight into a random queue."""
+    order_id = uuid4()
+    event = OrderCreated(order_id=order_id, customer_id="mallory", items=(), total=Decimal("0.00"),
+                         payment_method="card")
+    raw = Envelope.wrap(event, producer="mallory", correlation_id=order_id).model_dump_json()
+    sealed = Sealed(envelope=raw, signature="0" * 64)
+    queue = rng.choice(list(SERVICES))
+    for _ in range(600):
+        try:
+            key, payload = publisher.messages.build(queue, sealed, f"tampered:{order_id}")
+            publisher.redis.lpush(key, payload)
+            return str(order_id)
+        except (redis.ConnectionError, redis.BusyLoadingError):
+            time.sleep(0.05)
+    raise RuntimeError("Redis did not come back within 30 s")
+
+
+def _quiet(client: redis.Redis, placed: dict[str, str]) -> bool:
+    try:
+        if any(client.llen(queue) for queue in SERVICES) or any(
+            client.hlen(Keys.unacked(queue)["unacked_key"]) for queue in SERVICES
+        ):
+            return False
+        orders = scan_documents(client, "order_service", "order")
+    except redis.ConnectionError:
+        return False
+    return all(
+        orders.get(order_id, {}).get("notified_at") for order_id, method in placed.items() if method != "card_crash"
+    )
+
+
+def _audit(client: redis.Redis, placed: dict[str, str], tampered: list[str], log_path: Path, result: ChaosReport) -> None:
+    orders = scan_documents(client, "order_service", "order")
+    expected_final = [o for o, method in placed.items() if method != "card_crash"]
+    poison = [o for o, method in placed.items() if method == "card_crash"]
+    result.orders, result.poison_orders, result.tampered_messages = len(placed), len(poison), len(tampered)
+    result.settled = sum(orders.get(o, {}).get("status") in ("CONFIRMED", "CANCELLED") for o in expected_final)
+    result.lost = sum(
+        orders.get(o, {}).get("status") not in ("CONFIRMED", "CANCELLED") or not orders.get(o, {}).get("notified_at")
+        for o in expected_final
+    )
+    charges = Counter(c.decode() for c in client.lrange(RedisLedger.CHARGES, 0, -1))
+    result.double_charged = sum(1 for count in charges.values() if count > 1)
+    confirmed = {o for o in expected_final if orders.get(o, {}).get("status") == "CONFIRMED"}
+    if set(charges) != confirmed:
+        result.problems.append(f"charges do not match confirmed orders ({len(charges)} vs {len(confirmed)})")
+    lines = Counter(line["order_id"] for line in read_notifications(log_path))
+    result.duplicate_notifications = sum(1 for count in lines.values() if count > 1)
+    result.missing_notifications = sum(1 for o in expected_final if lines.get(o, 0) == 0)
+    dead = DeadLetterStore(client).list()
+    result.dead_lettered = len(dead)
+    dead_text = [(record["reason"], json.dumps(record["message"])) for record in dead]
+    result.poison_not_dead_lettered = sum(
+        not any(reason == "poison message" and o in text for reason, text in dead_text) for o in poison
+    ) + sum(not any(reason == "bad signature" and o in text for reason, text in dead_text) for o in tampered)
+    result.unexpected_dead_letters = result.dead_lettered - (len(poison) + len(tampered) - result.poison_not_dead_lettered)
+    for name in ("lost", "double_charged", "duplicate_notifications", "missing_notifications",
+                 "poison_not_dead_lettered", "unexpected_dead_letters"):
+        if getattr(result, name):
+            result.problems.append(f"{name.replace('_', ' ')}: {getattr(result, name)}")

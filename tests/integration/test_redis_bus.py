@@ -1,0 +1,337 @@
+"""The Redis bus without workers: topology, routing, the atomic commit, redelivery, dead letters and their replay.
+
+Also holds the small helpers the worker tests share (reading what waits in a queue, placing an order)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+import redis
+from kombu import Connection
+from typer.testing import CliRunner
+
+from events.bus import ServiceSpec
+from events.catalog import NotificationSent, OrderCreated, OrderLine
+from events.envelope import Envelope, open_envelope, seal
+from events.redis_bus import UNROUTABLE, DeadLetterStore, Keys, RedisPublisher, declare_topology
+from events.settings import BusSettings
+from events.unit_of_work import AlreadyHandled, ConcurrentUpdate
+from order_service.domain import Order
+from order_service.handlers import place_order
+from order_service.store import Orders
+from shop.services import SERVICES
+
+pytestmark = pytest.mark.usefixtures("redis_url")
+
+QUEUES = [spec.queue for spec in SERVICES.values()]
+
+AUDIT = ServiceSpec(name="audit", handlers={OrderCreated: lambda event, uow: None})
+"""A second subscriber of OrderCreated, so that a redelivery or retry that went back through the exchange would show
+up as an extra copy in its queue."""
+
+
+# -- helpers (shared with test_workers.py) ----------------------------------------------------------------------------
+def queued(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    """The celery messages waiting in `queue`, oldest first: {'task', 'delivery_info', 'redelivered', 'kwargs'}."""
+    messages = []
+    for raw in reversed(client.lrange(queue, 0, -1)):
+        message = json.loads(raw)
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        _args, kwargs, _embed = json.loads(body)
+        messages.append(
+            {
+                "task": message["headers"].get("task"),
+                "delivery_info": message["properties"].get("delivery_info"),
+                "redelivered": message["headers"].get("redelivered", False),
+                "kwargs": kwargs,
+            }
+        )
+    return messages
+
+
+def queued_envelopes(client: redis.Redis, queue: str, settings: BusSettings) -> list[Envelope]:
+    """The envelopes waiting in `queue`, each verified as a worker would."""
+    return [
+        open_envelope(m["kwargs"]["envelope"], m["kwargs"]["signature"], key=settings.key,
+                      max_bytes=settings.max_message_bytes)[0]
+        for m in queued(client, queue)
+    ]
+
+
+def order_created(payment_method: str = "card", total: str = "25.00") -> OrderCreated:
+    return OrderCreated(
+        order_id=uuid4(),
+        customer_id="alice",
+        items=(OrderLine(product_id="book", quantity=1, unit_price=Decimal(total)),),
+        total=Decimal(total),
+        payment_method=payment_method,
+    )
+
+
+def wrap(event) -> Envelope:
+    return Envelope.wrap(event, producer="tests", correlation_id=getattr(event, "order_id", None) or uuid4())
+
+
+def place(publisher: RedisPublisher, payment_method: str = "card", price: str = "25.00") -> Order:
+    """What POST /orders does: the order document and its OrderCreated, committed in one step."""
+    uow = publisher.unit_of_work("order_service")
+    order = place_order(
+        uow, customer_id="alice", items=[OrderLine(product_id="book", quantity=1, unit_price=Decimal(price))],
+        payment_method=payment_method,
+    )
+    publisher.commit(uow)
+    return order
+
+
+def stored_order(publisher: RedisPublisher, order_id: UUID) -> Order | None:
+    return Orders(publisher.unit_of_work("order_service")).get(order_id)
+
+
+@pytest.fixture
+def settings() -> BusSettings:
+    return BusSettings()
+
+
+@pytest.fixture
+def publisher(settings: BusSettings) -> Iterator[RedisPublisher]:
+    publisher = RedisPublisher(settings)
+    yield publisher
+    publisher.messages._connection.release()
+    publisher.redis.close()
+
+
+# -- topology and routing ---------------------------------------------------------------------------------------------
+def test_an_event_published_before_any_worker_ever_ran_waits_in_its_queue(
+    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis
+):
+    declare_topology(settings, list(SERVICES.values()))
+    envelope = wrap(order_created())
+
+    publisher.publish(envelope)
+
+    [waiting] = queued(redis_client, "payment_service")
+    assert waiting["task"] == "payment_service.handle_event"
+    assert waiting["delivery_info"] == {"exchange": "", "routing_key": "payment_service"}
+    assert [e.event_id for e in queued_envelopes(redis_client, "payment_service", settings)] == [envelope.event_id]
+    assert redis_client.llen("order_service") == 0 and redis_client.llen("notification_service") == 0
+    assert DeadLetterStore(redis_client).list() == []
+
+
+def test_each_service_queue_is_bound_to_exactly_the_events_it_handles(
+    settings: BusSettings, publisher: RedisPublisher
+):
+    declare_topology(settings, list(SERVICES.values()))
+
+    routes = {name: publisher.router.queues_for(name) for name in (
+        "OrderCreated", "PaymentProcessed", "PaymentFailed", "OrderConfirmed", "OrderCancelled", "NotificationSent")}
+
+    assert routes == {
+        "OrderCreated": ["payment_service"],
+        "PaymentProcessed": ["order_service"],
+        "PaymentFailed": ["order_service"],
+        "OrderConfirmed": ["notification_service"],
+        "OrderCancelled": ["notification_service"],
+        "NotificationSent": ["order_service"],
+    }
+
+
+def test_declaring_the_topology_twice_changes_nothing(settings: BusSettings, publisher: RedisPublisher,
+                                                       redis_client: redis.Redis):
+    declare_topology(settings, list(SERVICES.values()))
+    declare_topology(settings, list(SERVICES.values()))
+
+    publisher.publish(wrap(order_created()))
+
+    assert redis_client.llen("payment_service") == 1
+
+
+def test_an_event_with_several_subscribers_gets_one_copy_per_queue_each_addressed_to_that_queue(
+    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis
+):
+    declare_topology(settings, [*SERVICES.values(), AUDIT])
+    envelope = wrap(order_created())
+
+    publisher.publish(envelope)
+
+    for queue in ("payment_service", "audit"):
+        [message] = queued(redis_client, queue)
+        assert message["delivery_info"] == {"exchange": "", "routing_key": queue}
+        assert message["task"] == f"{queue}.handle_event"
+        assert queued_envelopes(redis_client, queue, settings)[0].event_id == envelope.event_id
+
+
+@pytest.mark.parametrize("declared", [["payment_service"], []], ids=["other queues declared", "nothing declared"])
+def test_an_event_nobody_is_bound_to_is_dead_lettered_as_unroutable_and_nowhere_else(
+    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis, declared: list[str]
+):
+    declare_topology(settings, [SERVICES[name] for name in declared])
+    event = NotificationSent(notification_id=uuid4(), order_id=uuid4(), customer_id="alice", about="OrderConfirmed")
+    envelope = wrap(event)
+
+    publisher.publish(envelope)
+
+    store = DeadLetterStore(redis_client)
+    [record] = store.list()
+    assert record["service"] == UNROUTABLE
+    assert "NotificationSent" in record["reason"]
+    opened, _ = open_envelope(record["message"]["envelope"], record["message"]["signature"], key=settings.key,
+                              max_bytes=settings.max_message_bytes)
+    assert opened.event_id == envelope.event_id
+    assert store.counts() == {UNROUTABLE: 1}
+    assert all(redis_client.llen(queue) == 0 for queue in QUEUES)
+
+
+def test_a_publish_of_several_events_is_one_step(settings: BusSettings, publisher: RedisPublisher,
+                                                 redis_client: redis.Redis):
+    declare_topology(settings, [SERVICES["payment_service"]])
+    routable, unroutable = wrap(order_created()), wrap(
+        NotificationSent(notification_id=uuid4(), order_id=uuid4(), customer_id="a", about="OrderConfirmed"))
+
+    publisher.publish(routable, unroutable)
+
+    assert [e.event_id for e in queued_envelopes(redis_client, "payment_service", settings)] == [routable.event_id]
+    assert len(DeadLetterStore(redis_client).list(UNROUTABLE)) == 1
+
+
+# -- the atomic commit ------------------------------------------------------------------------------------------------
+def test_a_unit_of_work_commits_document_inbox_mark_and_outgoing_events_together(
+    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis
+):
+    declare_topology(settings, list(SERVICES.values()))
+
+    order = place(publisher)
+
+    assert stored_order(publisher, order.id) == order
+    [envelope] = queued_envelopes(redis_client, "payment_service", settings)
+    assert envelope.type == "OrderCreated" and envelope.payload["order_id"] == str(order.id)
+    assert envelope.correlation_id == order.id
+
+
+def test_a_second_unit_of_work_for_the_same_cause_commits_nothing(
+    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis
+):
+    declare_topology(settings, list(SERVICES.values()))
+    cause = wrap(order_created())
+    first, second = (publisher.unit_of_work("payment_service", cause) for _ in range(2))
+    for uow in (first, second):
+        uow.put("payment", "x", {"by": id(uow)})
+        uow.publish(NotificationSent(notification_id=uuid4(), order_id=uuid4(), customer_id="a", about="x"))
+    first.commit()
+
+    with pytest.raises(AlreadyHandled):
+        second.commit()
+
+    assert publisher.unit_of_work("payment_service", cause).already_handled()
+    assert publisher.unit_of_work("payment_service").get("payment", "x") == {"by": id(first)}
+    assert redis_client.llen("order_service") == 1  # only the first one's event
+
+
+def test_a_unit_of_work_that_read_a_stale_document_commits_nothing(
+    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis
+):
+    declare_topology(settings, list(SERVICES.values()))
+    first, second = publisher.unit_of_work("order_service"), publisher.unit_of_work("order_service")
+    assert first.get("order", "x") is None and second.get("order", "x") is None
+    first.put("order", "x", {"by": "first"})
+    second.put("order", "x", {"by": "second"})
+    second.publish(order_created(), correlation_id=uuid4())
+    first.commit()
+
+    with pytest.raises(ConcurrentUpdate):
+        second.commit()
+
+    assert publisher.unit_of_work("order_service").get("order", "x") == {"by": "first"}
+    assert redis_client.llen("payment_service") == 0
+
+
+# -- redelivery -------------------------------------------------------------------------------------------------------
+def test_a_redelivered_message_comes_back_to_its_own_queue_only(
+    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis, redis_url: str
+):
+    """A worker takes the message (kombu moves it to the service's unacked hash), dies without acknowledging, and
+    after the visibility timeout another worker's restore sweep puts it back. It must come back to payment_service
+    only: the audit queue, also bound to OrderCreated, keeps its single copy."""
+    declare_topology(settings, [*SERVICES.values(), AUDIT])
+    envelope = wrap(order_created())
+    publisher.publish(envelope)
+    transport_options = {**Keys.unacked("payment_service"), "visibility_timeout": settings.visibility_timeout}
+
+    with Connection(redis_url, transport_options=transport_options) as doomed_worker:
+        taken = doomed_worker.default_channel.basic_get("payment_service", no_ack=False)
+        assert taken is not None
+        unacked = transport_options["unacked_key"]
+        assert redis_client.llen("payment_service") == 0 and redis_client.hlen(unacked) == 1
+        # The worker died: nothing acks it. Let its visibility timeout expire (by ageing its index entry).
+        [(tag, _)] = redis_client.zrange(transport_options["unacked_index_key"], 0, -1, withscores=True)
+        redis_client.zadd(transport_options["unacked_index_key"], {tag: time.time() - 3600})
+
+        with Connection(redis_url, transport_options=transport_options) as next_worker:
+            next_worker.default_channel.qos.restore_visible(start=0, num=10)
+
+        [message] = queued(redis_client, "payment_service")
+        assert message["redelivered"] is True
+        assert message["delivery_info"]["routing_key"] == "payment_service"
+        assert queued_envelopes(redis_client, "payment_service", settings)[0].event_id == envelope.event_id
+        assert redis_client.hlen(unacked) == 0
+        assert redis_client.llen("audit") == 1
+        assert all(redis_client.llen(queue) == 0 for queue in ("order_service", "notification_service"))
+
+
+# -- dead letters -----------------------------------------------------------------------------------------------------
+def test_an_unroutable_dead_letter_is_replayed_once_a_subscriber_exists(
+    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis
+):
+    envelope = wrap(NotificationSent(notification_id=uuid4(), order_id=uuid4(), customer_id="a", about="x"))
+    publisher.publish(envelope)
+    store = DeadLetterStore(redis_client)
+    [record] = store.list(UNROUTABLE)
+
+    with pytest.raises(ValueError, match="still no subscriber"):
+        store.replay(record, RedisPublisher(settings))
+    assert store.list(UNROUTABLE) == [record]
+
+    declare_topology(settings, list(SERVICES.values()))
+    assert store.replay(record, RedisPublisher(settings)) == "order_service"
+
+    assert [e.event_id for e in queued_envelopes(redis_client, "order_service", settings)] == [envelope.event_id]
+    assert store.list() == []
+
+
+def test_shop_dlq_replay_puts_a_service_dead_letter_back_into_that_service_queue(
+    settings: BusSettings, redis_client: redis.Redis
+):
+    from shop.cli import app
+
+    declare_topology(settings, list(SERVICES.values()))
+    envelope = wrap(order_created())
+    sealed = seal(envelope, settings.key)
+    store = DeadLetterStore(redis_client)
+    record = store.add("payment_service", "retries exhausted", "gateway down", sealed.model_dump(), attempts=5)
+    redis_client.set(Keys.deliveries("payment_service", envelope.event_id), 5)
+
+    result = CliRunner().invoke(app, ["dlq", "replay", record["id"]])
+
+    assert result.exit_code == 0, result.output
+    assert [e.event_id for e in queued_envelopes(redis_client, "payment_service", settings)] == [envelope.event_id]
+    assert store.list() == []
+    assert not redis_client.exists(Keys.deliveries("payment_service", envelope.event_id))  # a fresh count
+
+
+def test_a_dead_letter_without_an_envelope_is_kept_not_replayed(settings: BusSettings, redis_client: redis.Redis):
+    store = DeadLetterStore(redis_client)
+    record = store.add("payment_service", "not a task message", "", {"raw_body": "garbage"}, attempts=1)
+
+    with pytest.raises(ValueError, match="no replayable envelope"):
+        store.replay(record, RedisPublisher(settings))
+
+    assert store.list() == [record]
+    assert redis_client.llen("payment_service") == 0

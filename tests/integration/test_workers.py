@@ -1,0 +1,236 @@
+"""Real `shop worker` processes on Redis: waiting events, retries, redelivery after a crash, garbage, duplicates and
+dead-letter replay. Every wait is a condition with a deadline; the machine is small and shared, so deadlines are
+generous."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+from kombu import Connection
+
+from events.redis_bus import DeadLetterStore, Keys, RedisPublisher, declare_topology, scan_documents
+from events.settings import BusSettings
+from order_service.domain import OrderStatus
+from payment_service.gateway import RedisLedger
+from shop.services import SERVICES
+from tests.helpers import wait_until
+from tests.integration.test_redis_bus import (  # noqa: F401 - fixtures
+    AUDIT,
+    order_created,
+    place,
+    publisher,
+    queued_envelopes,
+    settings,
+    stored_order,
+    wrap,
+)
+
+pytestmark = pytest.mark.usefixtures("redis_url")
+
+DEADLINE = 30.0
+StartWorker = Callable[..., subprocess.Popen]
+
+
+def payments(client: redis.Redis) -> dict[str, dict]:
+    return scan_documents(client, "payment_service", "payment")
+
+
+def charges(client: redis.Redis) -> list[str]:
+    return [raw.decode() for raw in client.lrange(RedisLedger.CHARGES, 0, -1)]
+
+
+def drained(client: redis.Redis, service: str) -> bool:
+    """Nothing waiting and nothing in flight: every message given to the worker was acknowledged."""
+    return client.llen(service) == 0 and client.hlen(Keys.unacked(service)["unacked_key"]) == 0
+
+
+def dead_letters(client: redis.Redis, service: str) -> list[dict]:
+    return DeadLetterStore(client).list(service)
+
+
+def test_an_event_that_waited_for_its_worker_is_processed_when_it_starts(
+    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis, start_worker: StartWorker
+):
+    declare_topology(settings, list(SERVICES.values()))
+    envelope = wrap(order_created("card"))
+    publisher.publish(envelope)
+    assert redis_client.llen("payment_service") == 1
+
+    start_worker("payment_service")
+
+    [payment] = wait_until(lambda: list(payments(redis_client).values()), DEADLINE, message="the payment document")
+    assert payment["order_id"] == envelope.payload["order_id"] and payment["status"] == "CHARGED"
+    [processed] = wait_until(lambda: queued_envelopes(redis_client, "order_service", settings), DEADLINE)
+    assert processed.type == "PaymentProcessed" and processed.causation_id == envelope.event_id
+    assert processed.payload["order_id"] == envelope.payload["order_id"]
+    assert charges(redis_client) == [envelope.payload["order_id"]]
+    wait_until(lambda: drained(redis_client, "payment_service"), DEADLINE)
+
+
+def test_a_whole_order_journey_across_three_workers(
+    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis, start_worker: StartWorker
+):
+    declare_topology(settings, list(SERVICES.values()))
+    for service in SERVICES:
+        start_worker(service)
+
+    confirmed, declined = place(publisher, "card"), place(publisher, "card_declined")
+
+    wait_until(lambda: (o := stored_order(publisher, confirmed.id)) and o.notified_at, DEADLINE, message="notified")
+    wait_until(lambda: (o := stored_order(publisher, declined.id)) and o.notified_at, DEADLINE, message="notified")
+    assert stored_order(publisher, confirmed.id).status is OrderStatus.CONFIRMED
+    assert stored_order(publisher, declined.id).status is OrderStatus.CANCELLED
+    assert stored_order(publisher, declined.id).reason == "card declined"
+    assert charges(redis_client) == [str(confirmed.id)]
+    assert DeadLetterStore(redis_client).list() == []
+
+
+def test_a_celery_retry_stays_in_its_queue_and_charges_once(
+    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis, start_worker: StartWorker
+):
+    declare_topology(settings, [*SERVICES.values(), AUDIT])
+    order = place(publisher, "card_flaky")
+    assert redis_client.llen("audit") == 1
+
+    start_worker("payment_service", SHOP_GATEWAY_FLAKY_FAILURES="2")
+    start_worker("order_service")
+
+    wait_until(lambda: stored_order(publisher, order.id).status is OrderStatus.CONFIRMED, DEADLINE,
+               message="the flaky order confirmed")
+    assert charges(redis_client) == [str(order.id)]
+    assert int(redis_client.hget(RedisLedger.ATTEMPTS, str(order.id))) == 3
+    assert int(redis_client.get(Keys.retries("payment_service"))) == 2
+    assert redis_client.llen("audit") == 1  # the retries never went through the exchange
+    assert dead_letters(redis_client, "payment_service") == []
+
+
+def test_a_message_of_a_worker_killed_mid_task_comes_back_to_its_own_queue_and_is_handled_once(
+    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis, start_worker: StartWorker
+):
+    declare_topology(settings, [*SERVICES.values(), AUDIT])
+    envelope = wrap(order_created("card_slow"))
+    order_id = envelope.payload["order_id"]
+    publisher.publish(envelope)
+    unacked = Keys.unacked("payment_service")
+
+    doomed = start_worker("payment_service", SHOP_FAULT_INJECTION="1", SHOP_GATEWAY_SLOW_SECONDS="120")
+    wait_until(lambda: redis_client.exists(Keys.deliveries("payment_service", envelope.event_id)), DEADLINE,
+               message="the handler to start")
+    os.killpg(doomed.pid, signal.SIGKILL)
+    doomed.wait(10)
+    assert redis_client.hlen(unacked["unacked_key"]) == 1 and redis_client.llen("payment_service") == 0
+    assert charges(redis_client) == []
+
+    # Start the next worker only once the visibility timeout has passed, so its start-up sweep restores it.
+    [(_, delivered_at)] = redis_client.zrange(unacked["unacked_index_key"], 0, -1, withscores=True)
+    wait_until(lambda: time.time() - delivered_at > settings.visibility_timeout + 0.5, DEADLINE)
+    start_worker("payment_service")
+
+    [payment] = wait_until(lambda: list(payments(redis_client).values()), DEADLINE, message="the payment")
+    assert payment["status"] == "CHARGED"
+    wait_until(lambda: drained(redis_client, "payment_service"), DEADLINE)
+    assert charges(redis_client) == [order_id]
+    assert [e.type for e in queued_envelopes(redis_client, "order_service", settings)] == ["PaymentProcessed"]
+    assert redis_client.llen("audit") == 1  # no copy through the exchange
+    assert redis_client.llen("notification_service") == 0
+    assert dead_letters(redis_client, "payment_service") == []
+
+
+def push_kombu_message(redis_url: str, queue: str, body, headers: dict | None = None) -> None:
+    with Connection(redis_url) as connection:
+        connection.Producer().publish(body, exchange="", routing_key=queue, serializer="json", headers=headers or {})
+
+
+GARBAGE = {
+    "not json": lambda url, client: client.lpush("payment_service", "not json"),
+    "a kombu message that is not a task": lambda url, client: push_kombu_message(url, "payment_service",
+                                                                                   {"hello": "world"}),
+    "a task nobody defined": lambda url, client: push_kombu_message(
+        url, "payment_service", [[], {}, {}], headers={"task": "payment_service.drop_tables", "id": "x1"}),
+    "a task message without an envelope": lambda url, client: push_kombu_message(
+        url, "payment_service", [[], {"hello": "world"}, {}],
+        headers={"task": "payment_service.handle_event", "id": "x2"}),
+    "an envelope with a forged signature": lambda url, client: push_kombu_message(
+        url, "payment_service", [[], {"envelope": wrap(order_created()).model_dump_json(), "signature": "0" * 64}, {}],
+        headers={"task": "payment_service.handle_event", "id": "x3"}),
+}
+EXPECTED_REASON = {
+    "not json": "undecodable message",
+    "a kombu message that is not a task": "not a task message",
+    "a task nobody defined": "unknown task",
+    "a task message without an envelope": "malformed message",
+    "an envelope with a forged signature": "bad signature",
+}
+
+
+@pytest.mark.parametrize("garbage", list(GARBAGE))
+def test_garbage_in_a_queue_is_dead_lettered_and_the_worker_goes_on(
+    garbage: str, settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis, redis_url: str,
+    start_worker: StartWorker,
+):
+    declare_topology(settings, list(SERVICES.values()))
+    GARBAGE[garbage](redis_url, redis_client)
+    worker = start_worker("payment_service")
+
+    [record] = wait_until(lambda: dead_letters(redis_client, "payment_service"), DEADLINE, message="a dead letter")
+    assert record["reason"] == EXPECTED_REASON[garbage]
+
+    good = wrap(order_created("card"))
+    publisher.publish(good)
+    wait_until(lambda: len(payments(redis_client)) == 1, DEADLINE, message="the good event handled")
+    assert worker.poll() is None
+    assert charges(redis_client) == [good.payload["order_id"]]
+    assert len(dead_letters(redis_client, "payment_service")) == 1
+
+
+def test_the_same_event_delivered_twice_has_one_effect(
+    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis, start_worker: StartWorker
+):
+    declare_topology(settings, list(SERVICES.values()))
+    envelope = wrap(order_created("card"))
+    publisher.publish(envelope)
+    publisher.publish(envelope)
+    assert redis_client.llen("payment_service") == 2
+
+    start_worker("payment_service")
+
+    wait_until(lambda: drained(redis_client, "payment_service"), DEADLINE, message="both deliveries consumed")
+    assert len(payments(redis_client)) == 1
+    assert charges(redis_client) == [envelope.payload["order_id"]]
+    assert [e.type for e in queued_envelopes(redis_client, "order_service", settings)] == ["PaymentProcessed"]
+    assert dead_letters(redis_client, "payment_service") == []
+
+
+def test_a_dead_letter_replayed_after_the_outage_is_processed(
+    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis, start_worker: StartWorker
+):
+    """The gateway stays down longer than the retries last (3 timeouts, 2 attempts allowed): the event is
+    dead-lettered. Replayed later (a fresh message, fresh retries), it gets charged."""
+    from typer.testing import CliRunner
+
+    from shop.cli import app
+
+    declare_topology(settings, list(SERVICES.values()))
+    order = place(publisher, "card_flaky")
+    start_worker("payment_service", SHOP_GATEWAY_FLAKY_FAILURES="3", SHOP_MAX_RETRIES="1")
+
+    [record] = wait_until(lambda: dead_letters(redis_client, "payment_service"), DEADLINE, message="a dead letter")
+    assert record["reason"] == "retries exhausted"
+    wait_until(lambda: drained(redis_client, "payment_service"), DEADLINE)
+    assert payments(redis_client) == {} and charges(redis_client) == []
+
+    result = CliRunner().invoke(app, ["dlq", "replay", record["id"]])
+    assert result.exit_code == 0, result.output
+
+    [payment] = wait_until(lambda: list(payments(redis_client).values()), DEADLINE, message="the replayed payment")
+    assert payment["status"] == "CHARGED" and payment["order_id"] == str(order.id)
+    assert charges(redis_client) == [str(order.id)]
+    assert dead_letters(redis_client, "payment_service") == []
+    [processed] = queued_envelopes(redis_client, "order_service", settings)
+    assert processed.type == "PaymentProcessed"
