@@ -29,6 +29,7 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -70,6 +71,18 @@ class Keys:
     @staticmethod
     def dead_letters(service: str) -> str:
         return f"shop:deadletter:{service}"
+
+    @staticmethod
+    def outbox(queue: str) -> str:
+        return f"shop:outbox:{queue}"
+
+    @staticmethod
+    def outbox_schedule(queue: str) -> str:
+        return f"shop:outbox:{queue}:due"
+
+    @staticmethod
+    def relayed(queue: str) -> str:
+        return f"shop:stats:{queue}:relayed"
 
     @staticmethod
     def retries(service: str) -> str:
@@ -195,35 +208,65 @@ class MessageFactory:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The atomic step
+# The atomic step, and the outbox that backs it up
 # --------------------------------------------------------------------------------------------------------------------
-# KEYS: inbox ('' when the work has no cause), deliveries counter ('' likewise), n document keys, then list keys.
-# ARGV: n, inbox ttl, n expected versions, n documents, then one payload per list key.
+# Every message pushed to a queue is also kept in that queue's outbox (a hash by event id, plus a sorted set of when
+# to check on it) until its consumer commits having handled it (or dead-letters it). Why keep a copy when the push is
+# already atomic with the state: kombu's Redis transport takes a message off the list (BRPOP) and records it as
+# unacknowledged in a *second* command, so a worker killed, or a Redis killed, between the two loses the message.
+# The outbox relay (`OutboxRelay`) re-sends what stayed unsettled too long; the consumer's inbox absorbs the copy.
+#
+# KEYS: inbox, deliveries counter, own outbox, own outbox schedule ('' for all four when the work has no cause),
+#       n document keys, then three keys per delivery: target, target's outbox, target's outbox schedule
+#       (outbox keys '' when the target is a dead-letter hash).
+# ARGV: n, inbox ttl, cause event id, when to check on the new deliveries, n expected versions, n documents,
+#       then per delivery: payload, id.
 # Returns 1 committed, 0 already handled, -1 a document changed since it was read.
 COMMIT_SCRIPT = """
 local n = tonumber(ARGV[1])
 if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 for i = 1, n do
-  local current = redis.call('HGET', KEYS[2 + i], 'v') or '0'
-  if current ~= ARGV[2 + i] then return -1 end
+  local current = redis.call('HGET', KEYS[4 + i], 'v') or '0'
+  if current ~= ARGV[4 + i] then return -1 end
 end
 for i = 1, n do
-  redis.call('HSET', KEYS[2 + i], 'v', tonumber(ARGV[2 + i]) + 1, 'd', ARGV[2 + n + i])
+  redis.call('HSET', KEYS[4 + i], 'v', tonumber(ARGV[4 + i]) + 1, 'd', ARGV[4 + n + i])
 end
 if KEYS[1] ~= '' then redis.call('SET', KEYS[1], '1', 'EX', ARGV[2]) end
 if KEYS[2] ~= '' then redis.call('DEL', KEYS[2]) end
-local a = 3 + 2 * n
-for k = 3 + n, #KEYS do
-  if string.sub(KEYS[k], 1, 15) == 'shop:deadletter' then
-    local record = cjson.decode(ARGV[a])
-    redis.call('HSET', KEYS[k], record['id'], ARGV[a])
+if KEYS[3] ~= '' then
+  redis.call('HDEL', KEYS[3], ARGV[3])
+  redis.call('ZREM', KEYS[4], ARGV[3])
+end
+local a = 5 + 2 * n
+for k = 5 + n, #KEYS, 3 do
+  if KEYS[k + 1] == '' then
+    redis.call('HSET', KEYS[k], ARGV[a + 1], ARGV[a])
   else
     redis.call('LPUSH', KEYS[k], ARGV[a])
+    redis.call('HSET', KEYS[k + 1], ARGV[a + 1], ARGV[a])
+    redis.call('ZADD', KEYS[k + 2], ARGV[4], ARGV[a + 1])
   end
-  a = a + 1
+  a = a + 2
 end
 return 1
 """
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message for one target: a queue (with its outbox) or a dead-letter hash."""
+
+    target: str
+    payload: str
+    id: str
+    queue: str | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        if self.queue is None:
+            return [self.target, "", ""]
+        return [self.target, Keys.outbox(self.queue), Keys.outbox_schedule(self.queue)]
 
 
 class RedisPublisher:
@@ -235,7 +278,7 @@ class RedisPublisher:
         self.app = app or make_celery_app("shop.publisher", settings)
         self.messages = MessageFactory(settings, self.app)
         self.router = Router(settings, self.messages._connection)
-        self._commit = self.redis.register_script(COMMIT_SCRIPT)
+        self._script = self.redis.register_script(COMMIT_SCRIPT)
 
     def unit_of_work(self, service: str, cause: Envelope | None = None) -> RedisUnitOfWork:
         return RedisUnitOfWork(self, service, cause)
@@ -243,26 +286,56 @@ class RedisPublisher:
     def commit(self, uow: UnitOfWork) -> None:
         uow.commit()
 
-    def deliveries_for(self, envelope: Envelope) -> list[tuple[str, str]]:
-        """(list key, payload) pairs: one message per subscribed queue, or one unroutable dead letter."""
+    def deliveries_for(self, envelope: Envelope) -> list[Delivery]:
+        """One message per subscribed queue, or one unroutable dead letter."""
         sealed = seal(envelope, self.settings.key)
         queues = self.router.queues_for(envelope.type)
         if not queues:
             record = dead_letter_record(
                 UNROUTABLE, f"unroutable: no queue is bound to {envelope.type}", "", sealed, attempts=0
             )
-            return [(Keys.dead_letters(UNROUTABLE), json.dumps(record))]
-        return [self.messages.build(queue, sealed, f"{envelope.event_id}:{queue}") for queue in queues]
+            return [Delivery(Keys.dead_letters(UNROUTABLE), json.dumps(record), record["id"])]
+        return [self.delivery(queue, sealed, str(envelope.event_id)) for queue in queues]
+
+    def delivery(self, queue: str, sealed: Sealed, event_id: str) -> Delivery:
+        key, payload = self.messages.build(queue, sealed, f"{event_id}:{queue}")
+        return Delivery(key, payload, event_id, queue)
+
+    def run_script(
+        self,
+        deliveries: list[Delivery],
+        *,
+        cause: tuple[str, str] | None = None,
+        writes: list[tuple[str, str, str]] = (),
+    ) -> int:
+        """The atomic step. `cause` = (service, event id) being handled; `writes` = (key, expected version, json)."""
+        service, event_id = cause or ("", "")
+        keys = [
+            Keys.inbox(service, event_id) if cause else "",
+            Keys.deliveries(service, event_id) if cause else "",
+            Keys.outbox(service) if cause else "",
+            Keys.outbox_schedule(service) if cause else "",
+            *(key for key, _, _ in writes),
+            *(key for delivery in deliveries for key in delivery.keys),
+        ]
+        args = [
+            len(writes),
+            self.settings.inbox_ttl,
+            event_id,
+            time.time() + self.settings.redeliver_after,
+            *(version for _, version, _ in writes),
+            *(document for _, _, document in writes),
+            *(value for delivery in deliveries for value in (delivery.payload, delivery.id)),
+        ]
+        return self._script(keys=keys, args=args)
 
     def publish(self, *envelopes: Envelope) -> None:
-        """Publish outside any unit of work (sample events, replays): still one atomic step for all of them."""
-        pushes = [delivery for envelope in envelopes for delivery in self.deliveries_for(envelope)]
-        self._commit(keys=["", "", *(key for key, _ in pushes)], args=[0, 0, *(payload for _, payload in pushes)])
+        """Publish outside any unit of work (sample events): still one atomic step for all of them."""
+        self.run_script([delivery for envelope in envelopes for delivery in self.deliveries_for(envelope)])
 
-    def enqueue_sealed(self, queue: str, sealed: Sealed) -> None:
-        """Put a signed message straight into one service's queue (dead-letter replay)."""
-        key, payload = self.messages.build(queue, sealed, f"replay:{uuid4()}")
-        self.redis.lpush(key, payload)
+    def enqueue_sealed(self, queue: str, sealed: Sealed, event_id: str) -> None:
+        """Put a signed message straight into one service's queue (dead-letter replay), outbox included."""
+        self.run_script([self.delivery(queue, sealed, event_id)])
 
 
 class RedisUnitOfWork(UnitOfWork):
@@ -281,27 +354,87 @@ class RedisUnitOfWork(UnitOfWork):
         return self.cause is not None and bool(self._redis.exists(Keys.inbox(self.service, self.cause.event_id)))
 
     def commit(self) -> None:
-        writes = list(self._writes.items())
-        pushes = [delivery for envelope in self.outbox for delivery in self._publisher.deliveries_for(envelope)]
-        keys = [
-            Keys.inbox(self.service, self.cause.event_id) if self.cause else "",
-            Keys.deliveries(self.service, self.cause.event_id) if self.cause else "",
-            *(Keys.document(self.service, collection, key) for (collection, key), _ in writes),
-            *(key for key, _ in pushes),
+        writes = [
+            (
+                Keys.document(self.service, collection, key),
+                self._versions.get((collection, key), "0"),
+                json.dumps(document, separators=(",", ":")),
+            )
+            for (collection, key), document in self._writes.items()
         ]
-        args = [
-            len(writes),
-            self._publisher.settings.inbox_ttl,
-            *(self._versions.get(name, "0") for name, _ in writes),
-            *(json.dumps(document, separators=(",", ":")) for _, document in writes),
-            *(payload for _, payload in pushes),
-        ]
-        outcome = self._publisher._commit(keys=keys, args=args)
+        outcome = self._publisher.run_script(
+            [delivery for envelope in self.outbox for delivery in self._publisher.deliveries_for(envelope)],
+            cause=(self.service, str(self.cause.event_id)) if self.cause else None,
+            writes=writes,
+        )
         if outcome == 0:
             raise AlreadyHandled(str(self.cause.event_id if self.cause else ""))
         if outcome == -1:
-            raise ConcurrentUpdate(", ".join(f"{c}/{k}" for (c, k), _ in writes))
+            raise ConcurrentUpdate(", ".join(f"{c}/{k}" for c, k in self._writes))
         self.committed, self.outbox, self._writes = self.outbox, [], {}
+
+
+# A queue with a backlog is left alone: a lost message cannot be told from one still waiting its turn, and
+# re-sending the whole backlog would multiply the load exactly when the consumer is behind.
+RELAY_SCRIPT = """
+if redis.call('LLEN', KEYS[1]) > 0 then return -1 end
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local resent = 0
+for _, id in ipairs(due) do
+  local payload = redis.call('HGET', KEYS[2], id)
+  if payload == false or redis.call('EXISTS', ARGV[4] .. id) == 1 then
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('ZREM', KEYS[3], id)
+  else
+    redis.call('LPUSH', KEYS[1], payload)
+    redis.call('ZADD', KEYS[3], ARGV[2], id)
+    resent = resent + 1
+  end
+end
+return resent
+"""
+
+
+class OutboxRelay:
+    """Re-sends a queue's messages that no consumer settled within `redeliver_after` seconds.
+
+    Runs as a thread in every worker of the queue's service; its state is all in Redis, so killing it loses
+    nothing, and the script is atomic, so two relays of one queue never re-send the same message twice at once."""
+
+    def __init__(self, queue: str, settings: BusSettings, client: redis.Redis) -> None:
+        self.queue, self.settings, self.redis = queue, settings, client
+        self._script = client.register_script(RELAY_SCRIPT)
+        self._stop = threading.Event()
+        self.resent = 0
+
+    def sweep(self) -> int:
+        """One pass; returns how many messages were re-sent (-1: skipped, the queue has a backlog)."""
+        now = time.time()
+        resent = self._script(
+            keys=[self.queue, Keys.outbox(self.queue), Keys.outbox_schedule(self.queue)],
+            args=[now, now + self.settings.redeliver_after, 500, Keys.inbox(self.queue, "")],
+        )
+        if resent > 0:
+            self.resent += resent
+            self.redis.incrby(Keys.relayed(self.queue), resent)
+            log.warning("outbox relay: re-sent %d unsettled message(s) to %s", resent, self.queue)
+        return resent
+
+    def run(self) -> None:
+        interval = max(0.5, self.settings.redeliver_after / 4)
+        while not self._stop.wait(interval):
+            try:
+                self.sweep()
+            except redis.RedisError as exc:
+                log.warning("outbox relay for %s: %s (next pass in %.1fs)", self.queue, exc, interval)
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name=f"outbox-relay-{self.queue}", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def scan_documents(client: redis.Redis, service: str, collection: str) -> dict[str, dict[str, Any]]:
@@ -347,8 +480,16 @@ class DeadLetterStore:
         self.redis = client
 
     def add(self, service: str, reason: str, detail: str, message: Any, attempts: int) -> dict[str, Any]:
+        """Store the dead letter and settle the message's outbox entry in one step, so the relay stops re-sending
+        what is now parked here."""
         record = dead_letter_record(service, reason, detail, message, attempts)
-        self.redis.hset(Keys.dead_letters(service), record["id"], json.dumps(record))
+        event_id = _event_id_of(message.get("envelope")) if isinstance(message, dict) else None
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(Keys.dead_letters(service), record["id"], json.dumps(record))
+            if event_id:
+                pipe.hdel(Keys.outbox(service), event_id)
+                pipe.zrem(Keys.outbox_schedule(service), event_id)
+            pipe.execute()
         log.warning("dead-lettered %s in %s: %s %s", record["id"], service, reason, detail[:200])
         return record
 
@@ -393,19 +534,18 @@ class DeadLetterStore:
             publisher.publish(envelope)
             target = ",".join(publisher.router.queues_for(envelope.type))
         else:
-            envelope_id = _event_id_of(sealed.envelope)
-            if envelope_id:
-                self.redis.delete(Keys.deliveries(record["service"], envelope_id))
-            publisher.enqueue_sealed(record["service"], sealed)
+            event_id = _event_id_of(sealed.envelope) or f"replay-{record['id']}"
+            self.redis.delete(Keys.deliveries(record["service"], event_id))
+            publisher.enqueue_sealed(record["service"], sealed, event_id)
             target = record["service"]
         self.remove(record)
         return target
 
 
-def _event_id_of(raw: str) -> str | None:
+def _event_id_of(raw: Any) -> str | None:
     try:
         return str(json.loads(raw).get("event_id") or "") or None
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError):
         return None
 
 

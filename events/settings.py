@@ -38,6 +38,9 @@ class BusSettings(BaseSettings):
     max_deliveries: int = Field(
         5, description="deliveries that never finished (the worker died) before a message is treated as poison"
     )
+    redeliver_after: float = Field(
+        120.0, description="seconds after which the outbox relay re-sends a message its consumer has not settled"
+    )
     inbox_ttl: int = Field(7 * 24 * 3600, description="seconds a handled event id is remembered for deduplication")
     topology_refresh: float = Field(2.0, description="seconds a publisher caches the routing table")
     var_dir: Path = Field(Path("var"), description="where local files (notification log, embedded Redis) live")

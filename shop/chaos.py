@@ -50,6 +50,8 @@ class ChaosReport:
     duplicate_notifications: int = 0
     missing_notifications: int = 0
     dead_lettered: int = 0
+    relayed: int = 0
+    outbox_unsettled: int = 0
     unexpected_dead_letters: int = 0
     poison_not_dead_lettered: int = 0
     seconds: float = 0.0
@@ -77,6 +79,7 @@ def run_chaos(
         "REDIS_URL": server.url,
         "SHOP_NOTIFICATION_LOG": str(log_path),
         "SHOP_VISIBILITY_TIMEOUT": "5",
+        "SHOP_REDELIVER_AFTER": "10",
         "SHOP_MAX_DELIVERIES": "3",
         "SHOP_FAULT_INJECTION": "1",
         "SHOP_GATEWAY_FLAKY_FAILURES": "1",
@@ -228,6 +231,8 @@ def _audit(client: redis.Redis, placed: dict[str, str], tampered: list[str], log
     lines = Counter(line["order_id"] for line in read_notifications(log_path))
     result.duplicate_notifications = sum(1 for count in lines.values() if count > 1)
     result.missing_notifications = sum(1 for o in expected_final if lines.get(o, 0) == 0)
+    result.relayed = sum(int(client.get(Keys.relayed(queue)) or 0) for queue in SERVICES)
+    result.outbox_unsettled = sum(client.hlen(Keys.outbox(queue)) for queue in SERVICES)
     dead = DeadLetterStore(client).list()
     result.dead_lettered = len(dead)
     dead_text = [(record["reason"], json.dumps(record["message"])) for record in dead]
@@ -236,6 +241,6 @@ def _audit(client: redis.Redis, placed: dict[str, str], tampered: list[str], log
     ) + sum(not any(reason == "bad signature" and o in text for reason, text in dead_text) for o in tampered)
     result.unexpected_dead_letters = result.dead_lettered - (len(poison) + len(tampered) - result.poison_not_dead_lettered)
     for name in ("lost", "double_charged", "duplicate_notifications", "missing_notifications",
-                 "poison_not_dead_lettered", "unexpected_dead_letters"):
+                 "poison_not_dead_lettered", "unexpected_dead_letters", "outbox_unsettled"):
         if getattr(result, name):
             result.problems.append(f"{name.replace('_', ' ')}: {getattr(result, name)}")

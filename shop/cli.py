@@ -274,7 +274,7 @@ def status() -> None:
     except Exception:  # noqa: BLE001 - status must print even when the control channel fails
         replies = {}
     table = Table(title=f"shop on {settings.redis_url.split('@')[-1]}")
-    for column in ("queue", "waiting", "in flight", "retries", "dead letters", "workers"):
+    for column in ("queue", "waiting", "in flight", "unsettled", "relayed", "retries", "dead letters", "workers"):
         table.add_column(column, justify="right" if column != "queue" else "left")
     for name, spec in SERVICES.items():
         workers = sorted(host for host in replies if host.startswith(f"{name}@"))
@@ -282,11 +282,13 @@ def status() -> None:
             spec.queue,
             str(client.llen(spec.queue)),
             str(client.hlen(Keys.unacked(name)["unacked_key"])),
+            str(client.hlen(Keys.outbox(name))),
+            str(int(client.get(Keys.relayed(name)) or 0)),
             str(int(client.get(Keys.retries(name)) or 0)),
             str(dead.get(name, 0)),
             str(len(workers)) if workers else "[red]0[/]",
         )
-    table.add_row("(unroutable)", "-", "-", "-", str(dead.get("unroutable", 0)), "-")
+    table.add_row("(unroutable)", "-", "-", "-", "-", "-", str(dead.get("unroutable", 0)), "-")
     console.print(table)
 
 
@@ -399,7 +401,8 @@ def chaos(
     table.add_column("value", justify="right")
     for name in ("orders", "poison_orders", "tampered_messages", "kills", "worker_restarts", "redis_restarts",
                  "settled", "lost", "double_charged", "duplicate_notifications", "missing_notifications",
-                 "dead_lettered", "poison_not_dead_lettered", "unexpected_dead_letters", "seconds"):
+                 "dead_lettered", "poison_not_dead_lettered", "unexpected_dead_letters", "relayed", "outbox_unsettled",
+                 "seconds"):
         table.add_row(name.replace("_", " "), str(getattr(result, name)))
     console.print(table)
     if not result.passed:

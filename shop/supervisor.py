@@ -78,6 +78,8 @@ class Supervisor:
         return {name: c.process is not None and c.process.poll() is None for name, c in self.children.items()}
 
     def run_forever(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Until Ctrl-C or SIGTERM (`docker stop`, a service manager): both stop every child before returning."""
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
             while not should_stop():
                 self.poll()
@@ -101,3 +103,7 @@ class Supervisor:
                 child.process.wait()
         if running:
             self.report(f"stopped {', '.join(child.name for child in running)}")
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -8,7 +8,7 @@ import warnings
 
 from celery.platforms import SecurityWarning
 
-from events.redis_bus import ServiceRuntime
+from events.redis_bus import OutboxRelay, ServiceRuntime
 from events.settings import BusSettings
 from shop.services import SERVICES
 
@@ -17,6 +17,7 @@ def run_worker(service: str, settings: BusSettings | None = None, loglevel: str 
     settings = settings or BusSettings()
     runtime = ServiceRuntime(SERVICES[service], settings)
     runtime.declare()
+    OutboxRelay(runtime.spec.queue, settings, runtime.redis).start()
     warnings.filterwarnings("ignore", category=SecurityWarning)  # containers and CI run as root by design
     logging.basicConfig(level=loglevel, format=f"%(asctime)s {service} %(levelname)s %(message)s")
     runtime.app.worker_main(

@@ -30,6 +30,7 @@ def redis_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     monkeypatch.setenv("SHOP_VAR_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("SHOP_VISIBILITY_TIMEOUT", "4")
     monkeypatch.setenv("SHOP_RETRY_BACKOFF", "0.05")
+    monkeypatch.setenv("SHOP_REDELIVER_AFTER", "8")
     yield TEST_REDIS_URL
     client.flushdb()
     client.close()
