@@ -138,6 +138,8 @@ def latency(
     histogram = HdrHistogram(1, HISTOGRAM_MAX_US, 3)
     scheduled: dict[str, float] = {}
     start = time.monotonic() + 0.01
+    machine_before, own_before, workers_before = machine_busy_seconds(), own_cpu_seconds(), _cpu(pipeline.pids())
+    redis_before = _redis_cpu(pipeline)
     sent = 0
     max_lag = 0.0
     next_poll = start
@@ -160,6 +162,11 @@ def latency(
             break
         wake = min(next_poll, start + sent / rate if sent < total else next_poll)
         time.sleep(max(0.0, min(wake - time.monotonic(), poll_interval)))
+    elapsed = time.monotonic() - start
+    ours = (own_cpu_seconds() - own_before) + (_redis_cpu(pipeline) - redis_before) + sum(
+        after - workers_before.get(name, after) for name, after in _cpu(pipeline.pids()).items()
+    )
+    foreign = max(0.0, machine_busy_seconds() - machine_before - ours) / elapsed
     incomplete = len(scheduled)
     if incomplete:
         # Not done by the deadline: count them at the time waited so far, never as fast ones; the run is flagged.
@@ -180,6 +187,7 @@ def latency(
         "mean_ms": to_ms(histogram.get_mean_value()),
         "max_send_lag_ms": round(max_lag * 1000, 2),
         "poll_interval_ms": poll_interval * 1000,
+        "foreign_cpu_share": round(foreign, 3),
     }
 
 

@@ -1,9 +1,10 @@
 """One benchmark run: start both pipelines' workers, alternate saturation runs, measure latency at fixed offered
 loads, try a second payment worker, and write JSON + PNG.
 
-The workers of both pipelines stay up for the whole run (an idle solo worker sits in a blocking BRPOP and costs next
-to nothing; its CPU is reported), so runs can alternate full / bare / full / bare without paying process start-up
-each time, and drift of the machine's load hits both pipelines alike.
+The workers of every pipeline stay up for the whole run (an idle solo worker sits in a blocking BRPOP: measured at
+about 1 ms of CPU per second, and counted in each run's "foreign" noise figure), so runs can alternate
+full / bare / monolith without paying process start-up each time, and drift of the machine's load hits every
+pipeline alike.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def run(
                                         poll_interval=settings.poll_interval_s, settle_s=settings.settle_s)
                 result["modes"][pipeline.mode]["latency"].append(point)
                 report(f"latency {pipeline.mode:5} @ {rate:6.1f}/s: p50 {point['p50_ms']} p95 {point['p95_ms']} "
-                       f"p99 {point['p99_ms']} max {point['max_ms']} ms ({point['incomplete']} incomplete)")
+                       f"p99 {point['p99_ms']} max {point['max_ms']} ms ({point['incomplete']} incomplete, "
+                       f"noise {point['foreign_cpu_share']:.2f} cores)")
 
         if not settings.scaling:
             result["notes"].append("scaling table skipped (--quick)")
@@ -184,6 +186,11 @@ def run(
                 report(f"scaling {pipeline.mode:5}: 1 payment worker {result['scaling'][pipeline.mode]['1']:.1f}/s, "
                        f"2 payment workers {two.throughput:.1f}/s")
                 pipeline.remove_worker(extra)
+            result["notes"].append(
+                "scaling: a second payment worker only helps when payment is the bottleneck; with an instant gateway "
+                "it is not (see worker_cpu_share), and on a 2-core machine a 4th busy process competes for the same "
+                "CPUs. SHOP_GATEWAY_DELAY makes the payment hop slow, to study the other case."
+            )
 
         for pipeline in pipelines:
             mode = result["modes"][pipeline.mode]

@@ -81,6 +81,10 @@ class Keys:
         return f"shop:outbox:{queue}:due"
 
     @staticmethod
+    def event_log() -> str:
+        return "shop:eventlog"
+
+    @staticmethod
     def relayed(queue: str) -> str:
         return f"shop:stats:{queue}:relayed"
 
@@ -216,21 +220,25 @@ class MessageFactory:
 # unacknowledged in a *second* command, so a worker killed, or a Redis killed, between the two loses the message.
 # The outbox relay (`OutboxRelay`) re-sends what stayed unsettled too long; the consumer's inbox absorbs the copy.
 #
+# Every published event is also appended to the event log (a capped Redis stream): the history that `shop trace`
+# follows and that a new service can replay to build its projections.
+#
 # KEYS: inbox, deliveries counter, own outbox, own outbox schedule ('' for all four when the work has no cause),
 #       n document keys, then three keys per delivery: target, target's outbox, target's outbox schedule
-#       (outbox keys '' when the target is a dead-letter hash).
-# ARGV: n, inbox ttl, cause event id, when to check on the new deliveries, n expected versions, n documents,
-#       then per delivery: payload, id.
+#       (outbox keys '' when the target is a dead-letter hash), then the event log.
+# ARGV: n, inbox ttl, cause event id, when to check on the new deliveries, event log length, n expected versions,
+#       n documents, then per delivery: payload, id; then per published event: type, correlation id, envelope,
+#       signature.
 # Returns 1 committed, 0 already handled, -1 a document changed since it was read.
 COMMIT_SCRIPT = """
 local n = tonumber(ARGV[1])
 if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 for i = 1, n do
   local current = redis.call('HGET', KEYS[4 + i], 'v') or '0'
-  if current ~= ARGV[4 + i] then return -1 end
+  if current ~= ARGV[5 + i] then return -1 end
 end
 for i = 1, n do
-  redis.call('HSET', KEYS[4 + i], 'v', tonumber(ARGV[4 + i]) + 1, 'd', ARGV[4 + n + i])
+  redis.call('HSET', KEYS[4 + i], 'v', tonumber(ARGV[5 + i]) + 1, 'd', ARGV[5 + n + i])
 end
 if KEYS[1] ~= '' then redis.call('SET', KEYS[1], '1', 'EX', ARGV[2]) end
 if KEYS[2] ~= '' then redis.call('DEL', KEYS[2]) end
@@ -238,8 +246,8 @@ if KEYS[3] ~= '' then
   redis.call('HDEL', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
 end
-local a = 5 + 2 * n
-for k = 5 + n, #KEYS, 3 do
+local a = 6 + 2 * n
+for k = 5 + n, #KEYS - 1, 3 do
   if KEYS[k + 1] == '' then
     redis.call('HSET', KEYS[k], ARGV[a + 1], ARGV[a])
   else
@@ -248,6 +256,10 @@ for k = 5 + n, #KEYS, 3 do
     redis.call('ZADD', KEYS[k + 2], ARGV[4], ARGV[a + 1])
   end
   a = a + 2
+end
+for e = a, #ARGV, 4 do
+  redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', ARGV[5], '*',
+             'type', ARGV[e], 'correlation_id', ARGV[e + 1], 'envelope', ARGV[e + 2], 'signature', ARGV[e + 3])
 end
 return 1
 """
@@ -286,9 +298,8 @@ class RedisPublisher:
     def commit(self, uow: UnitOfWork) -> None:
         uow.commit()
 
-    def deliveries_for(self, envelope: Envelope) -> list[Delivery]:
+    def deliveries_for(self, sealed: Sealed, envelope: Envelope) -> list[Delivery]:
         """One message per subscribed queue, or one unroutable dead letter."""
-        sealed = seal(envelope, self.settings.key)
         queues = self.router.queues_for(envelope.type)
         if not queues:
             record = dead_letter_record(
@@ -303,12 +314,17 @@ class RedisPublisher:
 
     def run_script(
         self,
-        deliveries: list[Delivery],
+        envelopes: list[Envelope] = (),
         *,
         cause: tuple[str, str] | None = None,
         writes: list[tuple[str, str, str]] = (),
+        extra_deliveries: list[Delivery] = (),
     ) -> int:
-        """The atomic step. `cause` = (service, event id) being handled; `writes` = (key, expected version, json)."""
+        """The atomic step. `envelopes` are published (routed, queued, logged); `cause` = (service, event id) being
+        handled; `writes` = (key, expected version, json); `extra_deliveries` go to one queue and are not logged."""
+        sealed = [(envelope, seal(envelope, self.settings.key)) for envelope in envelopes]
+        deliveries = [d for envelope, s in sealed for d in self.deliveries_for(s, envelope)]
+        deliveries += extra_deliveries
         service, event_id = cause or ("", "")
         keys = [
             Keys.inbox(service, event_id) if cause else "",
@@ -317,25 +333,32 @@ class RedisPublisher:
             Keys.outbox_schedule(service) if cause else "",
             *(key for key, _, _ in writes),
             *(key for delivery in deliveries for key in delivery.keys),
+            Keys.event_log(),
         ]
         args = [
             len(writes),
             self.settings.inbox_ttl,
             event_id,
             time.time() + self.settings.redeliver_after,
+            self.settings.event_log_length,
             *(version for _, version, _ in writes),
             *(document for _, _, document in writes),
             *(value for delivery in deliveries for value in (delivery.payload, delivery.id)),
+            *(
+                value
+                for envelope, s in sealed
+                for value in (envelope.type, str(envelope.correlation_id), s.envelope, s.signature)
+            ),
         ]
         return self._script(keys=keys, args=args)
 
     def publish(self, *envelopes: Envelope) -> None:
         """Publish outside any unit of work (sample events): still one atomic step for all of them."""
-        self.run_script([delivery for envelope in envelopes for delivery in self.deliveries_for(envelope)])
+        self.run_script(list(envelopes))
 
     def enqueue_sealed(self, queue: str, sealed: Sealed, event_id: str) -> None:
         """Put a signed message straight into one service's queue (dead-letter replay), outbox included."""
-        self.run_script([self.delivery(queue, sealed, event_id)])
+        self.run_script(extra_deliveries=[self.delivery(queue, sealed, event_id)])
 
 
 class RedisUnitOfWork(UnitOfWork):
@@ -363,7 +386,7 @@ class RedisUnitOfWork(UnitOfWork):
             for (collection, key), document in self._writes.items()
         ]
         outcome = self._publisher.run_script(
-            [delivery for envelope in self.outbox for delivery in self._publisher.deliveries_for(envelope)],
+            self.outbox,
             cause=(self.service, str(self.cause.event_id)) if self.cause else None,
             writes=writes,
         )

@@ -41,6 +41,7 @@ class BusSettings(BaseSettings):
     redeliver_after: float = Field(
         120.0, description="seconds after which the outbox relay re-sends a message its consumer has not settled"
     )
+    event_log_length: int = Field(200_000, description="events kept (approximately) in the event log stream")
     inbox_ttl: int = Field(7 * 24 * 3600, description="seconds a handled event id is remembered for deduplication")
     topology_refresh: float = Field(2.0, description="seconds a publisher caches the routing table")
     var_dir: Path = Field(Path("var"), description="where local files (notification log, embedded Redis) live")

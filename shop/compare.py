@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import subprocess
 import threading
 import time
@@ -39,7 +38,7 @@ from hdrh.histogram import HdrHistogram
 from events.settings import BusSettings
 from shop.embedded_redis import choose_broker, free_port
 from shop.services import SERVICES
-from shop.supervisor import shop_command
+from shop.supervisor import shop_command, stop_process_group
 
 MODES = ("microservices", "monolith")
 
@@ -191,21 +190,6 @@ def _start(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
         return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
-    """SIGTERM (a celery worker finishes its task and returns unacknowledged messages; the monolith drains), then
-    SIGKILL if it will not go."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
-
-
 class Deployment:
     """One running mode: its processes, its port and its notification log."""
 
@@ -233,7 +217,7 @@ class Deployment:
 
     def stop(self, name: str) -> None:
         for process in self.processes.pop(name, []):
-            _stop(process)
+            stop_process_group(process, timeout=30.0)
 
     def stop_all(self) -> None:
         for name in list(self.processes):

@@ -12,6 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
+def stop_process_group(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM the process and its children (a celery worker then returns its unacknowledged messages; the
+    monolith drains its queue), SIGKILL if they will not go. Children run in sessions of their own for this."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
 def shop_command(*args: str) -> list[str]:
     """The command line of a shop process; the compose file runs the same `shop ...` commands."""
     return [sys.executable, "-m", "shop", *args]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from shop.supervisor import stop_process_group
 
 T = TypeVar("T")
 
@@ -25,13 +25,4 @@ def wait_until(condition: Callable[[], T], timeout: float = 20.0, interval: floa
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
+    stop_process_group(process, timeout)
