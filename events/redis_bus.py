@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import traceback
@@ -36,13 +37,14 @@ from uuid import UUID, uuid4
 
 import redis
 from celery import Celery
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 from celery.worker.consumer import Consumer
 from kombu import Connection, Exchange, Queue, binding
 from kombu.exceptions import OperationalError
 
 from events.bus import BoundHandler, ServiceSpec, TransientError, bind_handlers
 from events.envelope import Envelope, RejectedMessage, Sealed, open_envelope, seal
+from events.observability import MessageObserver
 from events.settings import BusSettings
 from events.unit_of_work import AlreadyHandled, ConcurrentUpdate, UnitOfWork
 
@@ -93,12 +95,24 @@ class Keys:
         return f"shop:stats:{service}:retries"
 
     @staticmethod
-    def unacked(service: str) -> dict[str, str]:
+    def metrics(service: str) -> str:
+        return f"shop:metrics:{service}"
+
+    @staticmethod
+    def unacked(service: str, node: str) -> dict[str, str]:
+        """kombu's bookkeeping of delivered-but-unacknowledged messages, one set per worker *node*. Per service, so
+        one service's visibility timeout never applies to another's; per node, so a worker restarted under its
+        name can take back at once what its killed predecessor held (see `ServiceRuntime.take_back_unacked`)."""
         return {
-            "unacked_key": f"shop:{service}:unacked",
-            "unacked_index_key": f"shop:{service}:unacked_index",
-            "unacked_mutex_key": f"shop:{service}:unacked_mutex",
+            "unacked_key": f"shop:{service}:unacked:{node}",
+            "unacked_index_key": f"shop:{service}:unacked_index:{node}",
+            "unacked_mutex_key": f"shop:{service}:unacked_mutex:{node}",
         }
+
+
+def in_flight(client: redis.Redis, service: str) -> int:
+    """Messages of `service` delivered to some worker and not yet acknowledged."""
+    return sum(client.hlen(key) for key in client.scan_iter(match=Keys.unacked(service, "*")["unacked_key"]))
 
 
 def redis_client(settings: BusSettings) -> redis.Redis:
@@ -575,7 +589,7 @@ def _event_id_of(raw: Any) -> str | None:
 # --------------------------------------------------------------------------------------------------------------------
 # The consumer runtime
 # --------------------------------------------------------------------------------------------------------------------
-def make_celery_app(name: str, settings: BusSettings, service: str | None = None) -> Celery:
+def make_celery_app(name: str, settings: BusSettings, service: str | None = None, node: str = "") -> Celery:
     app = Celery(name, broker=settings.redis_url, set_as_current=False)
     transport_options: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout,
@@ -585,7 +599,7 @@ def make_celery_app(name: str, settings: BusSettings, service: str | None = None
         "unacked_restore_throttle": 1,
     }
     if service:
-        transport_options.update(Keys.unacked(service))
+        transport_options.update(Keys.unacked(service, node))
     if _kombu_ssl(settings):
         app.conf.broker_use_ssl = _kombu_ssl(settings)
     app.conf.update(
@@ -610,10 +624,11 @@ def make_celery_app(name: str, settings: BusSettings, service: str | None = None
 class ServiceRuntime:
     """Runs one service's handlers for messages delivered by celery: verify, deduplicate, handle, commit."""
 
-    def __init__(self, spec: ServiceSpec, settings: BusSettings) -> None:
+    def __init__(self, spec: ServiceSpec, settings: BusSettings, node: str | None = None) -> None:
         self.spec = spec
         self.settings = settings
-        self.app = make_celery_app(spec.name, settings, service=spec.name)
+        self.node = node or f"{spec.name}@{socket.gethostname()}"
+        self.app = make_celery_app(spec.name, settings, service=spec.name, node=self.node)
         self.app.conf.task_queues = [Queue(spec.queue, Exchange(""), routing_key=spec.queue)]
         self.app.conf.task_default_queue = spec.queue
         self.publisher = RedisPublisher(settings, self.app)
@@ -621,6 +636,7 @@ class ServiceRuntime:
         self.dead_letters = DeadLetterStore(self.redis)
         self.handlers: dict[str, BoundHandler] = bind_handlers(spec, spec.dependencies(self.redis))
         self.app.shop_runtime = self  # the consumer step dead-letters through it
+        self.observer = MessageObserver(spec.name)
 
         def handle_event(task: Any, *args: Any, **kwargs: Any) -> str:
             """The one celery task of this service. It takes anything, so that a malformed message reaches the
@@ -635,10 +651,44 @@ class ServiceRuntime:
     def declare(self) -> None:
         declare_topology(self.settings, [self.spec])
 
+    def take_back_unacked(self) -> int:
+        """Requeue every message this node's previous incarnation was handling when it died.
+
+        Call before consuming. kombu would restore them only after the visibility timeout; a node name is unique
+        among live workers (the supervisor and compose give each its own), so whatever is left under it belongs
+        to a dead process and can go back at once, through kombu's own restore, to its one queue. Messages of a
+        node that never returns are re-sent by the outbox relay."""
+        keys = Keys.unacked(self.spec.name, self.node)
+        tags = [tag.decode() for tag in self.redis.hkeys(keys["unacked_key"])]
+        if tags:
+            with self.app.connection_for_read() as connection:
+                qos = connection.default_channel.qos
+                for tag in tags:
+                    qos.restore_by_tag(tag, leftmost=True)
+            log.warning("%s: requeued %d message(s) left unacknowledged by a previous run", self.node, len(tags))
+        return len(tags)
+
     def handle(
         self, raw: Any, signature: Any, unexpected: Mapping[str, Any] | None = None, retries: int = 0, task: Any = None
     ) -> str:
-        """Returns the outcome (handled, duplicate, dead-lettered); raises celery's Retry or Reject to redeliver."""
+        """Returns the outcome (handled, duplicate, dead-lettered); raises celery's Retry or Reject to redeliver.
+        Whatever the outcome, the message gets its one log line and its counters (`events/observability.py`)."""
+        started, outcome = time.perf_counter(), "error"
+        try:
+            outcome = self._handle_or_requeue(raw, signature, unexpected, retries, task)
+            return outcome
+        except Retry:
+            outcome = "retried"
+            raise
+        except Reject:
+            outcome = "requeued"
+            raise
+        finally:
+            self.observer.record(raw, outcome, started)
+
+    def _handle_or_requeue(
+        self, raw: Any, signature: Any, unexpected: Mapping[str, Any] | None, retries: int, task: Any
+    ) -> str:
         try:
             return self._handle(raw, signature, unexpected, retries, task)
         except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:

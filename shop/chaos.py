@@ -25,14 +25,14 @@ import redis
 
 from events.catalog import OrderCreated, OrderLine
 from events.envelope import Envelope, Sealed
-from events.redis_bus import DeadLetterStore, Keys, RedisPublisher, declare_topology, scan_documents
+from events.redis_bus import DeadLetterStore, Keys, RedisPublisher, declare_topology, in_flight, scan_documents
 from events.settings import BusSettings
 from events.unit_of_work import ConcurrentUpdate
 from notification_service.notification_log import read_notifications
 from order_service.handlers import place_order
 from payment_service.gateway import RedisLedger
 from shop.redis_server import RedisServer
-from shop.services import SERVICES
+from shop.services import CONSUMERS, SERVICES
 from shop.supervisor import Supervisor, shop_command
 
 
@@ -89,7 +89,7 @@ def run_chaos(
     settings = BusSettings()
     declare_topology(settings, list(SERVICES.values()))
     supervisor = Supervisor(
-        {name: shop_command("worker", name) for name in SERVICES}, env=env, report=lambda text: None,
+        {name: shop_command("worker", name) for name in CONSUMERS}, env=env, report=lambda text: None,
         backoff=0.2, max_backoff=2.0,
     )
     supervisor.start()
@@ -188,7 +188,7 @@ def _inject_tampered(publisher: RedisPublisher, rng: random.Random) -> str:
                          payment_method="card")
     raw = Envelope.wrap(event, producer="mallory", correlation_id=order_id).model_dump_json()
     sealed = Sealed(envelope=raw, signature="0" * 64)
-    queue = rng.choice(list(SERVICES))
+    queue = rng.choice(list(CONSUMERS))
     for _ in range(600):
         try:
             key, payload = publisher.messages.build(queue, sealed, f"tampered:{order_id}")
@@ -201,8 +201,8 @@ def _inject_tampered(publisher: RedisPublisher, rng: random.Random) -> str:
 
 def _quiet(client: redis.Redis, placed: dict[str, str]) -> bool:
     try:
-        if any(client.llen(queue) for queue in SERVICES) or any(
-            client.hlen(Keys.unacked(queue)["unacked_key"]) for queue in SERVICES
+        if any(client.llen(queue) for queue in CONSUMERS) or any(
+            in_flight(client, queue) for queue in CONSUMERS
         ):
             return False
         orders = scan_documents(client, "order_service", "order")
@@ -231,8 +231,8 @@ def _audit(client: redis.Redis, placed: dict[str, str], tampered: list[str], log
     lines = Counter(line["order_id"] for line in read_notifications(log_path))
     result.duplicate_notifications = sum(1 for count in lines.values() if count > 1)
     result.missing_notifications = sum(1 for o in expected_final if lines.get(o, 0) == 0)
-    result.relayed = sum(int(client.get(Keys.relayed(queue)) or 0) for queue in SERVICES)
-    result.outbox_unsettled = sum(client.hlen(Keys.outbox(queue)) for queue in SERVICES)
+    result.relayed = sum(int(client.get(Keys.relayed(queue)) or 0) for queue in CONSUMERS)
+    result.outbox_unsettled = sum(client.hlen(Keys.outbox(queue)) for queue in CONSUMERS)
     dead = DeadLetterStore(client).list()
     result.dead_lettered = len(dead)
     dead_text = [(record["reason"], json.dumps(record["message"])) for record in dead]

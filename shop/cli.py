@@ -22,7 +22,7 @@ from events.settings import BusSettings
 from notification_service.notification_log import read_notifications
 from notification_service.service import NotificationSettings
 from order_service.api import ApiSettings
-from shop.services import SERVICES
+from shop.services import APIS, CONSUMERS, SERVICES
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode="rich")
 order_app = typer.Typer(help="Place orders through the order service's HTTP API.", no_args_is_help=True)
@@ -31,12 +31,12 @@ app.add_typer(order_app, name="order")
 app.add_typer(dlq_app, name="dlq")
 console = Console()
 
-ServiceName = Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")]
+ServiceName = Annotated[str, typer.Argument(help=f"one of: {', '.join(CONSUMERS)}")]
 
 
 def _check_service(name: str) -> str:
-    if name not in SERVICES:
-        raise typer.BadParameter(f"unknown service {name!r}; choose from {', '.join(SERVICES)}")
+    if name not in CONSUMERS:
+        raise typer.BadParameter(f"no worker for {name!r}; choose from {', '.join(CONSUMERS)}")
     return name
 
 
@@ -50,31 +50,38 @@ def declare() -> None:
     from events.redis_bus import declare_topology
 
     declare_topology(BusSettings(), list(SERVICES.values()))
-    console.print(f"declared queues: {', '.join(spec.queue for spec in SERVICES.values())}")
+    console.print(f"declared queues: {', '.join(spec.queue for spec in CONSUMERS.values())}")
 
 
 @app.command()
 def worker(
     service: ServiceName,
     loglevel: Annotated[str, typer.Option(help="celery log level")] = "WARNING",
+    name: Annotated[
+        Optional[str], typer.Option(help="node name, unique among live workers (default SERVICE@host)")
+    ] = None,
 ) -> None:
     """Run one celery worker for SERVICE's queue (what `shop up` and the compose file start)."""
     from shop.worker import run_worker
 
-    run_worker(_check_service(service), loglevel=loglevel)
+    run_worker(_check_service(service), loglevel=loglevel, node=name)
 
 
 @app.command()
-def api() -> None:
-    """Serve the order service's HTTP API (port 5001 unless SHOP_ORDER_API_PORT says otherwise)."""
+def api(
+    service: Annotated[str, typer.Argument(help=f"one of: {', '.join(APIS)}")],
+) -> None:
+    """Serve SERVICE's HTTP API: order_service on 5001, user_service on 5004, product_service on 5005 (each
+    configurable: SHOP_ORDER_API_PORT, SHOP_USER_API_PORT, SHOP_PRODUCT_API_PORT)."""
     import uvicorn
 
     from events.redis_bus import RedisPublisher, declare_topology
-    from order_service.api import create_app
 
-    settings, api_settings = BusSettings(), ApiSettings()
+    if service not in APIS:
+        raise typer.BadParameter(f"{service!r} has no API; choose from {', '.join(APIS)}")
+    settings, api_settings = BusSettings(), APIS[service].settings()
     declare_topology(settings, list(SERVICES.values()))
-    uvicorn.run(create_app(RedisPublisher(settings)), host=api_settings.host, port=api_settings.port,
+    uvicorn.run(APIS[service].create_app(RedisPublisher(settings)), host=api_settings.host, port=api_settings.port,
                 log_level="warning")
 
 
@@ -264,7 +271,7 @@ def logs(follow: Annotated[bool, typer.Option("--follow", "-f", help="keep print
 @app.command()
 def status() -> None:
     """Queue depths, messages in flight, dead letters, retries and live workers."""
-    from events.redis_bus import DeadLetterStore, Keys, make_celery_app, redis_client
+    from events.redis_bus import DeadLetterStore, Keys, in_flight, make_celery_app, redis_client
 
     settings = BusSettings()
     client = redis_client(settings)
@@ -276,12 +283,12 @@ def status() -> None:
     table = Table(title=f"shop on {settings.redis_url.split('@')[-1]}")
     for column in ("queue", "waiting", "in flight", "unsettled", "relayed", "retries", "dead letters", "workers"):
         table.add_column(column, justify="right" if column != "queue" else "left")
-    for name, spec in SERVICES.items():
+    for name, spec in CONSUMERS.items():
         workers = sorted(host for host in replies if host.startswith(f"{name}@"))
         table.add_row(
             spec.queue,
             str(client.llen(spec.queue)),
-            str(client.hlen(Keys.unacked(name)["unacked_key"])),
+            str(in_flight(client, name)),
             str(client.hlen(Keys.outbox(name))),
             str(int(client.get(Keys.relayed(name)) or 0)),
             str(int(client.get(Keys.retries(name)) or 0)),
@@ -435,7 +442,7 @@ def bench(
     for column in ("mode", "orders/s", "runs", "worker CPU ms/order", "redis CPU ms/order", "peak RSS MiB/worker"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     latency = Table(title="placed -> notified, open loop (ms)")
-    for column in ("mode", "offered/s", "p50", "p95", "p99", "max", "incomplete", "noise (cores)"):
+    for column in ("mode", "rate/s", "p50", "p95", "p99", "max", "undone", "noise (cores)"):
         latency.add_column(column, justify="left" if column == "mode" else "right")
     for name, mode in result["modes"].items():
         if "runs" not in mode:

@@ -1,25 +1,65 @@
-"""`shop worker <service>`: one celery worker consuming one service's queue."""
+"""`shop worker <service>`: one celery worker consuming one service's queue.
+
+Its logs are JSON lines on stderr by default (one object per line: what a log shipper and `jq` read without a
+parser of ours), with one line per handled message from `shop.messages` (events/observability.py).
+"""
 
 from __future__ import annotations
 
 import logging
-import socket
+import sys
 import warnings
+from typing import Literal
 
 from celery.platforms import SecurityWarning
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from events.redis_bus import OutboxRelay, ServiceRuntime
+from events.observability import MESSAGE_LOG, MetricsFlusher
+from events.redis_bus import Keys, OutboxRelay, ServiceRuntime
 from events.settings import BusSettings
 from shop.services import SERVICES
 
 
-def run_worker(service: str, settings: BusSettings | None = None, loglevel: str = "WARNING") -> None:
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHOP_", extra="ignore")
+
+    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line; text: for a human")
+    log_messages: bool = Field(True, description="one log line per handled message (service, type, ids, outcome, ms)")
+    metrics_interval: float = Field(1.0, description="seconds between two flushes of the counters to Redis")
+
+
+def configure_logging(service: str, loglevel: str, settings: WorkerSettings) -> None:
+    """Root handler on stderr, JSON or text; `shop.messages` at INFO when per-message lines are wanted, whatever the
+    celery log level (WARNING by default, so celery itself stays quiet)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(JsonFormatter(
+            "{asctime}{levelname}{name}{message}", style="{", static_fields={"service": service},
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        ))
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(message)s"))
+    logging.basicConfig(level=loglevel, handlers=[handler], force=True)
+    MESSAGE_LOG.setLevel(logging.INFO if settings.log_messages else logging.WARNING)
+
+
+def run_worker(
+    service: str, settings: BusSettings | None = None, loglevel: str = "WARNING", node: str | None = None
+) -> None:
+    """`node` names this worker (default `<service>@<host>`); give each worker of one service on one host its own."""
     settings = settings or BusSettings()
-    runtime = ServiceRuntime(SERVICES[service], settings)
+    runtime = ServiceRuntime(SERVICES[service], settings, node=node)
     runtime.declare()
+    runtime.take_back_unacked()
     OutboxRelay(runtime.spec.queue, settings, runtime.redis).start()
+    worker_settings = WorkerSettings()
+    flusher = MetricsFlusher(runtime.observer.metrics, runtime.redis, Keys.metrics(service), worker_settings.metrics_interval)
+    flusher.start()
     warnings.filterwarnings("ignore", category=SecurityWarning)  # containers and CI run as root by design
-    logging.basicConfig(level=loglevel, format=f"%(asctime)s {service} %(levelname)s %(message)s")
+    configure_logging(service, loglevel, worker_settings)
     runtime.app.worker_main(
         [
             "--quiet",  # no banner: the supervisor reports starts and restarts
@@ -27,10 +67,12 @@ def run_worker(service: str, settings: BusSettings | None = None, loglevel: str 
             f"--queues={runtime.spec.queue}",
             f"--pool={settings.worker_pool}",
             "--concurrency=1",
-            f"--hostname={service}@{socket.gethostname()}",
+            f"--hostname={runtime.node}",
             f"--loglevel={loglevel}",
             "--without-gossip",
             "--without-mingle",
-            "--without-heartbeat",
+            # Heartbeats stay on: they are sent only while task events are enabled (by Flower's `enable_events`,
+            # otherwise never), and without them Flower shows every worker as offline.
         ]
     )
+    flusher.stop()

@@ -36,6 +36,7 @@ from kombu import Producer
 from events.catalog import OrderCreated, PaymentProcessed
 from events.envelope import Envelope, Sealed, sign
 from events.redis_bus import (
+    in_flight,
     DeadLetterStore,
     Keys,
     RedisPublisher,
@@ -336,7 +337,7 @@ def test_every_bad_input_gets_its_reason_and_good_orders_still_flow(
             all(order_id in paid for order_id in good_orders)
             and len(dead_letters.list(SERVICE)) >= len(BAD_MESSAGES)
             and redis_client.llen(QUEUE) == 0
-            and redis_client.hlen(Keys.unacked(SERVICE)["unacked_key"]) == 0
+            and in_flight(redis_client, SERVICE) == 0
         ) or worker.poll() is not None
 
     wait_until(settled, timeout=180, interval=0.2, message="every good order paid and every bad message dead-lettered")

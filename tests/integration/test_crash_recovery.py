@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from events.catalog import OrderLine
-from events.redis_bus import DeadLetterStore, Keys, RedisPublisher, declare_topology, scan_documents
+from events.redis_bus import DeadLetterStore, Keys, RedisPublisher, declare_topology, scan_documents, in_flight
 from events.settings import BusSettings
 from order_service.handlers import place_order
 from payment_service.gateway import RedisLedger
@@ -51,14 +51,14 @@ def payments(client: redis.Redis) -> dict:
 def test_worker_killed_while_handling_gets_the_message_back_and_charges_once(publisher, redis_client, start_worker):
     order_id = place(publisher, "card_slow")
     worker = start_worker("payment_service")
-    wait_until(lambda: redis_client.hlen(Keys.unacked("payment_service")["unacked_key"]) == 1,
+    wait_until(lambda: in_flight(redis_client, "payment_service") == 1,
                message="the slow charge to be in flight")
     kill_hard(worker)
     assert payments(redis_client) == {}
 
     start_worker("payment_service")
     wait_until(lambda: order_id in payments(redis_client), timeout=40, message="the payment after restart")
-    wait_until(lambda: redis_client.hlen(Keys.unacked("payment_service")["unacked_key"]) == 0, timeout=20)
+    wait_until(lambda: in_flight(redis_client, "payment_service") == 0, timeout=20)
     assert redis_client.lrange(RedisLedger.CHARGES, 0, -1) == [order_id.encode()]
     assert redis_client.llen("order_service") == 1, "exactly one PaymentProcessed for the order service"
 
@@ -76,7 +76,7 @@ def test_crash_between_state_and_publish_still_publishes_exactly_once(
 
     start_worker("payment_service")
     wait_until(
-        lambda: redis_client.hlen(Keys.unacked("payment_service")["unacked_key"]) == 0
+        lambda: in_flight(redis_client, "payment_service") == 0
         and redis_client.llen("payment_service") == 0
         and order_id in payments(redis_client),
         timeout=40, message="the redelivered message to be settled",
@@ -115,7 +115,7 @@ def test_duplicate_delivery_of_the_same_event_has_one_effect(publisher, redis_cl
     redis_client.lpush("payment_service", message)  # the same event id, delivered twice
     start_worker("payment_service")
     wait_until(lambda: redis_client.llen("payment_service") == 0
-               and redis_client.hlen(Keys.unacked("payment_service")["unacked_key"]) == 0, timeout=30)
+               and in_flight(redis_client, "payment_service") == 0, timeout=30)
     assert list(payments(redis_client)) == [order_id]
     assert redis_client.llen("order_service") == 1
     assert redis_client.llen(RedisLedger.CHARGES) == 1

@@ -263,7 +263,7 @@ def test_a_redelivered_message_comes_back_to_its_own_queue_only(
     declare_topology(settings, [*SERVICES.values(), AUDIT])
     envelope = wrap(order_created())
     publisher.publish(envelope)
-    transport_options = {**Keys.unacked("payment_service"), "visibility_timeout": settings.visibility_timeout}
+    transport_options = {**Keys.unacked("payment_service", "doomed@test"), "visibility_timeout": settings.visibility_timeout}
 
     with Connection(redis_url, transport_options=transport_options) as doomed_worker:
         taken = doomed_worker.default_channel.basic_get("payment_service", no_ack=False)

@@ -5,6 +5,7 @@ generous."""
 from __future__ import annotations
 
 import os
+import socket
 import signal
 import subprocess
 import time
@@ -14,7 +15,7 @@ import pytest
 import redis
 from kombu import Connection
 
-from events.redis_bus import DeadLetterStore, Keys, RedisPublisher, declare_topology, scan_documents
+from events.redis_bus import DeadLetterStore, Keys, RedisPublisher, declare_topology, scan_documents, in_flight
 from events.settings import BusSettings
 from order_service.domain import OrderStatus
 from payment_service.gateway import RedisLedger
@@ -47,7 +48,7 @@ def charges(client: redis.Redis) -> list[str]:
 
 def drained(client: redis.Redis, service: str) -> bool:
     """Nothing waiting and nothing in flight: every message given to the worker was acknowledged."""
-    return client.llen(service) == 0 and client.hlen(Keys.unacked(service)["unacked_key"]) == 0
+    return client.llen(service) == 0 and in_flight(client, service) == 0
 
 
 def dead_letters(client: redis.Redis, service: str) -> list[dict]:
@@ -117,7 +118,7 @@ def test_a_message_of_a_worker_killed_mid_task_comes_back_to_its_own_queue_and_i
     envelope = wrap(order_created("card_slow"))
     order_id = envelope.payload["order_id"]
     publisher.publish(envelope)
-    unacked = Keys.unacked("payment_service")
+    unacked = Keys.unacked("payment_service", f"payment_service@{socket.gethostname()}")
 
     doomed = start_worker("payment_service", SHOP_FAULT_INJECTION="1", SHOP_GATEWAY_SLOW_SECONDS="120")
     wait_until(lambda: redis_client.exists(Keys.deliveries("payment_service", envelope.event_id)), DEADLINE,
