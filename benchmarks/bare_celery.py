@@ -1,9 +1,10 @@
 """The yardstick: a bare celery pipeline with the shop's hops and handlers that do nothing.
 
-payment -> order (confirm) -> notification -> order (record), each task on its own queue, one solo worker per
-queue, JSON, celery's defaults otherwise (no acks_late, no inbox, no signing, no validation, no state). The last hop
-records the completion time in one Redis hash, which is the only work any handler does. What the full system costs
-beyond this floor is the price of its guarantees plus its own overheads.
+One task, `hop`, served on one queue per shop service of the order's journey (benchmarks/journey.py: e.g.
+payment -> order -> notification -> order), one solo worker per queue, JSON, celery's defaults otherwise (no
+acks_late, no inbox, no signing, no validation, no state). Each hop sends the order on to the next queue of the
+route it carries; the last one records the completion time in one Redis hash, the only work any hop does. What
+the full system costs beyond this floor is the price of its guarantees plus its own overheads.
 
 Run a worker: `python -m benchmarks.bare_celery <queue>` with REDIS_URL set (the benchmark does it).
 """
@@ -21,24 +22,17 @@ from celery import Celery
 
 from events.settings import BusSettings
 
-PAYMENT, ORDER, NOTIFICATION = "bench.bare.payment", "bench.bare.order", "bench.bare.notification"
-QUEUES = (PAYMENT, ORDER, NOTIFICATION)
+QUEUE_PREFIX = "bench.bare."
 DONE_KEY = "bench:bare:done"
 """hash order id -> completion time (epoch seconds) written by the last hop."""
 
 app = Celery("bench.bare", broker=BusSettings().redis_url, set_as_current=False)
-app.conf.update(
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-    worker_hijack_root_logger=False,
-    task_routes={
-        "bench.bare.charge_payment": {"queue": PAYMENT},
-        "bench.bare.confirm_order": {"queue": ORDER},
-        "bench.bare.notify_customer": {"queue": NOTIFICATION},
-        "bench.bare.record_notification": {"queue": ORDER},
-    },
-)
+app.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True,
+                worker_hijack_root_logger=False)
+
+
+def queue_for(service: str) -> str:
+    return QUEUE_PREFIX + service.removesuffix("_service")
 
 
 @cache
@@ -46,35 +40,23 @@ def _redis() -> redis.Redis:
     return redis.Redis.from_url(BusSettings().redis_url)
 
 
-@app.task(name="bench.bare.charge_payment")
-def charge_payment(order_id: str) -> None:
-    confirm_order.apply_async((order_id,))
+@app.task(name="bench.bare.hop")
+def hop(order_id: str, route: list[str]) -> None:
+    if route:
+        hop.apply_async((order_id, route[1:]), queue=route[0])
+    else:
+        _redis().hset(DONE_KEY, order_id, repr(time.time()))
 
 
-@app.task(name="bench.bare.confirm_order")
-def confirm_order(order_id: str) -> None:
-    notify_customer.apply_async((order_id,))
-
-
-@app.task(name="bench.bare.notify_customer")
-def notify_customer(order_id: str) -> None:
-    record_notification.apply_async((order_id,))
-
-
-@app.task(name="bench.bare.record_notification")
-def record_notification(order_id: str) -> None:
-    _redis().hset(DONE_KEY, order_id, repr(time.time()))
-
-
-def place(order_id: str) -> None:
-    """What the load generator does per order: the first hop, exactly as the shop's first event enters."""
-    charge_payment.apply_async((order_id,))
+def place(order_id: str, route: tuple[str, ...]) -> None:
+    """What the load generator does per order: the first hop, as the shop's first event enters its first queue."""
+    hop.apply_async((order_id, list(route[1:])), queue=route[0])
 
 
 def run_worker(queue: str) -> None:
     """Same worker flags as `shop worker` (solo pool, one process, no gossip/mingle/heartbeat)."""
-    if queue not in QUEUES:
-        raise SystemExit(f"queue must be one of {QUEUES}")
+    if not queue.startswith(QUEUE_PREFIX):
+        raise SystemExit(f"usage: python -m benchmarks.bare_celery {QUEUE_PREFIX}<service>")
     app.worker_main(
         [
             "--quiet",

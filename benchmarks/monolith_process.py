@@ -15,7 +15,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from decimal import Decimal
 
 import redis
 
@@ -24,7 +23,7 @@ DONE_KEY = "bench:monolith:done"
 
 
 def main() -> None:
-    from events.catalog import OrderLine
+    from benchmarks import journey
     from events.settings import BusSettings
     from order_service import handlers
     from shop.monolith import build_bus
@@ -33,7 +32,7 @@ def main() -> None:
     client = redis.Redis.from_url(settings.redis_url)
     bus = build_bus(settings)
     tokens: dict[str, str] = {}
-    items = [OrderLine(product_id="book", quantity=2, unit_price=Decimal("12.50"))]
+    items = journey.order_items()
 
     def on_handled(service: str, envelope) -> None:
         if service == "order_service" and envelope.type == "NotificationSent":
@@ -43,6 +42,9 @@ def main() -> None:
 
     bus.on_handled = on_handled
     bus.start()
+    if journey.needs_product():
+        journey.create_product(bus.unit_of_work, bus.commit)
+        bus.drain(timeout=30)  # the order service's catalogue now knows the product
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import abc
 import json
-from decimal import Decimal
-from pathlib import Path
+import time
 from uuid import uuid4
 
 import redis
 
-from benchmarks import bare_celery
+from benchmarks import bare_celery, journey
 from benchmarks.procs import WorkerGroup, python_module
 from events.settings import BusSettings
 
@@ -64,27 +63,45 @@ class Pipeline(abc.ABC):
 
 
 class FullSystem(Pipeline):
-    """The shop in microservices mode: `python -m shop worker <service>` x3, orders placed by the order service's own
-    command on a RedisPublisher unit of work. Done = the order document's `notified_at` is set, read from the order
-    service's store (the same field `shop status`-style tools read; nothing is added to the services for the bench)."""
+    """The shop in microservices mode: one `python -m shop worker <service>` per consuming service, orders placed by
+    the order service's own command on a RedisPublisher unit of work. Done = the order document's `notified_at` is
+    set, read from the order service's store (nothing is added to the services for the benchmark)."""
 
     mode = "full"
-    description = "shop microservices: 3 x `shop worker`"
-    roles = ("order_service", PAYMENT, "notification_service")
 
     def __init__(self, settings: BusSettings, workers: WorkerGroup) -> None:
         super().__init__(settings, workers)
-        from events.catalog import OrderLine
         from events.redis_bus import Keys, RedisPublisher, declare_topology
         from order_service import handlers
         from order_service.store import COLLECTION
         from shop.services import SERVICES
 
+        self.roles = tuple(PAYMENT if name == "payment_service" else name for name in journey.consumers())
+        self.description = f"shop microservices: {len(self.roles)} x `shop worker`"
         declare_topology(settings, list(SERVICES.values()))
         self._publisher = RedisPublisher(settings)
         self._place_order = handlers.place_order
-        self._items = [OrderLine(product_id="book", quantity=2, unit_price=Decimal("12.50"))]
+        self._items = journey.order_items()
         self._key = lambda order_id: Keys.document("order_service", COLLECTION, order_id)
+
+    def start(self) -> None:
+        super().start()
+        if journey.needs_product():
+            self._stock_the_catalogue(timeout=60)
+
+    def _stock_the_catalogue(self, timeout: float) -> None:
+        """Create the benchmark's product and wait until the order service's catalogue projection knows it."""
+        from events.redis_bus import Keys
+        from order_service.store import CATALOGUE
+
+        journey.create_product(self._publisher.unit_of_work, self._publisher.commit)
+        key = Keys.document("order_service", CATALOGUE, journey.BENCH_PRODUCT)
+        deadline = time.monotonic() + timeout
+        while not self.redis.exists(key):
+            if time.monotonic() > deadline:
+                self.workers.check_alive()
+                raise RuntimeError(f"the order service's catalogue did not learn {journey.BENCH_PRODUCT} in {timeout}s")
+            time.sleep(0.05)
 
     def worker_argv(self, role: str) -> list[str]:
         from shop.supervisor import shop_command
@@ -111,20 +128,22 @@ class FullSystem(Pipeline):
 
 class BareCelery(Pipeline):
     mode = "bare"
-    description = "bare celery: same 4 hops, no-op tasks, 3 solo workers"
-    roles = ("order", PAYMENT, "notification")
-    _queues = {"order": bare_celery.ORDER, PAYMENT: bare_celery.PAYMENT, "notification": bare_celery.NOTIFICATION}
 
     def __init__(self, settings: BusSettings, workers: WorkerGroup) -> None:
         super().__init__(settings, workers)
         bare_celery.app.conf.broker_url = settings.redis_url
+        self.route = tuple(bare_celery.queue_for(service) for service in journey.journey())
+        self._queues = {PAYMENT if queue == bare_celery.queue_for("payment_service") else queue: queue
+                        for queue in dict.fromkeys(self.route)}
+        self.roles = tuple(self._queues)
+        self.description = f"bare celery: same {len(self.route)} hops, no-op tasks, {len(self.roles)} solo workers"
 
     def worker_argv(self, role: str) -> list[str]:
         return python_module("benchmarks.bare_celery", self._queues[role])
 
     def place(self) -> str:
         order_id = uuid4().hex
-        bare_celery.place(order_id)
+        bare_celery.place(order_id, self.route)
         return order_id
 
     def done(self, order_ids: list[str]) -> list[str]:
@@ -139,7 +158,7 @@ class Monolith(Pipeline):
     "same number of worker processes" does not apply; its CPU per order is the comparable figure."""
 
     mode = "monolith"
-    description = "shop monolith: the 3 services on the in-process bus, 1 process"
+    description = "shop monolith: every service on the in-process bus, 1 process"
     roles = ("monolith",)
 
     def worker_argv(self, role: str) -> list[str]:

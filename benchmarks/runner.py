@@ -13,7 +13,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Callable
@@ -26,6 +26,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from benchmarks import measure
 from benchmarks.pipelines import PAYMENT, BareCelery, FullSystem, Monolith, Pipeline, monolith_available
 from benchmarks.procs import WorkerGroup, peak_rss_mib
+
+
+SENTINEL = "bench:sentinel"
+"""Set when the run starts: if it is gone when orders stop completing, someone else flushed the database."""
 
 
 class BenchSettings(BaseSettings):
@@ -100,6 +104,7 @@ def run(
     bus = BusSettings()
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
+    client.set(SENTINEL, "1")
     workers = WorkerGroup(_env(redis_url, work), work / "logs")
     load_before = os.getloadavg()
     result: dict = {
@@ -202,6 +207,11 @@ def run(
             "2 cores shared with other tenants: compare the modes within this run (ratio), not across machines; "
             "each run's foreign_cpu_share says how much CPU others took during it."
         )
+    except measure.Stalled as exc:
+        if not client.exists(SENTINEL):
+            raise measure.Stalled(f"{exc}; the benchmark's database was flushed by another client during the run: "
+                                  "give the benchmark a database of its own") from None
+        raise
     finally:
         workers.stop_all()
         client.flushdb()

@@ -26,6 +26,18 @@ class TransientError(Exception):
 
 
 @dataclass(frozen=True)
+class Projection:
+    """A service's own copy of another service's data (one collection), built only from that service's events.
+
+    Because it is derived from events alone, it can be rebuilt at any time from the event log (`shop replay`).
+    Its handlers must therefore be pure projections: no outgoing events, no calls out, and idempotent under
+    replay (they keep the newest revision they saw)."""
+
+    collection: str
+    handlers: Mapping[type[Event], Handler]
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """A service as the bus sees it. `queue` is its one durable queue; it receives exactly the event types it
     handles."""
@@ -34,6 +46,12 @@ class ServiceSpec:
     handlers: Mapping[type[Event], Handler]
     dependencies: Callable[..., Mapping[str, Any]] = field(default=lambda client=None: {})
     """`dependencies(client)` builds what the handlers need; `client` is a Redis client, or None in process."""
+    projections: tuple[Projection, ...] = ()
+    """The local read models among `handlers` (their handlers are in `handlers` too: one map says what reacts to
+    what); named here so they can be rebuilt from history."""
+    publishes: tuple[type[Event], ...] = ()
+    """The event types this service publishes (from its handlers or its HTTP edge). Declared, not inferred, so the
+    event catalogue (`shop asyncapi`) can say who sends what; a unit test holds it to what the handlers really do."""
 
     @property
     def queue(self) -> str:

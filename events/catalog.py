@@ -40,11 +40,23 @@ class Event(BaseModel):
         cls.type_name = cls.__name__
 
 
-class OrderLine(BaseModel):
+ProductId = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+Stock = Annotated[int, Field(ge=0, le=1_000_000_000)]
+Revision = Annotated[int, Field(ge=1, description="the product's change counter: a projection keeps the newest")]
+
+
+class OrderItem(BaseModel):
+    """What a customer asks for. The price is not theirs to say: the order service prices it from its projection."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    product_id: str = Field(min_length=1, max_length=100)
+    product_id: ProductId
     quantity: int = Field(gt=0, le=10_000)
+
+
+class OrderLine(OrderItem):
+    """An item as priced by the order service when the order was placed."""
+
     unit_price: Money
 
 
@@ -81,6 +93,61 @@ class OrderCancelled(Event):
     reason: str
 
 
+class UserRegistered(Event):
+    user_id: str
+    name: str
+    email: str
+
+
+class ProductCreated(Event):
+    product_id: ProductId
+    name: str
+    price: Money
+    stock: Stock
+    revision: Revision
+
+
+class ProductPriceChanged(Event):
+    product_id: ProductId
+    price: Money
+    previous_price: Money
+    revision: Revision
+
+
+class StockLevel(BaseModel):
+    """One product's part in a reservation or release: how many, and the stock left after it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    product_id: ProductId
+    quantity: int = Field(gt=0)
+    stock: Stock
+    revision: Revision
+
+
+class StockReserved(Event):
+    """The order's stock is set aside. It carries the order's terms forward (customer, total, payment method) so the
+    next step, payment, needs nothing but this event (see `payment_service.handlers.charge_payment`)."""
+
+    order_id: UUID
+    customer_id: str
+    total: Money
+    payment_method: str
+    lines: tuple[StockLevel, ...]
+
+
+class StockRejected(Event):
+    order_id: UUID
+    reason: str
+
+
+class StockReleased(Event):
+    """The compensation of StockReserved, after the payment failed."""
+
+    order_id: UUID
+    lines: tuple[StockLevel, ...]
+
+
 class NotificationSent(Event):
     notification_id: UUID
     order_id: UUID
@@ -90,7 +157,10 @@ class NotificationSent(Event):
 
 EVENT_TYPES: dict[tuple[str, int], type[Event]] = {
     (model.type_name, model.version): model
-    for model in (OrderCreated, PaymentProcessed, PaymentFailed, OrderConfirmed, OrderCancelled, NotificationSent)
+    for model in (
+        OrderCreated, PaymentProcessed, PaymentFailed, OrderConfirmed, OrderCancelled, NotificationSent,
+        UserRegistered, ProductCreated, ProductPriceChanged, StockReserved, StockRejected, StockReleased,
+    )
 }
 
 

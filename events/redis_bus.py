@@ -5,6 +5,9 @@ Design (see the broker notes in the README for the pitfalls each choice avoids):
 * Topology. One kombu *direct* exchange, `shop.events`; each service owns one durable queue (a Redis list) bound
   with the exact event type names it handles. `declare_topology` writes those bindings; `shop up`, every worker and
   every publisher run it before publishing, so an event published while a subscriber is down waits in its queue.
+* Second broker. With BROKER_URL=amqp://... the messages travel through RabbitMQ instead (events/amqp_bus.py: native
+  topic exchange, dead-letter exchange, outbox + relay); everything kept in Redis stays here. The few places that
+  choose between the two are marked "broker choice".
 * Publishing. A publisher routes in Python from the binding table (cached for `topology_refresh` seconds, not read
   per message) and stages, for each bound queue, a complete celery task message addressed to that queue *through the
   default exchange*. Redelivery and celery retries of such a message stay in that one queue: no extra copies in
@@ -83,6 +86,11 @@ class Keys:
         return f"shop:outbox:{queue}:due"
 
     @staticmethod
+    def routes(exchange: str, event_type: str) -> str:
+        """On RabbitMQ: the queues this shop bound to `event_type` (a record for display; the broker routes)."""
+        return f"shop:routes:{exchange}:{event_type}"
+
+    @staticmethod
     def event_log() -> str:
         return "shop:eventlog"
 
@@ -149,6 +157,10 @@ def service_queue(spec: ServiceSpec) -> Queue:
 
 def declare_topology(settings: BusSettings, specs: list[ServiceSpec]) -> None:
     """Idempotent: writes the exchange's bindings so publishers can route before any worker ever ran."""
+    if settings.broker_is_amqp:  # broker choice: RabbitMQ holds its own exchanges, queues and bindings
+        from events.amqp_bus import declare_amqp_topology
+
+        return declare_amqp_topology(settings, specs)
     with kombu_connection(settings) as connection:
         channel = connection.default_channel
         for spec in specs:
@@ -239,7 +251,8 @@ class MessageFactory:
 #
 # KEYS: inbox, deliveries counter, own outbox, own outbox schedule ('' for all four when the work has no cause),
 #       n document keys, then three keys per delivery: target, target's outbox, target's outbox schedule
-#       (outbox keys '' when the target is a dead-letter hash), then the event log.
+#       (outbox keys '' when the target is a dead-letter hash; target '' when the message only goes into the outbox,
+#       as on RabbitMQ, where the publisher sends it after the commit), then the event log.
 # ARGV: n, inbox ttl, cause event id, when to check on the new deliveries, event log length, n expected versions,
 #       n documents, then per delivery: payload, id; then per published event: type, correlation id, envelope,
 #       signature.
@@ -265,7 +278,7 @@ for k = 5 + n, #KEYS - 1, 3 do
   if KEYS[k + 1] == '' then
     redis.call('HSET', KEYS[k], ARGV[a + 1], ARGV[a])
   else
-    redis.call('LPUSH', KEYS[k], ARGV[a])
+    if KEYS[k] ~= '' then redis.call('LPUSH', KEYS[k], ARGV[a]) end
     redis.call('HSET', KEYS[k + 1], ARGV[a + 1], ARGV[a])
     redis.call('ZADD', KEYS[k + 2], ARGV[4], ARGV[a + 1])
   end
@@ -281,7 +294,7 @@ return 1
 
 @dataclass(frozen=True)
 class Delivery:
-    """One message for one target: a queue (with its outbox) or a dead-letter hash."""
+    """One message for one target: a queue (with its outbox), a dead-letter hash, or (target '') an outbox only."""
 
     target: str
     payload: str
@@ -302,12 +315,22 @@ class RedisPublisher:
         self.settings = settings
         self.redis = redis_client(settings)
         self.app = app or make_celery_app("shop.publisher", settings)
-        self.messages = MessageFactory(settings, self.app)
-        self.router = Router(settings, self.messages._connection)
+        self.messages, self.router = self._messages_and_router()
         self._script = self.redis.register_script(COMMIT_SCRIPT)
 
-    def unit_of_work(self, service: str, cause: Envelope | None = None) -> RedisUnitOfWork:
-        return RedisUnitOfWork(self, service, cause)
+    def _messages_and_router(self) -> tuple[MessageFactory, Router]:
+        messages = MessageFactory(self.settings, self.app)
+        return messages, Router(self.settings, messages._connection)
+
+    def _after_commit(self, deliveries: list[Delivery]) -> None:
+        """Nothing on Redis: the script itself queued every message. (AmqpPublisher sends them here.)"""
+
+    def close(self) -> None:
+        self.messages._connection.release()
+        self.redis.close()
+
+    def unit_of_work(self, service: str, cause: Envelope | None = None, inbox: str | None = None) -> RedisUnitOfWork:
+        return RedisUnitOfWork(self, service, cause, inbox)
 
     def commit(self, uow: UnitOfWork) -> None:
         uow.commit()
@@ -364,7 +387,10 @@ class RedisPublisher:
                 for value in (envelope.type, str(envelope.correlation_id), s.envelope, s.signature)
             ),
         ]
-        return self._script(keys=keys, args=args)
+        outcome = self._script(keys=keys, args=args)
+        if outcome == 1:
+            self._after_commit(deliveries)
+        return outcome
 
     def publish(self, *envelopes: Envelope) -> None:
         """Publish outside any unit of work (sample events): still one atomic step for all of them."""
@@ -376,8 +402,10 @@ class RedisPublisher:
 
 
 class RedisUnitOfWork(UnitOfWork):
-    def __init__(self, publisher: RedisPublisher, service: str, cause: Envelope | None = None) -> None:
-        super().__init__(service, cause)
+    def __init__(
+        self, publisher: RedisPublisher, service: str, cause: Envelope | None = None, inbox: str | None = None
+    ) -> None:
+        super().__init__(service, cause, inbox)
         self._publisher = publisher
         self._redis = publisher.redis
         self._versions: dict[tuple[str, str], str] = {}
@@ -388,7 +416,7 @@ class RedisUnitOfWork(UnitOfWork):
         return None if data is None else json.loads(data)
 
     def already_handled(self) -> bool:
-        return self.cause is not None and bool(self._redis.exists(Keys.inbox(self.service, self.cause.event_id)))
+        return self.cause is not None and bool(self._redis.exists(Keys.inbox(self.inbox, self.cause.event_id)))
 
     def commit(self) -> None:
         writes = [
@@ -401,7 +429,7 @@ class RedisUnitOfWork(UnitOfWork):
         ]
         outcome = self._publisher.run_script(
             self.outbox,
-            cause=(self.service, str(self.cause.event_id)) if self.cause else None,
+            cause=(self.inbox, str(self.cause.event_id)) if self.cause else None,
             writes=writes,
         )
         if outcome == 0:
@@ -590,7 +618,7 @@ def _event_id_of(raw: Any) -> str | None:
 # The consumer runtime
 # --------------------------------------------------------------------------------------------------------------------
 def make_celery_app(name: str, settings: BusSettings, service: str | None = None, node: str = "") -> Celery:
-    app = Celery(name, broker=settings.redis_url, set_as_current=False)
+    app = Celery(name, broker=settings.broker_url, set_as_current=False)
     transport_options: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout,
         # kombu sweeps for abandoned messages every interval x throttle seconds (10 x 10 by default): a message
@@ -618,7 +646,31 @@ def make_celery_app(name: str, settings: BusSettings, service: str | None = None
         task_send_sent_event=False,
         worker_consumer="events.redis_bus:DeadLetteringConsumer",
     )
+    if settings.broker_is_amqp:  # broker choice: none of the Redis transport's emulation knobs apply on RabbitMQ
+        from events.amqp_bus import configure_celery
+
+        configure_celery(app, settings)
     return app
+
+
+def make_publisher(settings: BusSettings, app: Celery | None = None) -> RedisPublisher:
+    """The publisher for the configured broker (broker choice): messages queued by the commit script itself on Redis,
+    or committed to the outbox and then sent with publisher confirms on RabbitMQ."""
+    if settings.broker_is_amqp:
+        from events.amqp_bus import AmqpPublisher
+
+        return AmqpPublisher(settings, app)
+    return RedisPublisher(settings, app)
+
+
+def consumer_queue(spec: ServiceSpec, settings: BusSettings) -> Queue:
+    """The queue a service's worker consumes (broker choice). On Redis every message is addressed to it through the
+    default exchange; on RabbitMQ it is the declared durable queue (the same arguments, or RabbitMQ refuses it)."""
+    if settings.broker_is_amqp:
+        from events.amqp_bus import Topology
+
+        return Topology(settings).queue(spec)
+    return Queue(spec.queue, Exchange(""), routing_key=spec.queue)
 
 
 class ServiceRuntime:
@@ -629,9 +681,10 @@ class ServiceRuntime:
         self.settings = settings
         self.node = node or f"{spec.name}@{socket.gethostname()}"
         self.app = make_celery_app(spec.name, settings, service=spec.name, node=self.node)
-        self.app.conf.task_queues = [Queue(spec.queue, Exchange(""), routing_key=spec.queue)]
-        self.app.conf.task_default_queue = spec.queue
-        self.publisher = RedisPublisher(settings, self.app)
+        self.consumer_queue = consumer_queue(spec, settings)
+        self.app.conf.task_queues = [self.consumer_queue]
+        self.app.conf.task_default_queue = self.consumer_queue.name
+        self.publisher = make_publisher(settings, self.app)
         self.redis = self.publisher.redis
         self.dead_letters = DeadLetterStore(self.redis)
         self.handlers: dict[str, BoundHandler] = bind_handlers(spec, spec.dependencies(self.redis))
@@ -650,6 +703,15 @@ class ServiceRuntime:
 
     def declare(self) -> None:
         declare_topology(self.settings, [self.spec])
+
+    def relay(self) -> OutboxRelay:
+        """The thread that repairs what a crash left behind (broker choice): on Redis it re-sends messages of this
+        queue nobody settled; on RabbitMQ it sends committed events the broker never confirmed."""
+        if self.settings.broker_is_amqp:
+            from events.amqp_bus import AmqpRelay
+
+            return AmqpRelay(self.spec, self.settings, self.publisher)
+        return OutboxRelay(self.spec.queue, self.settings, self.redis)
 
     def take_back_unacked(self) -> int:
         """Requeue every message this node's previous incarnation was handling when it died.
@@ -753,7 +815,10 @@ class ServiceRuntime:
                 self.dead_letters.add(self.spec.name, "retries exhausted", repr(exc), message, attempts=retries + 1)
                 return "dead-lettered"
             self.redis.incr(Keys.retries(self.spec.name))
-            raise task.retry(exc=exc, countdown=self.settings.retry_backoff * 2**retries, max_retries=None)
+            # Back to this queue only: celery would otherwise re-send to the delivery's exchange and routing key,
+            # which on RabbitMQ means a copy for every subscriber of the event.
+            raise task.retry(exc=exc, countdown=self.settings.retry_backoff * 2**retries, max_retries=None,
+                             queue=self.consumer_queue)
         except (redis.ConnectionError, redis.TimeoutError, OperationalError):
             raise
         except Exception as exc:  # noqa: BLE001 - a bug in a handler: keep the message, keep the worker

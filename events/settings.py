@@ -1,4 +1,5 @@
-"""Configuration of the bus, read from the environment (prefix `SHOP_`, plus the conventional `REDIS_URL`).
+"""Configuration of the bus, read from the environment (prefix `SHOP_`, plus the conventional `REDIS_URL` and
+`BROKER_URL`).
 
 One class, so every process (workers, API, CLI, tests) agrees on queue names, limits and keys.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -21,6 +22,16 @@ class BusSettings(BaseSettings):
         validation_alias=AliasChoices("REDIS_URL", "SHOP_REDIS_URL"),
         description="Broker and stores. Password/ACL user go in the URL (redis://user:pass@host:port/db); "
         "rediss:// enables TLS with certificate checks on (see `redis_ssl_cert_reqs`).",
+    )
+    broker_url: str = Field(
+        "",
+        validation_alias=AliasChoices("BROKER_URL", "SHOP_BROKER_URL"),
+        description="Where messages travel; empty = `redis_url`. amqp://user:pass@host:5672/vhost runs on RabbitMQ "
+        "(native exchanges and dead-lettering); stores, inbox, outbox, dead letters and event log stay in Redis.",
+    )
+    amqp_prefix: str = Field(
+        "", description="prefix of every RabbitMQ exchange and queue this shop declares (several shops or test runs "
+        "on one vhost)"
     )
     redis_ssl_cert_reqs: str = Field("required", description="for rediss://: required | optional | none")
     signing_key: SecretStr = Field(
@@ -49,6 +60,17 @@ class BusSettings(BaseSettings):
         False, description="enables test-only faults (card_slow, card_crash, crash_at); never in production"
     )
     crash_at: str = Field("", description="with fault_injection: '<before_commit|after_commit>:<EventType>'")
+
+    @model_validator(mode="after")
+    def _broker_defaults_to_redis(self) -> BusSettings:
+        if not self.broker_url:
+            self.broker_url = self.redis_url
+        return self
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        """RabbitMQ (events/amqp_bus.py) rather than the Redis lists of events/redis_bus.py."""
+        return self.broker_url.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
 
     @property
     def key(self) -> bytes:

@@ -25,9 +25,12 @@ class AlreadyHandled(Exception):
 
 
 class UnitOfWork(abc.ABC):
-    def __init__(self, service: str, cause: Envelope | None = None) -> None:
+    def __init__(self, service: str, cause: Envelope | None = None, inbox: str | None = None) -> None:
         self.service = service
         self.cause = cause
+        self.inbox = inbox or service
+        """Whose inbox records the cause as handled: the service's own, except for a replay of history, which
+        keeps its own record (`shop.replay`) so that events the service handled live are still replayed."""
         self.outbox: list[Envelope] = []
         self._writes: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -83,8 +86,10 @@ class InMemoryStore:
 class InMemoryUnitOfWork(UnitOfWork):
     """Same contract as the Redis one; commit is atomic because the in-process bus runs one handler at a time."""
 
-    def __init__(self, store: InMemoryStore, service: str, cause: Envelope | None = None) -> None:
-        super().__init__(service, cause)
+    def __init__(
+        self, store: InMemoryStore, service: str, cause: Envelope | None = None, inbox: str | None = None
+    ) -> None:
+        super().__init__(service, cause, inbox)
         self.store = store
         self._read_versions: dict[tuple[str, str], int] = {}
         self.committed: list[Envelope] = []
@@ -95,7 +100,7 @@ class InMemoryUnitOfWork(UnitOfWork):
         return None if document is None else dict(document)
 
     def already_handled(self) -> bool:
-        return self.cause is not None and (self.service, self.cause.event_id) in self.store.inbox
+        return self.cause is not None and (self.inbox, self.cause.event_id) in self.store.inbox
 
     def commit(self) -> None:
         if self.already_handled():
@@ -108,5 +113,5 @@ class InMemoryUnitOfWork(UnitOfWork):
             current, _ = self.store.documents.get((self.service, collection, key), (0, None))
             self.store.documents[(self.service, collection, key)] = (current + 1, document)
         if self.cause is not None:
-            self.store.inbox.add((self.service, self.cause.event_id))
+            self.store.inbox.add((self.inbox, self.cause.event_id))
         self.committed, self.outbox, self._writes = self.outbox, [], {}

@@ -9,8 +9,8 @@ import redis
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from events.bus import ServiceSpec
-from events.catalog import OrderCancelled, OrderConfirmed
+from events.bus import Projection, ServiceSpec
+from events.catalog import NotificationSent, OrderCancelled, OrderConfirmed, UserRegistered
 from notification_service import handlers
 from notification_service.notification_log import NotificationLog
 
@@ -25,8 +25,16 @@ def dependencies(client: redis.Redis | None = None) -> dict[str, Any]:
     return {"notifications": NotificationLog(NotificationSettings().notification_log)}
 
 
+CUSTOMERS = Projection(collection=handlers.CUSTOMERS, handlers={UserRegistered: handlers.remember_customer})
+
 SERVICE = ServiceSpec(
     name="notification_service",
-    handlers={OrderConfirmed: handlers.notify_customer, OrderCancelled: handlers.notify_customer},
+    handlers={
+        OrderConfirmed: handlers.notify_customer,
+        OrderCancelled: handlers.notify_customer,
+        **CUSTOMERS.handlers,
+    },
     dependencies=dependencies,
+    projections=(CUSTOMERS,),
+    publishes=(NotificationSent,),
 )

@@ -9,13 +9,58 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.catalog import Money, OrderLine
+from events.catalog import Money, OrderItem, OrderLine, ProductId
 
 
 class OrderStatus(StrEnum):
     PENDING = "PENDING"
     CONFIRMED = "CONFIRMED"
     CANCELLED = "CANCELLED"
+
+
+class CataloguedProduct(BaseModel):
+    """One product in this service's projection. Price and stock each remember the product revision they come
+    from: an event older than what is known changes nothing, so redelivered, reordered or replayed product events
+    cannot roll a price back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: ProductId
+    name: str
+    price: Money
+    price_revision: int
+    stock: int
+    stock_revision: int
+
+    def reprice(self, price: Decimal, revision: int) -> bool:
+        if revision <= self.price_revision:
+            return False
+        self.price, self.price_revision = price, revision
+        return True
+
+    def restock(self, stock: int, revision: int) -> bool:
+        if revision <= self.stock_revision:
+            return False
+        self.stock, self.stock_revision = stock, revision
+        return True
+
+
+class UnknownProducts(Exception):
+    """Items naming products the catalogue does not know; `problems` is one readable line per item."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def price_items(items: list[OrderItem], products: list[CataloguedProduct | None]) -> list[OrderLine]:
+    """Each item at the catalogue's current price; all unknown products are reported at once."""
+    unknown = [f"items.{index}.product_id: unknown product {item.product_id!r}"
+               for index, (item, product) in enumerate(zip(items, products)) if product is None]
+    if unknown:
+        raise UnknownProducts(unknown)
+    return [OrderLine(product_id=item.product_id, quantity=item.quantity, unit_price=product.price)
+            for item, product in zip(items, products)]
 
 
 class Order(BaseModel):
@@ -34,7 +79,7 @@ class Order(BaseModel):
 
     @classmethod
     def place(cls, customer_id: str, items: list[OrderLine], payment_method: str) -> Order:
-        """The total is the service's to compute, never the client's to claim."""
+        """The total is the service's to compute (from lines it priced), never the client's to claim."""
         total = sum((line.unit_price * line.quantity for line in items), Decimal("0.00"))
         return cls(customer_id=customer_id, items=tuple(items), payment_method=payment_method, total=total)
 

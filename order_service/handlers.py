@@ -1,26 +1,34 @@
-"""What the order service does, as plain functions of (message, unit of work)."""
+"""What the order service does, as plain functions of (message, unit of work): its saga steps, and the projection
+of the product catalogue it prices orders from."""
 
 from __future__ import annotations
 
+from events.bus import TransientError
 from events.catalog import (
     NotificationSent,
     OrderCancelled,
     OrderConfirmed,
     OrderCreated,
-    OrderLine,
+    OrderItem,
     PaymentFailed,
     PaymentProcessed,
+    ProductCreated,
+    ProductPriceChanged,
+    StockRejected,
+    StockReleased,
+    StockReserved,
 )
 from events.unit_of_work import UnitOfWork
-from order_service.domain import Order
-from order_service.store import Orders
+from order_service.domain import CataloguedProduct, Order, price_items
+from order_service.store import Catalogue, Orders
 
 
-def place_order(
-    uow: UnitOfWork, *, customer_id: str, items: list[OrderLine], payment_method: str
-) -> Order:
-    """The command behind `POST /orders`: the order and its OrderCreated are stored in one step."""
-    order = Order.place(customer_id, items, payment_method)
+def place_order(uow: UnitOfWork, *, customer_id: str, items: list[OrderItem], payment_method: str) -> Order:
+    """The command behind `POST /orders`: priced from this service's catalogue (raises `UnknownProducts`), then the
+    order and its OrderCreated are stored in one step. Stock is not checked here: the product service decides."""
+    catalogue = Catalogue(uow)
+    lines = price_items(items, [catalogue.get(item.product_id) for item in items])
+    order = Order.place(customer_id, lines, payment_method)
     Orders(uow).save(order)
     uow.publish(
         OrderCreated(
@@ -44,7 +52,9 @@ def confirm_order(event: PaymentProcessed, uow: UnitOfWork) -> None:
     uow.publish(OrderConfirmed(order_id=order.id, customer_id=order.customer_id, total=order.total))
 
 
-def cancel_order(event: PaymentFailed, uow: UnitOfWork) -> None:
+def cancel_order(event: PaymentFailed | StockRejected, uow: UnitOfWork) -> None:
+    """Either refusal ends the order with its reason; the stock of a failed payment is released by the product
+    service, which reacts to the same PaymentFailed."""
     orders = Orders(uow)
     order = orders.get(event.order_id)
     if order is None or not order.cancel(event.reason):
@@ -62,3 +72,33 @@ def record_notification(event: NotificationSent, uow: UnitOfWork) -> None:
     if order is None or uow.cause is None or not order.mark_notified(uow.cause.occurred_at):
         return
     orders.save(order)
+
+
+# -- the catalogue projection ---------------------------------------------------------------------------------------
+def catalogue_new_product(event: ProductCreated, uow: UnitOfWork) -> None:
+    catalogue = Catalogue(uow)
+    if catalogue.get(event.product_id) is not None:
+        return  # a later event already told us more (or this is a replay)
+    catalogue.save(CataloguedProduct(
+        product_id=event.product_id, name=event.name, price=event.price, price_revision=event.revision,
+        stock=event.stock, stock_revision=event.revision,
+    ))
+
+
+def catalogue_new_price(event: ProductPriceChanged, uow: UnitOfWork) -> None:
+    catalogue = Catalogue(uow)
+    product = catalogue.get(event.product_id)
+    if product is None:
+        # Overtook its ProductCreated (a redelivery reorders): retried until the product is known, never dropped.
+        raise TransientError(f"price of {event.product_id} before the product itself")
+    if product.reprice(event.price, event.revision):
+        catalogue.save(product)
+
+
+def catalogue_stock_levels(event: StockReserved | StockReleased, uow: UnitOfWork) -> None:
+    """Availability for display and quick checks; the product service's reservation is what decides."""
+    catalogue = Catalogue(uow)
+    for line in event.lines:
+        product = catalogue.get(line.product_id)
+        if product is not None and product.restock(line.stock, line.revision):
+            catalogue.save(product)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from events.catalog import OrderCreated, PaymentFailed, PaymentProcessed
+from events.catalog import PaymentFailed, PaymentProcessed, StockReserved
 from events.unit_of_work import UnitOfWork
 from payment_service.domain import Payment, PaymentStatus
 from payment_service.gateway import SimulatedGateway
 from payment_service.store import Payments
 
 
-def charge_payment(event: OrderCreated, uow: UnitOfWork, gateway: SimulatedGateway) -> None:
-    """One payment per order. The gateway call carries the order id as idempotency key, so a redelivery after a
-    crash between "charged" and "committed" gets the gateway's first answer instead of a second charge."""
+def charge_payment(event: StockReserved, uow: UnitOfWork, gateway: SimulatedGateway) -> None:
+    """One payment per order, once its stock is reserved. The gateway call carries the order id as idempotency key,
+    so a redelivery after a crash between "charged" and "committed" gets the gateway's first answer instead of a
+    second charge.
+
+    Why StockReserved carries the amount and the method (copied by the product service from OrderCreated) rather
+    than payment keeping them from an OrderCreated of its own: then this step depends on one message only. Two
+    messages in one queue can be reordered by a redelivery (a killed worker's message returns after the visibility
+    timeout, the outbox relay re-sends late), and a StockReserved waiting for its OrderCreated would have to retry
+    for as long as that takes, or be dead-lettered when the retry budget runs out first. The price is a few fields
+    the product service passes along without reading them."""
     payments = Payments(uow)
     if payments.for_order(event.order_id) is not None:
         return

@@ -7,7 +7,7 @@ from typing import Any
 import redis
 
 from events.bus import ServiceSpec
-from events.catalog import OrderCreated
+from events.catalog import PaymentFailed, PaymentProcessed, StockReserved
 from payment_service import handlers
 from payment_service.gateway import GatewaySettings, InMemoryLedger, RedisLedger, SimulatedGateway
 
@@ -19,6 +19,7 @@ def dependencies(client: redis.Redis | None = None) -> dict[str, Any]:
 
 SERVICE = ServiceSpec(
     name="payment_service",
-    handlers={OrderCreated: handlers.charge_payment},
+    handlers={StockReserved: handlers.charge_payment},
     dependencies=dependencies,
+    publishes=(PaymentProcessed, PaymentFailed),
 )

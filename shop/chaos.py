@@ -23,7 +23,7 @@ from uuid import uuid4
 
 import redis
 
-from events.catalog import OrderCreated, OrderLine
+from events.catalog import OrderCreated, OrderItem
 from events.envelope import Envelope, Sealed
 from events.redis_bus import DeadLetterStore, Keys, RedisPublisher, declare_topology, in_flight, scan_documents
 from events.settings import BusSettings
@@ -31,9 +31,16 @@ from events.unit_of_work import ConcurrentUpdate
 from notification_service.notification_log import read_notifications
 from order_service.handlers import place_order
 from payment_service.gateway import RedisLedger
+from product_service.domain import ReservationStatus
+from product_service.store import PRODUCTS, RESERVATIONS
 from shop.redis_server import RedisServer
+from shop.seeding import NewProduct, seed_products
 from shop.services import CONSUMERS, SERVICES
 from shop.supervisor import Supervisor, shop_command
+
+
+CHAOS_PRODUCTS = [NewProduct(f"sku-{n}", f"Article {n}", "9.90", 1_000_000) for n in range(13)]
+"""Plenty of stock: the run is about losing and duplicating, not about running out."""
 
 
 @dataclass
@@ -54,6 +61,7 @@ class ChaosReport:
     outbox_unsettled: int = 0
     unexpected_dead_letters: int = 0
     poison_not_dead_lettered: int = 0
+    stock_mismatches: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -84,6 +92,7 @@ def run_chaos(
         "SHOP_FAULT_INJECTION": "1",
         "SHOP_GATEWAY_FLAKY_FAILURES": "1",
         "SHOP_RETRY_BACKOFF": "0.1",
+        "SHOP_LOG_MESSAGES": "false",  # tens of thousands of lines on the console would bury the report
     }
     os.environ.update(env)
     settings = BusSettings()
@@ -110,10 +119,11 @@ def run_chaos(
                 except ProcessLookupError:
                     pass
 
+    publisher = RedisPublisher(settings)
+    seed_products(publisher, CHAOS_PRODUCTS, timeout=quiesce_timeout)  # before the killing starts
     killing = threading.Thread(target=killer, daemon=True)
     killing.start()
     try:
-        publisher = RedisPublisher(settings)
         restart_at = orders * 2 // 5
         interval = 1.0 / rate
         next_at = time.monotonic()
@@ -168,7 +178,7 @@ def _place_surviving_outages(publisher: RedisPublisher, n: int, method: str) -> 
     uow = publisher.unit_of_work("order_service")
     order = place_order(
         uow, customer_id=f"customer-{n % 97}", payment_method=method,
-        items=[OrderLine(product_id=f"sku-{n % 13}", quantity=1 + n % 3, unit_price=Decimal("9.90"))],
+        items=[OrderItem(product_id=CHAOS_PRODUCTS[n % len(CHAOS_PRODUCTS)].id, quantity=1 + n % 3)],
     )
     for _ in range(600):
         try:
@@ -240,7 +250,23 @@ def _audit(client: redis.Redis, placed: dict[str, str], tampered: list[str], log
         not any(reason == "poison message" and o in text for reason, text in dead_text) for o in poison
     ) + sum(not any(reason == "bad signature" and o in text for reason, text in dead_text) for o in tampered)
     result.unexpected_dead_letters = result.dead_lettered - (len(poison) + len(tampered) - result.poison_not_dead_lettered)
+    result.stock_mismatches = _audit_stock(client, len(placed))
     for name in ("lost", "double_charged", "duplicate_notifications", "missing_notifications",
-                 "poison_not_dead_lettered", "unexpected_dead_letters", "outbox_unsettled"):
+                 "poison_not_dead_lettered", "unexpected_dead_letters", "outbox_unsettled", "stock_mismatches"):
         if getattr(result, name):
             result.problems.append(f"{name.replace('_', ' ')}: {getattr(result, name)}")
+
+
+def _audit_stock(client: redis.Redis, orders: int) -> int:
+    """Reservations taken or given back twice would show here: each product's stock must equal its initial stock
+    minus what reservations still hold (confirmed orders, and poison ones that never reached a payment decision),
+    and there must be one reservation per order. Returns the number of mismatches."""
+    reservations = scan_documents(client, "product_service", RESERVATIONS)
+    products = scan_documents(client, "product_service", PRODUCTS)
+    held: Counter[str] = Counter()
+    for reservation in reservations.values():
+        if reservation["status"] == ReservationStatus.RESERVED:
+            held.update(reservation["quantities"])
+    initial = {product.id: product.stock for product in CHAOS_PRODUCTS}
+    mismatches = sum(products[sku]["stock"] != initial[sku] - held[sku] for sku in initial)
+    return mismatches + abs(len(reservations) - orders)

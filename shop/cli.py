@@ -6,7 +6,6 @@ import json
 import os
 import sys
 import time
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Optional
 from uuid import uuid4
@@ -22,6 +21,7 @@ from events.settings import BusSettings
 from notification_service.notification_log import read_notifications
 from notification_service.service import NotificationSettings
 from order_service.api import ApiSettings
+from shop.seeding import NewProduct
 from shop.services import APIS, CONSUMERS, SERVICES
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode="rich")
@@ -75,13 +75,13 @@ def api(
     configurable: SHOP_ORDER_API_PORT, SHOP_USER_API_PORT, SHOP_PRODUCT_API_PORT)."""
     import uvicorn
 
-    from events.redis_bus import RedisPublisher, declare_topology
+    from events.redis_bus import declare_topology, make_publisher
 
     if service not in APIS:
         raise typer.BadParameter(f"{service!r} has no API; choose from {', '.join(APIS)}")
     settings, api_settings = BusSettings(), APIS[service].settings()
     declare_topology(settings, list(SERVICES.values()))
-    uvicorn.run(APIS[service].create_app(RedisPublisher(settings)), host=api_settings.host, port=api_settings.port,
+    uvicorn.run(APIS[service].create_app(make_publisher(settings)), host=api_settings.host, port=api_settings.port,
                 log_level="warning")
 
 
@@ -104,9 +104,10 @@ def _start_everything(var_dir: Path) -> tuple["Supervisor", object]:  # noqa: F8
 
 @app.command()
 def up() -> None:
-    """Declare the topology and run every worker and the order API in the foreground. Ctrl-C stops them all."""
+    """Declare the topology and run every worker and every API in the foreground. Ctrl-C stops them all."""
     supervisor, embedded = _start_everything(BusSettings().var_dir)
-    console.print(f"[green]shop is up[/]: orders API on {ApiSettings().base_url}  (Ctrl-C to stop)")
+    apis = ", ".join(f"{service.removesuffix('_service')}s on {api.settings().base_url}" for service, api in APIS.items())
+    console.print(f"[green]shop is up[/]: {apis}  (Ctrl-C to stop)")
     try:
         supervisor.run_forever()
     finally:
@@ -114,12 +115,21 @@ def up() -> None:
             embedded.stop()
 
 
+SAMPLE_USERS = {"alice": "Alice Martin", "bob": "Bob Chen", "carol": "Carol Diaz", "dave": "Dave Okafor",
+                "erin": "Erin Walsh"}
+SAMPLE_PRODUCTS = [
+    NewProduct("book", "Book", "12.50", 50),
+    NewProduct("lamp", "Lamp", "49.90", 10),
+    NewProduct("bulb", "Bulb", "2.25", 100),
+    NewProduct("chair", "Chair", "89.00", 5),
+    NewProduct("vase", "Rare vase", "300.00", 1),
+]
 SAMPLE_ORDERS = [
-    ("alice", [("book", 2, "12.50")], "card"),
-    ("bob", [("lamp", 1, "49.90"), ("bulb", 4, "2.25")], "card"),
-    ("carol", [("chair", 1, "89.00")], "card_declined"),
-    ("dave", [("piano", 1, "15000.00")], "card"),
-    ("erin", [("mug", 3, "7.00")], "card"),
+    ("alice", [("book", 2)], "card"),
+    ("bob", [("lamp", 1), ("bulb", 4)], "card"),
+    ("carol", [("chair", 1)], "card_declined"),  # declined: the chair goes back on the shelf
+    ("dave", [("vase", 2)], "card"),  # one vase in stock: rejected before any charge
+    ("erin", [("book", 3)], "card"),
 ]
 
 
@@ -128,18 +138,35 @@ def demo(
     keep_running: Annotated[bool, typer.Option(help="stay up after the sample orders are notified")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for every notification")] = 60.0,
 ) -> None:
-    """`shop up`, place a handful of sample orders (some confirmed, some declined) and follow the notification log
-    until each one is notified."""
+    """`shop up`, register a few users, stock a few products, place sample orders (confirmed; one refused for
+    stock; one declined, its stock released) and follow the notification log until each customer is told."""
+    from shop.seeding import seed_products_over_http
+
     settings = BusSettings()
+    os.environ.setdefault("SHOP_LOG_MESSAGES", "false")  # the workers' per-message lines would bury the story
     supervisor, embedded = _start_everything(settings.var_dir)
     try:
-        base_url = ApiSettings().base_url
-        _wait_for_api(base_url, timeout=30)
+        urls = {service: api.settings().base_url for service, api in APIS.items()}
+        for url in urls.values():
+            _wait_for_api(url, timeout=30)
+        order_url, product_url = urls["order_service"], urls["product_service"]
+        seed_products_over_http(product_url, order_url, SAMPLE_PRODUCTS)
+        console.print("products: " + ", ".join(f"{p.name} {p.price} ({_stock(product_url, p.id)} in stock)"
+                                               for p in SAMPLE_PRODUCTS))
+        run = uuid4().hex[:4]  # a fresh address per run: a second demo on the same Redis registers new users
+        users = {}
+        for handle, name in SAMPLE_USERS.items():
+            response = httpx.post(f"{urls['user_service']}/users", json={"name": name, "email": f"{handle}+{run}@example.com"},
+                                  timeout=10)
+            response.raise_for_status()
+            users[handle] = response.json()
+        console.print(f"registered {', '.join(user['name'] for user in users.values())}")
         placed = {}
-        for customer, lines, method in SAMPLE_ORDERS:
-            order = _place(base_url, customer, lines, method)
+        for handle, lines, method in SAMPLE_ORDERS:
+            order = _place(order_url, users[handle]["id"], lines, method)
             placed[order["id"]] = order
-            console.print(f"placed [bold]{order['id'][:8]}[/] for {customer}: total {order['total']} by {method}")
+            console.print(f"placed [bold]{order['id'][:8]}[/] for {users[handle]['name']}: "
+                          f"{', '.join(f'{q} x {p}' for p, q in lines)}, total {order['total']} by {method}")
         log_path = NotificationSettings().notification_log
         seen: set[str] = set()
         deadline = time.monotonic() + timeout
@@ -154,8 +181,10 @@ def demo(
             console.print(f"[red]only {len(seen)} of {len(placed)} orders were notified within {timeout}s[/]")
             raise typer.Exit(1)
         for order_id in placed:
-            order = httpx.get(f"{base_url}/orders/{order_id}").json()
+            order = httpx.get(f"{order_url}/orders/{order_id}").json()
             console.print(f"order {order_id[:8]} is [bold]{order['status']}[/]" + (f" ({order['reason']})" if order.get("reason") else ""))
+        console.print("stock now: " + ", ".join(f"{p.name} {_stock(product_url, p.id)}" for p in SAMPLE_PRODUCTS)
+                      + "  (the declined chair is back on the shelf)")
         console.print(f"[green]all {len(placed)} sample orders notified[/]; log: {log_path}")
         if keep_running:
             console.print("still up (Ctrl-C to stop); try `shop order place` or `shop logs -f` in another terminal")
@@ -164,6 +193,10 @@ def demo(
         supervisor.stop()
         if embedded:
             embedded.stop()
+
+
+def _stock(product_url: str, product_id: str) -> int:
+    return httpx.get(f"{product_url}/products/{product_id}", timeout=10).json()["stock"]
 
 
 def _wait_for_api(base_url: str, timeout: float) -> None:
@@ -175,13 +208,13 @@ def _wait_for_api(base_url: str, timeout: float) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"order API at {base_url} did not answer within {timeout}s")
+    raise RuntimeError(f"the API at {base_url} did not answer within {timeout}s")
 
 
-def _place(base_url: str, customer: str, lines: list[tuple[str, int, str]], method: str) -> dict:
+def _place(base_url: str, customer: str, lines: list[tuple[str, int]], method: str) -> dict:
     body = {
         "customer_id": customer,
-        "items": [{"product_id": p, "quantity": q, "unit_price": price} for p, q, price in lines],
+        "items": [{"product_id": product, "quantity": quantity} for product, quantity in lines],
         "payment_method": method,
     }
     response = httpx.post(f"{base_url}/orders", json=body, timeout=10)
@@ -200,19 +233,19 @@ def _print_notification(line: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 @order_app.command("place")
 def order_place(
-    customer: Annotated[str, typer.Option(help="customer id")] = "alice",
-    item: Annotated[list[str], typer.Option(help="PRODUCT:QUANTITY:UNIT_PRICE, repeatable")] = ["book:1:19.99"],
+    customer: Annotated[str, typer.Option(help="customer id (a user id from POST /users addresses them by name)")] = "alice",
+    item: Annotated[list[str], typer.Option(help="PRODUCT:QUANTITY, repeatable; priced by the order service")] = ["book:1"],
     payment_method: Annotated[str, typer.Option(help="card | card_declined | card_flaky | ...")] = "card",
     count: Annotated[int, typer.Option(help="how many identical orders")] = 1,
 ) -> None:
-    """Place orders through POST /orders (the API must be running: `shop up`)."""
+    """Place orders through POST /orders (the API must be running: `shop up`; the products must exist)."""
     lines = []
     for spec in item:
         try:
-            product, quantity, price = spec.split(":")
-            lines.append((product, int(quantity), str(Decimal(price))))
-        except (ValueError, ArithmeticError):
-            raise typer.BadParameter(f"--item {spec!r} is not PRODUCT:QUANTITY:UNIT_PRICE") from None
+            product, quantity = spec.split(":")
+            lines.append((product, int(quantity)))
+        except ValueError:
+            raise typer.BadParameter(f"--item {spec!r} is not PRODUCT:QUANTITY") from None
     base_url = ApiSettings().base_url
     from rich.progress import track
 
@@ -231,7 +264,7 @@ def publish(
     """Publish one raw event (validated against its contract) to every subscribed queue."""
     from pydantic import ValidationError
 
-    from events.redis_bus import RedisPublisher
+    from events.redis_bus import make_publisher
 
     model = EVENT_TYPES.get((event_type, version))
     if model is None:
@@ -242,7 +275,7 @@ def publish(
         console.print(f"[red]invalid {event_type} payload:[/]\n{exc}")
         raise typer.Exit(2) from None
     envelope = Envelope.wrap(event, producer="shop-cli", correlation_id=getattr(event, "order_id", None) or uuid4())
-    publisher = RedisPublisher(BusSettings())
+    publisher = make_publisher(BusSettings())
     publisher.publish(envelope)
     queues = publisher.router.queues_for(event_type)
     console.print(f"published {event_type} {envelope.event_id} to {', '.join(queues) or '[red]no queue: dead-lettered as unroutable[/]'}")
@@ -339,9 +372,9 @@ def dlq_replay(
 ) -> None:
     """Re-inject dead letters into their service's queue (after the cause is fixed). Signatures are kept: a
     tampered message stays rejected."""
-    from events.redis_bus import RedisPublisher
+    from events.redis_bus import make_publisher
 
-    store, publisher = _dead_letter_store(), RedisPublisher(BusSettings())
+    store, publisher = _dead_letter_store(), make_publisher(BusSettings())
     if all_:
         records = store.list(service)
     elif record_id:
@@ -373,6 +406,28 @@ def dlq_purge(
     if not yes and not typer.confirm(f"delete all dead letters{' of ' + service if service else ''}?"):
         raise typer.Abort()
     console.print(f"purged {_dead_letter_store().purge(service)} dead letters")
+
+
+@app.command()
+def replay(
+    service: Annotated[str, typer.Argument(help="a service that keeps projections (order_service, notification_service)")],
+    rebuild: Annotated[bool, typer.Option(help="first delete the projections' documents: rebuild from history alone")] = False,
+) -> None:
+    """Feed SERVICE's projections (its local copies of other services' data) the history in the event log. Only
+    projection handlers run: nothing is charged, notified or published again. A second replay skips what the first
+    applied."""
+    from shop.replay import replay as replay_history
+
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; choose from {', '.join(SERVICES)}")
+    try:
+        result = replay_history(SERVICES[service], BusSettings(), rebuild=rebuild,
+                                report=lambda text: console.print(f"[dim]{text}[/]"))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    console.print(f"{service}: {result.read} events in the log, {result.replayed} replayed, "
+                  f"{result.already_replayed} already replayed before, {result.rejected} rejected")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -408,7 +463,8 @@ def chaos(
     table.add_column("value", justify="right")
     for name in ("orders", "poison_orders", "tampered_messages", "kills", "worker_restarts", "redis_restarts",
                  "settled", "lost", "double_charged", "duplicate_notifications", "missing_notifications",
-                 "dead_lettered", "poison_not_dead_lettered", "unexpected_dead_letters", "relayed", "outbox_unsettled",
+                 "dead_lettered", "poison_not_dead_lettered", "unexpected_dead_letters", "stock_mismatches", "relayed",
+                 "outbox_unsettled",
                  "seconds"):
         table.add_row(name.replace("_", " "), str(getattr(result, name)))
     console.print(table)
@@ -480,3 +536,75 @@ def compare(
         table.add_row(row.claim, row.measure, row.microservices, row.monolith)
     console.print(table)
     console.print(f"how each row was measured: {result.markdown_path}; raw numbers: {result.json_path}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Observability: the event catalogue, an order's journey, metrics
+# ---------------------------------------------------------------------------------------------------------------------
+@app.command()
+def asyncapi(
+    out: Annotated[Path, typer.Option(help="where the document goes ('-' for stdout)")] = Path("docs/asyncapi.yaml"),
+) -> None:
+    """Write the event catalogue as an AsyncAPI 3.0 document, generated from the pydantic event models and what each
+    service handles and publishes. A test fails when the committed docs/asyncapi.yaml is stale: rerun this."""
+    from shop.asyncapi import asyncapi_document, render
+
+    text = render(asyncapi_document(SERVICES.values()))
+    if str(out) == "-":
+        sys.stdout.write(text)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    console.print(f"wrote {out} ({len(text.splitlines())} lines)")
+
+
+@app.command()
+def trace(order_id: Annotated[str, typer.Argument(help="the order id (every event of an order carries it as "
+                                                         "correlation id)")]) -> None:
+    """The order's journey across the services, from the event log: each event, who published it, what caused it and
+    how long after its cause it was published."""
+    from events.redis_bus import redis_client
+    from shop.trace import journey
+
+    hops = journey(redis_client(BusSettings()), order_id)
+    if not hops:
+        console.print(f"[red]no event of {order_id} in the event log[/] (wrong id, or older than the log keeps)")
+        raise typer.Exit(1)
+    handled_by = {model.type_name: [spec.name for spec in SERVICES.values() if model in spec.handlers]
+                  for model in EVENT_TYPES.values()}
+    number = {hop.event_id: index for index, hop in enumerate(hops, 1)}
+    start = hops[0].occurred_at
+    table = Table(title=f"order {order_id}: {len(hops)} events in "
+                        f"{(hops[-1].occurred_at - start).total_seconds() * 1000:.1f} ms")
+    for column in ("#", "+ms", "event", "published by", "caused by", "hop ms", "handled by", "event id"):
+        table.add_column(column, justify="right" if column in ("#", "+ms", "hop ms") else "left")
+    for index, hop in enumerate(hops, 1):
+        cause = f"#{number[hop.cause.event_id]} {hop.cause.type}" if hop.cause else ("-" if not hop.causation_id
+                                                                                      else "[dim]not logged[/]")
+        table.add_row(
+            str(index), f"{(hop.occurred_at - start).total_seconds() * 1000:.1f}", f"[bold]{hop.type}[/]",
+            hop.producer, cause, f"{hop.latency_ms:.1f}" if hop.latency_ms is not None else "",
+            ", ".join(handled_by.get(hop.type, [])) or "[dim]nobody[/]", hop.event_id[:8],
+        )
+    console.print(table)
+
+
+@app.command()
+def metrics(
+    serve: Annotated[bool, typer.Option("--serve", help="answer GET /metrics (SHOP_METRICS_HOST/PORT) until Ctrl-C")] = False,
+) -> None:
+    """Every service's counters (messages by outcome, failures, handler latency histogram), dead letters and queue
+    depths, in Prometheus' text format: printed once, or served for a scraper."""
+    from events.redis_bus import redis_client
+    from shop.metrics import MetricsSettings, render, serve as serve_metrics
+
+    client = redis_client(BusSettings())
+    if not serve:
+        sys.stdout.write(render(client, SERVICES.values()))
+        return
+    settings = MetricsSettings()
+    console.print(f"metrics on http://{settings.host}:{settings.port}/metrics  (Ctrl-C to stop)")
+    try:
+        serve_metrics(client, SERVICES.values(), settings.host, settings.port)
+    except KeyboardInterrupt:
+        pass

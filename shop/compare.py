@@ -37,7 +37,8 @@ from hdrh.histogram import HdrHistogram
 
 from events.settings import BusSettings
 from shop.embedded_redis import choose_broker, free_port
-from shop.services import SERVICES
+from shop.seeding import NewProduct, seed_products_over_http
+from shop.services import APIS, CONSUMERS
 from shop.supervisor import shop_command, stop_process_group
 
 MODES = ("microservices", "monolith")
@@ -73,9 +74,11 @@ QUICK = Workload(
 
 ORDER_BODY = {
     "customer_id": "compare",
-    "items": [{"product_id": "book", "quantity": 1, "unit_price": "19.99"}],
+    "items": [{"product_id": "book", "quantity": 1}],
     "payment_method": "card",
 }
+PRODUCTS = [NewProduct("book", "Book", "19.99", 100_000_000)]
+"""Enough stock that no scenario ever runs out: the comparison is about the wiring, not the shelf."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -201,10 +204,14 @@ class Deployment:
         self.notification_log = work_dir / "notifications.log"
         self.notification_log.unlink(missing_ok=True)
         self.port = free_port()
+        # The microservices serve each API on a port of its own; the monolith serves them all on the order port.
+        self.ports = {service: self.port if service == "order_service" or self.mode == "monolith" else free_port()
+                      for service in APIS}
         self.env = {
             **os.environ,
             "REDIS_URL": redis_url,
-            "SHOP_ORDER_API_PORT": str(self.port),
+            **{f"{APIS[service].settings.model_config['env_prefix']}PORT": str(port)
+               for service, port in self.ports.items()},
             "SHOP_NOTIFICATION_LOG": str(self.notification_log),
             "SHOP_VAR_DIR": str(work_dir / "var"),
         }
@@ -224,11 +231,16 @@ class Deployment:
             self.stop(name)
 
     def wait_until_healthy(self, timeout: float) -> None:
+        """Every API answers, and the order service's catalogue has the products (seeded when missing: a restarted
+        monolith starts with an empty memory)."""
         deadline = time.monotonic() + timeout
-        while not self.client.health():
+        urls = [f"http://127.0.0.1:{port}" for port in set(self.ports.values())]
+        while not all(Client(url).health() for url in urls):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.mode}: the API did not answer within {timeout}s (logs in {self.work_dir})")
+                raise RuntimeError(f"{self.mode}: the APIs did not answer within {timeout}s (logs in {self.work_dir})")
             time.sleep(0.1)
+        seed_products_over_http(f"http://127.0.0.1:{self.ports['product_service']}", self.client.base_url, PRODUCTS,
+                                timeout=max(1.0, deadline - time.monotonic()))
 
     # The scenarios' levers, one per mode.
     def start(self, gateway_delay: float = 0.0) -> None: ...
@@ -242,8 +254,9 @@ class Microservices(Deployment):
     mode = "microservices"
 
     def start(self, gateway_delay: float = 0.0) -> None:
-        self.spawn("order_api", shop_command("api"))
-        for name in SERVICES:
+        for service, api in APIS.items():
+            self.spawn(api.process_name, shop_command("api", service))
+        for name in CONSUMERS:
             self.spawn(name, shop_command("worker", name), SHOP_GATEWAY_DELAY=str(gateway_delay))
 
     def payment_down(self) -> None:
@@ -384,6 +397,9 @@ def measure_deployment(deployment: Deployment, watcher: NotificationWatcher, wor
     restart_began = time.monotonic()
     what = deployment.redeploy()
     restart_command_s = time.monotonic() - restart_began
+    # A restarted monolith has forgotten its catalogue (it lives in memory): stock it again, as its operator would.
+    # Until then its API refuses orders (422), and the paced client retries them like refused connections.
+    deployment.wait_until_healthy(workload.startup_timeout)
     sender.join(workload.deploy_seconds + 120)
     accepted = _accepted(placements)
     watcher.wait_for(accepted, workload.recovery_timeout)

@@ -1,9 +1,9 @@
 """`shop monolith`: the same shop in one process, the composition root of monolith mode.
 
-Nothing here is a handler. The three services' own ServiceSpecs (the same handler functions the celery workers run)
-are subscribed to an in-process bus with their in-memory dependencies (`spec.dependencies(None)`), and the order
-service's own HTTP app (`order_service.api.create_app`) is served on the same port, writing the same notification
-log. The monolith and the microservices are two wirings of one code base, which is what makes `shop compare` fair.
+Nothing here is a handler. The services' own ServiceSpecs (the same handler functions the celery workers run)
+are subscribed to an in-process bus with their in-memory dependencies (`spec.dependencies(None)`), and the
+services' own HTTP apps (orders, users, products) are served together on the order API's port, writing the same
+notification log. The monolith and the microservices are two wirings of one code base, which is what makes `shop compare` fair.
 
 Dispatch: an in-process queue with one dispatcher thread (`DispatchingInMemoryBus`), not synchronous dispatch.
 Synchronous dispatch would run payment and notification inside `POST /orders`: the request would wait for the
@@ -32,8 +32,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from events.bus import Handler, ServiceSpec, TransientError
 from events.memory_bus import DispatchingInMemoryBus
 from events.settings import BusSettings
-from order_service.api import ApiSettings, create_app
-from shop.services import SERVICES
+from events.web import answer_validation_errors_readably
+from order_service.api import ApiSettings
+from shop.services import APIS, SERVICES
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,13 @@ class FaultSwitch(BaseModel):
 
 
 def create_monolith_app(bus: DispatchingInMemoryBus, faults: FaultSwitches | None = None) -> FastAPI:
-    """The order service's app over the in-process bus; with fault injection, plus `PUT /faults/{service}` (used
-    by `shop compare` to take payment down for a window) and a backlog probe."""
-    app = create_app(bus)
+    """Every service's own app (orders, users, products) over the in-process bus, served side by side on one port
+    (their paths do not overlap); with fault injection, plus `PUT /faults/{service}` (used by `shop compare` to take
+    payment down for a window) and a backlog probe."""
+    app = FastAPI(title="shop: monolith", version="1")
+    answer_validation_errors_readably(app)
+    for api in APIS.values():
+        app.include_router(api.create_app(bus).router)
     if faults is None:
         return app
 

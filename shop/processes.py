@@ -6,13 +6,14 @@ with the current interpreter) and docker-compose.yml runs each one as a containe
 
 from __future__ import annotations
 
-from shop.services import SERVICES
+from shop.services import APIS, CONSUMERS
 
 
 def shop_processes() -> dict[str, list[str]]:
-    """{process name: argv starting with `shop`}: one worker per service (named after it), then the order API."""
-    processes = {name: ["shop", "worker", name] for name in SERVICES}
-    processes["order_api"] = ["shop", "api"]
+    """{process name: argv starting with `shop`}: one worker per event-consuming service (named after it), then one
+    API per service that has one (`order_api`, ...)."""
+    processes = {name: ["shop", "worker", name] for name in CONSUMERS}
+    processes.update({api.process_name: ["shop", "api", service] for service, api in APIS.items()})
     return processes
 
 

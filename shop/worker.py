@@ -16,7 +16,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from events.observability import MESSAGE_LOG, MetricsFlusher
-from events.redis_bus import Keys, OutboxRelay, ServiceRuntime
+from events.redis_bus import Keys, ServiceRuntime
 from events.settings import BusSettings
 from shop.services import SERVICES
 
@@ -29,19 +29,25 @@ class WorkerSettings(BaseSettings):
     metrics_interval: float = Field(1.0, description="seconds between two flushes of the counters to Redis")
 
 
-def configure_logging(service: str, loglevel: str, settings: WorkerSettings) -> None:
-    """Root handler on stderr, JSON or text; `shop.messages` at INFO when per-message lines are wanted, whatever the
-    celery log level (WARNING by default, so celery itself stays quiet)."""
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
+def log_formatter(service: str, log_format: str = "json") -> logging.Formatter:
+    """JSON: time, level, logger, message, the service, and every `extra` field of the record (the per-message ids
+    and outcome). python-json-logger rather than a formatter of our own: small, maintained, and it already handles
+    exceptions, non-JSON values and reserved record attributes."""
+    if log_format == "json":
         from pythonjsonlogger.json import JsonFormatter
 
-        handler.setFormatter(JsonFormatter(
+        return JsonFormatter(
             "{asctime}{levelname}{name}{message}", style="{", static_fields={"service": service},
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        ))
-    else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(message)s"))
+        )
+    return logging.Formatter(f"%(asctime)s {service} %(levelname)s %(message)s")
+
+
+def configure_logging(service: str, loglevel: str, settings: WorkerSettings) -> None:
+    """Root handler on stderr; `shop.messages` at INFO when per-message lines are wanted, whatever the celery log
+    level (WARNING by default, so celery itself stays quiet)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(log_formatter(service, settings.log_format))
     logging.basicConfig(level=loglevel, handlers=[handler], force=True)
     MESSAGE_LOG.setLevel(logging.INFO if settings.log_messages else logging.WARNING)
 
@@ -54,25 +60,30 @@ def run_worker(
     runtime = ServiceRuntime(SERVICES[service], settings, node=node)
     runtime.declare()
     runtime.take_back_unacked()
-    OutboxRelay(runtime.spec.queue, settings, runtime.redis).start()
+    runtime.relay().start()  # Redis: re-sends unsettled queue messages; RabbitMQ: sends unconfirmed events
     worker_settings = WorkerSettings()
-    flusher = MetricsFlusher(runtime.observer.metrics, runtime.redis, Keys.metrics(service), worker_settings.metrics_interval)
+    flusher = MetricsFlusher(
+        runtime.observer.metrics, runtime.redis, Keys.metrics(service), worker_settings.metrics_interval
+    )
     flusher.start()
     warnings.filterwarnings("ignore", category=SecurityWarning)  # containers and CI run as root by design
     configure_logging(service, loglevel, worker_settings)
-    runtime.app.worker_main(
-        [
-            "--quiet",  # no banner: the supervisor reports starts and restarts
-            "worker",
-            f"--queues={runtime.spec.queue}",
-            f"--pool={settings.worker_pool}",
-            "--concurrency=1",
-            f"--hostname={runtime.node}",
-            f"--loglevel={loglevel}",
-            "--without-gossip",
-            "--without-mingle",
-            # Heartbeats stay on: they are sent only while task events are enabled (by Flower's `enable_events`,
-            # otherwise never), and without them Flower shows every worker as offline.
-        ]
-    )
-    flusher.stop()
+    try:
+        runtime.app.worker_main(
+            [
+                "--quiet",  # no banner: the supervisor reports starts and restarts
+                "worker",
+                f"--queues={runtime.consumer_queue.name}",  # prefixed on RabbitMQ (SHOP_AMQP_PREFIX)
+                f"--pool={settings.worker_pool}",
+                "--concurrency=1",
+                f"--hostname={runtime.node}",
+                f"--loglevel={loglevel}",
+                "--without-gossip",
+                "--without-mingle",
+                # Heartbeats stay on: they are sent only while task events are enabled (by Flower's `enable_events`,
+                # otherwise never), and without them Flower shows every worker as offline.
+            ]
+        )
+    finally:
+        flusher.stop()  # the counts of the last interval, on a clean stop
+

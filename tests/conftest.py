@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+from events.settings import BusSettings
+from tests.brokers import BROKERS, Broker, broker_env, delete_rabbitmq_topology, rabbitmq_missing
 from tests.helpers import stop_process
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -26,6 +29,8 @@ def redis_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
         pytest.fail(f"these tests need Redis at {TEST_REDIS_URL} (.ci/run starts one)")
     client.flushdb()
     monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
+    for name in ("BROKER_URL", "SHOP_BROKER_URL", "SHOP_AMQP_PREFIX"):  # Redis unless a test asks for `bus`
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SHOP_NOTIFICATION_LOG", str(tmp_path / "notifications.log"))
     monkeypatch.setenv("SHOP_VAR_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("SHOP_VISIBILITY_TIMEOUT", "4")
@@ -57,3 +62,23 @@ def start_worker(redis_url: str) -> Iterator[Callable[..., subprocess.Popen]]:
     yield start
     for process in started:
         stop_process(process)
+
+
+@pytest.fixture(params=BROKERS)
+def bus(request: pytest.FixtureRequest, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Broker]:
+    """Runs the test once per broker: Redis, then RabbitMQ (skipped with the reason when none answers). Every
+    process the test starts inherits the choice through the environment; RabbitMQ names get a prefix of their own,
+    deleted afterwards."""
+    if request.param == "rabbitmq" and (missing := rabbitmq_missing()):
+        pytest.skip(missing)
+    prefix = f"test-{uuid.uuid4().hex[:8]}."
+    for name, value in broker_env(request.param, prefix).items():
+        monkeypatch.setenv(name, value) if value else monkeypatch.delenv(name, raising=False)
+    client = redis.Redis.from_url(redis_url)
+    broker = Broker(request.param, BusSettings(), client)
+    yield broker
+    if broker.is_amqp:
+        from shop.services import SERVICES
+
+        delete_rabbitmq_topology(prefix, [*SERVICES.values(), *broker.declared])
+    client.close()

@@ -19,16 +19,15 @@ import pytest
 import typer
 import yaml
 
-from order_service.api import ApiSettings
 from shop.processes import shop_processes, supervised_commands
-from shop.services import SERVICES
+from shop.services import APIS, CONSUMERS
 from shop.supervisor import shop_command
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 ONE_SHOT = {"declare"}
-INFRASTRUCTURE = {"redis"}
+INFRASTRUCTURE = {"redis", "flower"}  # images of their own, not the shop's
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,7 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def shop_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Every service that runs the shop image (all but Redis)."""
+    """Every service that runs the shop image (all but Redis and Flower)."""
     return {name: service for name, service in services.items() if name not in INFRASTRUCTURE}
 
 
@@ -107,7 +106,7 @@ def test_the_shop_script_and_python_dash_m_shop_are_the_same_cli() -> None:
 
 
 def test_every_worker_service_is_named_after_its_service(services: dict) -> None:
-    for name in SERVICES:
+    for name in CONSUMERS:
         assert command_of(services[name]) == ["shop", "worker", name]
 
 
@@ -170,6 +169,17 @@ def test_the_signing_key_comes_from_the_environment(services: dict) -> None:
         assert environment["SHOP_SIGNING_KEY"] is None or str(environment["SHOP_SIGNING_KEY"]).startswith("${"), name
 
 
+def test_flower_watches_the_workers_through_the_same_broker_behind_a_password(services: dict) -> None:
+    flower = services["flower"]
+    assert flower["image"].startswith("mher/flower:2")
+    assert command_of(flower)[:2] == ["celery", "flower"]
+    broker = flower["environment"]["CELERY_BROKER_URL"]
+    assert all(service["environment"]["REDIS_URL"] == broker for service in shop_services(services).values())
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:-")
+    assert flower["ports"] == ["127.0.0.1:5555:5555"], "Flower can shut workers down: loopback only"
+    assert flower["depends_on"] == {"redis": {"condition": "service_healthy"}}
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Scaling, restarts, the API, the notification log
 # ---------------------------------------------------------------------------------------------------------------------
@@ -177,7 +187,7 @@ def test_workers_can_be_scaled(services: dict) -> None:
     # `docker compose up --scale payment_service=3` fails on a fixed container name or a published host port.
     for name, service in shop_services(services).items():
         assert "container_name" not in service, name
-    for name in SERVICES:
+    for name in CONSUMERS:
         assert "ports" not in services[name], name
 
 
@@ -186,14 +196,17 @@ def test_long_running_processes_restart_unless_stopped(services: dict) -> None:
         assert services[name]["restart"] == "unless-stopped", name
 
 
-def test_the_order_api_listens_on_every_interface_on_its_port(services: dict) -> None:
-    api = services["order_api"]
-    port = ApiSettings.model_fields["port"].default
-    assert api["environment"]["SHOP_ORDER_API_HOST"] == "0.0.0.0"
-    assert api["ports"] == [f"{port}:{port}"]
-    test = api["healthcheck"]["test"]
-    assert test[:3] == ["CMD", "python", "-c"]
-    assert "urllib" in test[3] and f":{port}/health" in test[3]
+def test_each_api_listens_on_every_interface_on_its_own_port(services: dict) -> None:
+    for service, api in APIS.items():
+        container = services[api.process_name]
+        prefix = api.settings.model_config["env_prefix"]
+        port = api.settings.model_fields["port"].default
+        assert container["environment"][f"{prefix}HOST"] == "0.0.0.0", service
+        assert container["environment"][f"{prefix}PORT"] == str(port), service
+        assert container["ports"] == [f"{port}:{port}"], service
+        test = container["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "python", "-c"]
+        assert "urllib" in test[3] and f":{port}/health" in test[3], service
 
 
 def test_the_notification_log_is_on_a_named_volume(compose: dict, services: dict) -> None:

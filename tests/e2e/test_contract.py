@@ -1,9 +1,10 @@
-"""One contract, two wirings: every test runs against `shop up` (three celery workers + the API over Redis) and
-against `shop monolith` (the same handlers in one process), started as real processes and driven over HTTP.
+"""One contract, two wirings: every test runs against `shop up` (four celery workers + three APIs over Redis) and
+against `shop monolith` (the same handlers and APIs in one process), started as real processes and driven over HTTP.
 
 What a client can observe must not depend on the wiring: statuses, error answers, and exactly one notification per
-order. Processes start once per mode (a module-scoped, parametrized fixture), since starting four Python processes
-costs seconds on a small machine.
+order. Processes start once per mode (a module-scoped, parametrized fixture), since starting seven Python processes
+costs seconds on a small machine; the catalogue is seeded once, through the product API, each test using products
+of its own so that stock levels stay predictable.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import redis
 
 from notification_service.notification_log import read_notifications
 from shop.embedded_redis import free_port
+from shop.seeding import NewProduct, seed_products_over_http
 from tests.conftest import TEST_REDIS_URL
 from tests.helpers import stop_process, wait_until
 
@@ -33,22 +35,40 @@ STARTUP_TIMEOUT = 90.0
 SAGA_TIMEOUT = 60.0
 
 
+CATALOGUE = [
+    NewProduct("book", "Book", "19.99", 100_000),
+    NewProduct("novel", "Novel", "12.50", 100),
+    NewProduct("piano", "Piano", "10000.01", 100),
+    NewProduct("lamp", "Lamp", "49.90", 10),
+    NewProduct("vase", "Rare vase", "300.00", 1),
+]
+
+
 @dataclass
 class RunningShop:
     mode: str
     base_url: str
+    user_url: str
+    product_url: str
     notification_log: Path
     process: subprocess.Popen
 
-    def place(self, payment_method: str = "card", unit_price: str = "19.99", quantity: int = 1) -> dict[str, Any]:
+    def place(self, payment_method: str = "card", product_id: str = "book", quantity: int = 1,
+              customer_id: str | None = None) -> dict[str, Any]:
         body = {
-            "customer_id": f"customer-{uuid4().hex[:6]}",
-            "items": [{"product_id": "book", "quantity": quantity, "unit_price": unit_price}],
+            "customer_id": customer_id or f"customer-{uuid4().hex[:6]}",
+            "items": [{"product_id": product_id, "quantity": quantity}],
             "payment_method": payment_method,
         }
         response = httpx.post(f"{self.base_url}/orders", json=body, timeout=10)
         assert response.status_code == 202, response.text
         return response.json()
+
+    def product(self, product_id: str) -> dict[str, Any]:
+        return httpx.get(f"{self.product_url}/products/{product_id}", timeout=10).json()
+
+    def catalogued(self, product_id: str) -> dict[str, Any]:
+        return httpx.get(f"{self.base_url}/catalogue/{product_id}", timeout=10).json()
 
     def order(self, order_id: str) -> httpx.Response:
         return httpx.get(f"{self.base_url}/orders/{order_id}", timeout=10)
@@ -96,11 +116,11 @@ def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         pytest.fail(f"these tests need Redis at {TEST_REDIS_URL}")
     client.flushdb()
     directory = tmp_path_factory.mktemp(mode)
-    port = free_port()
+    ports = {"ORDER": free_port(), "USER": free_port(), "PRODUCT": free_port()}
     env = {
         **os.environ,
         "REDIS_URL": TEST_REDIS_URL,
-        "SHOP_ORDER_API_PORT": str(port),
+        **{f"SHOP_{name}_API_PORT": str(port) for name, port in ports.items()},
         "SHOP_NOTIFICATION_LOG": str(directory / "notifications.log"),
         "SHOP_VAR_DIR": str(directory / "var"),
     }
@@ -108,13 +128,16 @@ def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         [sys.executable, "-m", "shop", MODES[mode]], env=env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=None,
     )
-    running = RunningShop(mode, f"http://127.0.0.1:{port}", directory / "notifications.log", process)
+    # The monolith serves every API on the order API's port.
+    url = {name: f"http://127.0.0.1:{ports[name if mode == 'microservices' else 'ORDER']}" for name in ports}
+    running = RunningShop(mode, url["ORDER"], url["USER"], url["PRODUCT"], directory / "notifications.log", process)
     try:
         wait_until(
-            lambda: process.poll() is not None or _api_is_up(running.base_url),
+            lambda: process.poll() is not None or all(_api_is_up(base) for base in url.values()),
             timeout=STARTUP_TIMEOUT, interval=0.2, message=f"`shop {MODES[mode]}` to answer /health",
         )
         assert process.poll() is None, f"`shop {MODES[mode]}` exited with code {process.returncode}"
+        seed_products_over_http(running.product_url, running.base_url, CATALOGUE, timeout=SAGA_TIMEOUT)
         yield running
     finally:
         _stop_gracefully(process)
@@ -123,7 +146,7 @@ def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_a_paid_order_is_confirmed(shop: RunningShop) -> None:
-    placed = shop.place("card", unit_price="12.50", quantity=2)
+    placed = shop.place("card", product_id="novel", quantity=2)
     assert placed["status"] == "PENDING"
     assert Decimal(placed["total"]) == Decimal("25.00")
 
@@ -141,7 +164,7 @@ def test_a_declined_card_cancels_the_order(shop: RunningShop) -> None:
 
 
 def test_a_total_above_the_gateway_limit_cancels_the_order(shop: RunningShop) -> None:
-    order = shop.settled(shop.place("card", unit_price="10000.01")["id"])
+    order = shop.settled(shop.place("card", product_id="piano")["id"])
 
     assert order["status"] == "CANCELLED"
     assert "insufficient funds" in order["reason"]
@@ -151,8 +174,52 @@ def test_an_unknown_order_is_not_found(shop: RunningShop) -> None:
     assert shop.order(str(uuid4())).status_code == 404
 
 
+def test_an_order_for_an_unknown_product_is_refused_at_the_door(shop: RunningShop) -> None:
+    body = {"customer_id": "alice", "items": [{"product_id": "unicorn", "quantity": 1}], "payment_method": "card"}
+
+    response = httpx.post(f"{shop.base_url}/orders", json=body, timeout=10)
+
+    assert response.status_code == 422
+    assert response.json()["problems"] == ["items.0.product_id: unknown product 'unicorn'"]
+
+
+def test_an_order_beyond_the_stock_is_cancelled_with_the_reason(shop: RunningShop) -> None:
+    order = shop.settled(shop.place("card", product_id="vase", quantity=2)["id"])
+
+    assert order["status"] == "CANCELLED"
+    assert order["reason"] == "out of stock: Rare vase (2 wanted, 1 left)"
+    assert shop.product("vase")["stock"] == 1
+
+
+def test_a_failed_payment_puts_the_stock_back(shop: RunningShop) -> None:
+    placed = [shop.place("card_declined", product_id="lamp", quantity=3) for _ in range(2)]
+
+    for order in placed:
+        assert shop.settled(order["id"])["status"] == "CANCELLED"
+    # Each order took 3 and gave them back: stock 10 again, at revision 1 + 2 reservations + 2 releases. The order
+    # service's catalogue shows the same revision, so both StockReleased events reached it too.
+    wait_until(lambda: shop.catalogued("lamp")["stock_revision"] == 5, timeout=SAGA_TIMEOUT, interval=0.1,
+               message="both StockReleased in the order service's catalogue")
+    assert shop.product("lamp")["stock"] == 10 and shop.catalogued("lamp")["stock"] == 10
+
+
+def test_a_registered_customer_is_notified_by_name(shop: RunningShop) -> None:
+    email = f"ada-{uuid4().hex[:6]}@example.com"
+    registered = httpx.post(f"{shop.user_url}/users", json={"name": "Ada Lovelace", "email": email}, timeout=10)
+    assert registered.status_code == 201, registered.text
+    user = registered.json()
+    assert httpx.post(f"{shop.user_url}/users", json={"name": "Ada", "email": email}, timeout=10).status_code == 409
+
+    placed = shop.place("card", customer_id=user["id"])
+
+    [line] = wait_until(lambda: shop.notifications_for({placed["id"]}), timeout=SAGA_TIMEOUT, interval=0.1,
+                        message="the notification")
+    assert line["to"] == f"Ada Lovelace <{email}>"
+    assert line["message"].startswith("Hello Ada Lovelace,")
+
+
 def test_an_invalid_order_is_refused_with_readable_problems(shop: RunningShop) -> None:
-    body = {"customer_id": "", "items": [{"product_id": "book", "quantity": 0, "unit_price": 1.5}], "extra": 1}
+    body = {"customer_id": "", "items": [{"product_id": "book", "quantity": 0, "unit_price": "1.50"}], "extra": 1}
 
     response = httpx.post(f"{shop.base_url}/orders", json=body, timeout=10)
 

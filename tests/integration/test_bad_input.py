@@ -1,17 +1,17 @@
-"""The bad-input matrix, in one run, against a real payment worker process.
+"""The bad-input matrix, in one run, against a real product worker process (the first step of the order saga).
 
 Issue requirement: "each gets its clear error or dead-letter reason, no worker dies, every good message in the same
 run is processed". So this test
 
-* starts a real `shop worker payment_service` process,
-* places good orders through the order service's HTTP edge (each one puts an OrderCreated into the payment queue),
-* interleaves with them, straight into the payment queue, one message of every bad kind we know: transport-level
+* starts a real `shop worker product_service` process,
+* places good orders through the order service's HTTP edge (each one puts an OrderCreated into the product queue),
+* interleaves with them, straight into the product queue, one message of every bad kind we know: transport-level
   garbage, kombu messages that are not celery tasks, celery tasks celery cannot run, and well-formed celery tasks
   whose signed envelope is wrong in every way `open_envelope` and `ServiceRuntime.handle` check,
 * sends every kind of bad HTTP request to the same FastAPI app,
 
 then asserts that each bad message is exactly one dead letter with the expected reason, each bad request got a
-readable 4xx, the worker is still alive, and every good order was paid.
+readable 4xx, the worker is still alive, and the stock of every good order was reserved.
 
 Every bad message carries a unique marker (`<bad-input:kind>`) somewhere in what the dead letter keeps (raw body,
 envelope text, kwargs), so each dead letter is matched to the one case that produced it.
@@ -46,16 +46,16 @@ from events.redis_bus import (
 )
 from events.settings import BusSettings
 from order_service.api import create_app
-from payment_service.domain import PaymentStatus
+from product_service.domain import ReservationStatus
 from shop.services import SERVICES
-from tests.helpers import wait_until
+from tests.helpers import stock_product, wait_until
 
-SERVICE = "payment_service"
+SERVICE = "product_service"
 QUEUE = SERVICES[SERVICE].queue
 MAX_MESSAGE_BYTES = 8192  # the worker's SHOP_MAX_MESSAGE_BYTES in this test: an oversized message stays small
 GOOD_ORDER = {
     "customer_id": "alice",
-    "items": [{"product_id": "book", "quantity": 2, "unit_price": "12.50"}],
+    "items": [{"product_id": "book", "quantity": 2}],
     "payment_method": "card",
 }
 
@@ -116,7 +116,7 @@ class BadMessage:
 
 
 class Injector:
-    """Puts one message into the payment queue, at the level each case needs."""
+    """Puts one message into the product queue, at the level each case needs."""
 
     def __init__(self, publisher: RedisPublisher, client: redis.Redis) -> None:
         self.publisher = publisher
@@ -140,7 +140,7 @@ class Injector:
         )
 
     def task(self, kwargs: Sealed | Kwargs) -> None:
-        """A well-formed celery task for the payment service's task, built by the production MessageFactory."""
+        """A well-formed celery task for the product service's task, built by the production MessageFactory."""
         key, payload = self.publisher.messages.build(QUEUE, kwargs, f"bad-input:{uuid4()}")  # type: ignore[arg-type]
         self.client.lpush(key, payload)
 
@@ -266,8 +266,9 @@ BAD_REQUESTS: list[tuple[str, str, str, Any, int, str]] = [
     ("missing field", "POST", "/orders", {k: v for k, v in GOOD_ORDER.items() if k != "customer_id"}, 422,
      "customer_id: Field required"),
     ("quantity 0", "POST", "/orders", line_with(quantity=0), 422, "items.0.quantity: Input should be greater than 0"),
-    ("negative unit_price", "POST", "/orders", line_with(unit_price="-1.00"), 422, "items.0.unit_price"),
-    ("float unit_price", "POST", "/orders", line_with(unit_price=12.5), 422, "money must be a decimal string"),
+    ("a price from the client", "POST", "/orders", line_with(unit_price="0.01"), 422,
+     "items.0.unit_price: Extra inputs are not permitted"),
+    ("unknown product", "POST", "/orders", line_with(product_id="unicorn"), 422, "unknown product 'unicorn'"),
     ("extra field", "POST", "/orders", order_with(coupon="FREE"), 422, "coupon: Extra inputs are not permitted"),
     ("extra line field", "POST", "/orders", line_with(discount="1"), 422, "discount: Extra inputs are not permitted"),
     ("empty items", "POST", "/orders", order_with(items=[]), 422, "items: List should have at least 1 item"),
@@ -301,8 +302,9 @@ def test_every_bad_input_gets_its_reason_and_good_orders_still_flow(
     monkeypatch.setenv("SHOP_MAX_MESSAGE_BYTES", str(MAX_MESSAGE_BYTES))
     settings = BusSettings()
     assert settings.max_message_bytes == MAX_MESSAGE_BYTES
-    declare_topology(settings, list(SERVICES.values()))  # good orders must find the payment queue bound
+    declare_topology(settings, list(SERVICES.values()))  # good orders must find the product queue bound
     publisher = RedisPublisher(settings)
+    stock_product(publisher, price="12.50")
     injector = Injector(publisher, redis_client)
     dead_letters = DeadLetterStore(redis_client)
     worker = start_worker(SERVICE)
@@ -332,7 +334,7 @@ def test_every_bad_input_gets_its_reason_and_good_orders_still_flow(
     injector.close()
 
     def settled() -> bool:
-        paid = scan_documents(redis_client, SERVICE, "payment")
+        paid = scan_documents(redis_client, SERVICE, "reservation")
         return (
             all(order_id in paid for order_id in good_orders)
             and len(dead_letters.list(SERVICE)) >= len(BAD_MESSAGES)
@@ -340,13 +342,14 @@ def test_every_bad_input_gets_its_reason_and_good_orders_still_flow(
             and in_flight(redis_client, SERVICE) == 0
         ) or worker.poll() is not None
 
-    wait_until(settled, timeout=180, interval=0.2, message="every good order paid and every bad message dead-lettered")
-    assert worker.poll() is None, f"the payment worker died (exit code {worker.returncode})"
+    wait_until(settled, timeout=180, interval=0.2,
+               message="every good order's stock reserved and every bad message dead-lettered")
+    assert worker.poll() is None, f"the product worker died (exit code {worker.returncode})"
 
-    # Every good order, and only those, was paid; no bad HTTP request created an order.
-    paid = scan_documents(redis_client, SERVICE, "payment")
-    assert sorted(paid) == sorted(good_orders)
-    assert {paid[order_id]["status"] for order_id in good_orders} == {PaymentStatus.CHARGED}, paid
+    # Every good order, and only those, had its stock reserved; no bad HTTP request created an order.
+    reserved = scan_documents(redis_client, SERVICE, "reservation")
+    assert sorted(reserved) == sorted(good_orders)
+    assert {reserved[order_id]["status"] for order_id in good_orders} == {ReservationStatus.RESERVED}, reserved
     assert sorted(scan_documents(redis_client, "order_service", "order")) == sorted(good_orders)
 
     # Every bad message is exactly one dead letter, with its reason.

@@ -4,30 +4,26 @@ from __future__ import annotations
 
 import os
 import signal
-from decimal import Decimal
 
 import pytest
 import redis
 
-from events.catalog import OrderLine
-from events.redis_bus import DeadLetterStore, Keys, RedisPublisher, declare_topology, scan_documents, in_flight
+from events.envelope import Envelope
+from events.redis_bus import DeadLetterStore, RedisPublisher, declare_topology, scan_documents, in_flight
 from events.settings import BusSettings
-from order_service.handlers import place_order
 from payment_service.gateway import RedisLedger
 from shop.services import SERVICES
-from tests.helpers import wait_until
+from tests.helpers import stock_reserved, wait_until
 
 pytestmark = pytest.mark.usefixtures("redis_url")
 
 
 def place(publisher: RedisPublisher, payment_method: str = "card", price: str = "10.00") -> str:
-    uow = publisher.unit_of_work("order_service")
-    order = place_order(
-        uow, customer_id="kim", items=[OrderLine(product_id="p", quantity=1, unit_price=Decimal(price))],
-        payment_method=payment_method,
-    )
-    uow.commit()
-    return str(order.id)
+    """An order whose stock is reserved: the StockReserved the payment service charges on, as the product service
+    publishes it."""
+    event = stock_reserved(payment_method, price)
+    publisher.publish(Envelope.wrap(event, producer="product_service", correlation_id=event.order_id))
+    return str(event.order_id)
 
 
 @pytest.fixture
@@ -68,7 +64,7 @@ def test_crash_between_state_and_publish_still_publishes_exactly_once(
     crash_point, publisher, redis_client, start_worker, monkeypatch
 ):
     order_id = place(publisher)
-    crashing = start_worker("payment_service", SHOP_CRASH_AT=f"{crash_point}:OrderCreated")
+    crashing = start_worker("payment_service", SHOP_CRASH_AT=f"{crash_point}:StockReserved")
     wait_until(lambda: crashing.poll() is not None, message="the worker to die at the failpoint")
     committed = order_id in payments(redis_client)
     assert committed == (crash_point == "after_commit")

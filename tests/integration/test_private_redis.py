@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import redis
 
-from events.catalog import OrderLine
+from events.catalog import OrderItem
 from events.redis_bus import RedisPublisher, declare_topology, scan_documents
 from events.settings import BusSettings
 from notification_service.notification_log import read_notifications
 from order_service.handlers import place_order
 from payment_service.gateway import RedisLedger
 from shop.redis_server import RedisServer
-from shop.services import SERVICES
-from tests.helpers import wait_until
+from shop.services import CONSUMERS, SERVICES
+from tests.helpers import stock_product, wait_until
 
 
 @pytest.fixture
@@ -32,11 +31,12 @@ def private_redis(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def place_orders(publisher: RedisPublisher, count: int) -> list[str]:
     ids = []
+    stock_product(publisher, price="5.00")
     for n in range(count):
         uow = publisher.unit_of_work("order_service")
         method = "card_declined" if n % 5 == 0 else "card"
         order = place_order(uow, customer_id=f"c{n}", payment_method=method,
-                            items=[OrderLine(product_id="p", quantity=1, unit_price=Decimal("5.00"))])
+                            items=[OrderItem(product_id="book", quantity=1)])
         uow.commit()
         ids.append(str(order.id))
     return ids
@@ -48,6 +48,7 @@ def test_password_protected_redis_works_and_a_wrong_password_is_refused(private_
     settings = BusSettings()
     declare_topology(settings, list(SERVICES.values()))
     [order_id] = place_orders(RedisPublisher(settings), 1)
+    start_worker("product_service")
     start_worker("payment_service")
     client = redis.Redis.from_url(private_redis.url)
     wait_until(lambda: order_id in scan_documents(client, "payment_service", "payment"), timeout=30)
@@ -58,7 +59,7 @@ def test_redis_restart_mid_run_loses_nothing_and_workers_reconnect(private_redis
     declare_topology(settings, list(SERVICES.values()))
     client = redis.Redis.from_url(private_redis.url)
     first = place_orders(RedisPublisher(settings), 40)
-    for service in SERVICES:
+    for service in CONSUMERS:
         start_worker(service)
     wait_until(lambda: len(scan_documents(client, "payment_service", "payment")) >= 5, timeout=30)
 

@@ -8,7 +8,6 @@ import base64
 import json
 import time
 from collections.abc import Iterator
-from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -18,7 +17,7 @@ from kombu import Connection
 from typer.testing import CliRunner
 
 from events.bus import ServiceSpec
-from events.catalog import NotificationSent, OrderCreated, OrderLine
+from events.catalog import NotificationSent, OrderItem, StockReserved
 from events.envelope import Envelope, open_envelope, seal
 from events.redis_bus import UNROUTABLE, DeadLetterStore, Keys, RedisPublisher, declare_topology
 from events.settings import BusSettings
@@ -27,13 +26,14 @@ from order_service.domain import Order
 from order_service.handlers import place_order
 from order_service.store import Orders
 from shop.services import SERVICES
+from tests.helpers import stock_product, stock_reserved
 
 pytestmark = pytest.mark.usefixtures("redis_url")
 
 QUEUES = [spec.queue for spec in SERVICES.values()]
 
-AUDIT = ServiceSpec(name="audit", handlers={OrderCreated: lambda event, uow: None})
-"""A second subscriber of OrderCreated, so that a redelivery or retry that went back through the exchange would show
+AUDIT = ServiceSpec(name="audit", handlers={StockReserved: lambda event, uow: None})
+"""A second subscriber of StockReserved (the event the payment service charges on), so that a redelivery or retry that went back through the exchange would show
 up as an extra copy in its queue."""
 
 
@@ -67,27 +67,17 @@ def queued_envelopes(client: redis.Redis, queue: str, settings: BusSettings) -> 
     ]
 
 
-def order_created(payment_method: str = "card", total: str = "25.00") -> OrderCreated:
-    return OrderCreated(
-        order_id=uuid4(),
-        customer_id="alice",
-        items=(OrderLine(product_id="book", quantity=1, unit_price=Decimal(total)),),
-        total=Decimal(total),
-        payment_method=payment_method,
-    )
-
-
 def wrap(event) -> Envelope:
     return Envelope.wrap(event, producer="tests", correlation_id=getattr(event, "order_id", None) or uuid4())
 
 
 def place(publisher: RedisPublisher, payment_method: str = "card", price: str = "25.00") -> Order:
-    """What POST /orders does: the order document and its OrderCreated, committed in one step."""
+    """What POST /orders does: the order document and its OrderCreated, committed in one step (for a product
+    stocked at `price`)."""
+    stock_product(publisher, price=price)
     uow = publisher.unit_of_work("order_service")
-    order = place_order(
-        uow, customer_id="alice", items=[OrderLine(product_id="book", quantity=1, unit_price=Decimal(price))],
-        payment_method=payment_method,
-    )
+    order = place_order(uow, customer_id="alice", items=[OrderItem(product_id="book", quantity=1)],
+                        payment_method=payment_method)
     publisher.commit(uow)
     return order
 
@@ -114,7 +104,7 @@ def test_an_event_published_before_any_worker_ever_ran_waits_in_its_queue(
     settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis
 ):
     declare_topology(settings, list(SERVICES.values()))
-    envelope = wrap(order_created())
+    envelope = wrap(stock_reserved())
 
     publisher.publish(envelope)
 
@@ -131,17 +121,21 @@ def test_each_service_queue_is_bound_to_exactly_the_events_it_handles(
 ):
     declare_topology(settings, list(SERVICES.values()))
 
-    routes = {name: publisher.router.queues_for(name) for name in (
-        "OrderCreated", "PaymentProcessed", "PaymentFailed", "OrderConfirmed", "OrderCancelled", "NotificationSent")}
-
-    assert routes == {
-        "OrderCreated": ["payment_service"],
+    expected = {
+        "OrderCreated": ["product_service"],
+        "StockReserved": ["order_service", "payment_service"],
+        "StockRejected": ["order_service"],
+        "StockReleased": ["order_service"],
         "PaymentProcessed": ["order_service"],
-        "PaymentFailed": ["order_service"],
+        "PaymentFailed": ["order_service", "product_service"],
         "OrderConfirmed": ["notification_service"],
         "OrderCancelled": ["notification_service"],
         "NotificationSent": ["order_service"],
+        "ProductCreated": ["order_service"],
+        "ProductPriceChanged": ["order_service"],
+        "UserRegistered": ["notification_service"],
     }
+    assert {name: publisher.router.queues_for(name) for name in expected} == expected
 
 
 def test_declaring_the_topology_twice_changes_nothing(settings: BusSettings, publisher: RedisPublisher,
@@ -149,7 +143,7 @@ def test_declaring_the_topology_twice_changes_nothing(settings: BusSettings, pub
     declare_topology(settings, list(SERVICES.values()))
     declare_topology(settings, list(SERVICES.values()))
 
-    publisher.publish(wrap(order_created()))
+    publisher.publish(wrap(stock_reserved()))
 
     assert redis_client.llen("payment_service") == 1
 
@@ -158,7 +152,7 @@ def test_an_event_with_several_subscribers_gets_one_copy_per_queue_each_addresse
     settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis
 ):
     declare_topology(settings, [*SERVICES.values(), AUDIT])
-    envelope = wrap(order_created())
+    envelope = wrap(stock_reserved())
 
     publisher.publish(envelope)
 
@@ -193,7 +187,7 @@ def test_an_event_nobody_is_bound_to_is_dead_lettered_as_unroutable_and_nowhere_
 def test_a_publish_of_several_events_is_one_step(settings: BusSettings, publisher: RedisPublisher,
                                                  redis_client: redis.Redis):
     declare_topology(settings, [SERVICES["payment_service"]])
-    routable, unroutable = wrap(order_created()), wrap(
+    routable, unroutable = wrap(stock_reserved()), wrap(
         NotificationSent(notification_id=uuid4(), order_id=uuid4(), customer_id="a", about="OrderConfirmed"))
 
     publisher.publish(routable, unroutable)
@@ -211,7 +205,7 @@ def test_a_unit_of_work_commits_document_inbox_mark_and_outgoing_events_together
     order = place(publisher)
 
     assert stored_order(publisher, order.id) == order
-    [envelope] = queued_envelopes(redis_client, "payment_service", settings)
+    [envelope] = queued_envelopes(redis_client, "product_service", settings)
     assert envelope.type == "OrderCreated" and envelope.payload["order_id"] == str(order.id)
     assert envelope.correlation_id == order.id
 
@@ -220,7 +214,7 @@ def test_a_second_unit_of_work_for_the_same_cause_commits_nothing(
     settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis
 ):
     declare_topology(settings, list(SERVICES.values()))
-    cause = wrap(order_created())
+    cause = wrap(stock_reserved())
     first, second = (publisher.unit_of_work("payment_service", cause) for _ in range(2))
     for uow in (first, second):
         uow.put("payment", "x", {"by": id(uow)})
@@ -243,7 +237,7 @@ def test_a_unit_of_work_that_read_a_stale_document_commits_nothing(
     assert first.get("order", "x") is None and second.get("order", "x") is None
     first.put("order", "x", {"by": "first"})
     second.put("order", "x", {"by": "second"})
-    second.publish(order_created(), correlation_id=uuid4())
+    second.publish(stock_reserved(), correlation_id=uuid4())
     first.commit()
 
     with pytest.raises(ConcurrentUpdate):
@@ -261,7 +255,7 @@ def test_a_redelivered_message_comes_back_to_its_own_queue_only(
     after the visibility timeout another worker's restore sweep puts it back. It must come back to payment_service
     only: the audit queue, also bound to OrderCreated, keeps its single copy."""
     declare_topology(settings, [*SERVICES.values(), AUDIT])
-    envelope = wrap(order_created())
+    envelope = wrap(stock_reserved())
     publisher.publish(envelope)
     transport_options = {**Keys.unacked("payment_service", "doomed@test"), "visibility_timeout": settings.visibility_timeout}
 
@@ -312,7 +306,7 @@ def test_shop_dlq_replay_puts_a_service_dead_letter_back_into_that_service_queue
     from shop.cli import app
 
     declare_topology(settings, list(SERVICES.values()))
-    envelope = wrap(order_created())
+    envelope = wrap(stock_reserved())
     sealed = seal(envelope, settings.key)
     store = DeadLetterStore(redis_client)
     record = store.add("payment_service", "retries exhausted", "gateway down", sealed.model_dump(), attempts=5)

@@ -19,11 +19,10 @@ from events.redis_bus import DeadLetterStore, Keys, RedisPublisher, declare_topo
 from events.settings import BusSettings
 from order_service.domain import OrderStatus
 from payment_service.gateway import RedisLedger
-from shop.services import SERVICES
-from tests.helpers import wait_until
+from shop.services import CONSUMERS, SERVICES
+from tests.helpers import stock_reserved, wait_until
 from tests.integration.test_redis_bus import (  # noqa: F401 - fixtures
     AUDIT,
-    order_created,
     place,
     publisher,
     queued_envelopes,
@@ -59,7 +58,7 @@ def test_an_event_that_waited_for_its_worker_is_processed_when_it_starts(
     settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis, start_worker: StartWorker
 ):
     declare_topology(settings, list(SERVICES.values()))
-    envelope = wrap(order_created("card"))
+    envelope = wrap(stock_reserved("card"))
     publisher.publish(envelope)
     assert redis_client.llen("payment_service") == 1
 
@@ -78,7 +77,7 @@ def test_a_whole_order_journey_across_three_workers(
     settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis, start_worker: StartWorker
 ):
     declare_topology(settings, list(SERVICES.values()))
-    for service in SERVICES:
+    for service in CONSUMERS:
         start_worker(service)
 
     confirmed, declined = place(publisher, "card"), place(publisher, "card_declined")
@@ -97,7 +96,8 @@ def test_a_celery_retry_stays_in_its_queue_and_charges_once(
 ):
     declare_topology(settings, [*SERVICES.values(), AUDIT])
     order = place(publisher, "card_flaky")
-    assert redis_client.llen("audit") == 1
+    start_worker("product_service")
+    wait_until(lambda: redis_client.llen("audit") == 1, DEADLINE, message="the stock reserved")
 
     start_worker("payment_service", SHOP_GATEWAY_FLAKY_FAILURES="2")
     start_worker("order_service")
@@ -115,7 +115,7 @@ def test_a_message_of_a_worker_killed_mid_task_comes_back_to_its_own_queue_and_i
     settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis, start_worker: StartWorker
 ):
     declare_topology(settings, [*SERVICES.values(), AUDIT])
-    envelope = wrap(order_created("card_slow"))
+    envelope = wrap(stock_reserved("card_slow"))
     order_id = envelope.payload["order_id"]
     publisher.publish(envelope)
     unacked = Keys.unacked("payment_service", f"payment_service@{socket.gethostname()}")
@@ -158,7 +158,7 @@ GARBAGE = {
         url, "payment_service", [[], {"hello": "world"}, {}],
         headers={"task": "payment_service.handle_event", "id": "x2"}),
     "an envelope with a forged signature": lambda url, client: push_kombu_message(
-        url, "payment_service", [[], {"envelope": wrap(order_created()).model_dump_json(), "signature": "0" * 64}, {}],
+        url, "payment_service", [[], {"envelope": wrap(stock_reserved()).model_dump_json(), "signature": "0" * 64}, {}],
         headers={"task": "payment_service.handle_event", "id": "x3"}),
 }
 EXPECTED_REASON = {
@@ -182,7 +182,7 @@ def test_garbage_in_a_queue_is_dead_lettered_and_the_worker_goes_on(
     [record] = wait_until(lambda: dead_letters(redis_client, "payment_service"), DEADLINE, message="a dead letter")
     assert record["reason"] == EXPECTED_REASON[garbage]
 
-    good = wrap(order_created("card"))
+    good = wrap(stock_reserved("card"))
     publisher.publish(good)
     wait_until(lambda: len(payments(redis_client)) == 1, DEADLINE, message="the good event handled")
     assert worker.poll() is None
@@ -194,7 +194,7 @@ def test_the_same_event_delivered_twice_has_one_effect(
     settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis, start_worker: StartWorker
 ):
     declare_topology(settings, list(SERVICES.values()))
-    envelope = wrap(order_created("card"))
+    envelope = wrap(stock_reserved("card"))
     publisher.publish(envelope)
     publisher.publish(envelope)
     assert redis_client.llen("payment_service") == 2
@@ -219,6 +219,7 @@ def test_a_dead_letter_replayed_after_the_outage_is_processed(
 
     declare_topology(settings, list(SERVICES.values()))
     order = place(publisher, "card_flaky")
+    start_worker("product_service")
     start_worker("payment_service", SHOP_GATEWAY_FLAKY_FAILURES="3", SHOP_MAX_RETRIES="1")
 
     [record] = wait_until(lambda: dead_letters(redis_client, "payment_service"), DEADLINE, message="a dead letter")

@@ -18,6 +18,12 @@ from events.catalog import (
     OrderLine,
     PaymentFailed,
     PaymentProcessed,
+    ProductCreated,
+    ProductPriceChanged,
+    StockRejected,
+    StockReleased,
+    StockReserved,
+    UserRegistered,
     event_model,
 )
 from events.envelope import Envelope, RejectedMessage, open_envelope, seal, sign
@@ -57,7 +63,8 @@ def rejection(raw, signature=None, max_bytes: int = LIMIT) -> RejectedMessage:
 
 # -- the catalog ------------------------------------------------------------------------------------------------------
 def test_every_event_type_is_registered_under_its_name_and_version():
-    models = (OrderCreated, PaymentProcessed, PaymentFailed, OrderConfirmed, OrderCancelled, NotificationSent)
+    models = (OrderCreated, PaymentProcessed, PaymentFailed, OrderConfirmed, OrderCancelled, NotificationSent,
+              UserRegistered, ProductCreated, ProductPriceChanged, StockReserved, StockRejected, StockReleased)
     assert {(model.type_name, model.version) for model in models} == set(EVENT_TYPES)
     for model in models:
         assert event_model(model.__name__, 1) is model

@@ -1,0 +1,65 @@
+"""What one benchmark order is and which queues its events pass through, read from the services themselves.
+
+The shop grows (a product service that reserves stock before payment, a catalogue the order service prices
+from), and the benchmark must measure the system as it is, not as it was when the benchmark was written. So the
+consuming services, the journey and the order's items are derived here, in one place, for all three pipelines:
+
+* consumers: every service with handlers (`shop.services.CONSUMERS` when it exists), one worker each;
+* journey: whoever consumes OrderCreated (the payment service, or the product service first), then
+  payment -> order -> notification -> order, which the bare pipeline mirrors hop for hop;
+* items: priced by the order service from its catalogue when it has one, so the benchmark first creates one product
+  through the product service's own command, with stock enough for any run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+BENCH_PRODUCT = "bench-book"
+BENCH_PRICE = Decimal("12.50")
+BENCH_STOCK = 1_000_000_000
+TAIL = ("payment_service", "order_service", "notification_service", "order_service")
+
+
+def consumers() -> dict[str, Any]:
+    from shop import services
+
+    return dict(getattr(services, "CONSUMERS", services.SERVICES))
+
+
+def journey() -> tuple[str, ...]:
+    """The queues an order's main line of events visits, first to last (projections fed on the side, such as the
+    order service's catalogue, are not hops of their own)."""
+    from events.catalog import OrderCreated
+
+    first = tuple(name for name, spec in consumers().items() if OrderCreated in spec.handlers and name not in TAIL)
+    return first + TAIL
+
+
+def needs_product() -> bool:
+    return "product_service" in consumers()
+
+
+def order_items() -> list[Any]:
+    """Two copies of one book, in whichever form `place_order` takes on this tree."""
+    from events import catalog
+
+    if hasattr(catalog, "OrderItem"):
+        return [catalog.OrderItem(product_id=BENCH_PRODUCT, quantity=2)]
+    return [catalog.OrderLine(product_id=BENCH_PRODUCT, quantity=2, unit_price=BENCH_PRICE)]
+
+
+def create_product(unit_of_work: Callable[[str], Any], commit: Callable[[Any], None]) -> None:
+    """The product every benchmark order buys, created with the product service's own command (on a fresh
+    database: an existing one is kept)."""
+    from product_service import handlers
+
+    uow = unit_of_work("product_service")
+    try:
+        handlers.create_product(uow, product_id=BENCH_PRODUCT, name="Benchmark book", price=BENCH_PRICE,
+                                stock=BENCH_STOCK)
+    except handlers.ProductExists:
+        return
+    commit(uow)

@@ -1,0 +1,152 @@
+"""What a worker tells about each message it handles: one structured log line and a few counters.
+
+The outcome (handled, duplicate, dead-lettered, retried, requeued) is only known inside `ServiceRuntime.handle`, so
+that is where `MessageObserver.record` is called, once per message whatever its fate; celery's task signals would
+not see a message dead-lettered before it became a task, nor tell a duplicate from a handled one.
+
+This runs on the hot path, so it must stay cheap (see the README's Observability section for measured numbers):
+
+* The log line goes through the stdlib `logging` (the JSON formatter is configured by the process, `shop/worker.py`);
+  the envelope's ids are read only when the `shop.messages` logger is enabled.
+* Metrics: counters in process, flushed to one Redis hash per service by a background thread (`MetricsFlusher`)
+  every second or so. Per message that is a few dict increments under a lock, no I/O. Redis holds the totals, so
+  they add up across every worker of a service (compose `--scale`), survive a worker restart, and one endpoint
+  (`shop metrics`, `GET /metrics` on the order API) can serve them all; a per-worker HTTP endpoint would need
+  service discovery for scaled workers that publish no ports. The price: a worker killed with SIGKILL loses at most
+  one flush interval of counts, which is acceptable for metrics (never for events).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from bisect import bisect_left
+from collections import Counter
+from typing import Any
+
+import redis
+
+MESSAGE_LOG = logging.getLogger("shop.messages")
+log = logging.getLogger(__name__)
+
+OUTCOMES = ("handled", "duplicate", "dead-lettered", "retried", "requeued", "error")
+"""`error`: an exception the runtime did not expect escaped `handle` (celery then logs it; the message stays
+unacknowledged and returns after the visibility timeout)."""
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Upper bounds in seconds (Prometheus' `le`); a handler is a few Redis round trips, a slow gateway adds seconds."""
+
+
+class ServiceMetrics:
+    """One service's counters in this process since the last flush. Buckets are kept non-cumulative (one increment
+    per message); the reader accumulates them into Prometheus' cumulative `le` buckets."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._seconds = 0.0
+
+    def observe(self, outcome: str, seconds: float) -> None:
+        bucket = bisect_left(LATENCY_BUCKETS, seconds)
+        bucket_field = f"le:{LATENCY_BUCKETS[bucket]}" if bucket < len(LATENCY_BUCKETS) else "le:+Inf"
+        with self._lock:
+            self._counts[f"outcome:{outcome}"] += 1
+            self._counts[bucket_field] += 1
+            self._seconds += seconds
+
+    def take(self) -> tuple[Counter[str], float]:
+        """What was counted since the last call, and reset."""
+        with self._lock:
+            counts, seconds = self._counts, self._seconds
+            self._counts, self._seconds = Counter(), 0.0
+        return counts, seconds
+
+    def give_back(self, counts: Counter[str], seconds: float) -> None:
+        """A flush failed (Redis away): keep the counts for the next one."""
+        with self._lock:
+            self._counts.update(counts)
+            self._seconds += seconds
+
+    def flush(self, client: redis.Redis, key: str) -> int:
+        """One pipelined round trip with everything counted since the last flush; returns how many fields moved."""
+        counts, seconds = self.take()
+        if not counts:
+            return 0
+        try:
+            with client.pipeline(transaction=True) as pipe:
+                for field, amount in counts.items():
+                    pipe.hincrby(key, field, amount)
+                pipe.hincrbyfloat(key, "seconds_sum", seconds)
+                pipe.execute()
+        except redis.RedisError:
+            self.give_back(counts, seconds)
+            raise
+        return len(counts)
+
+
+class MetricsFlusher:
+    """Moves a worker's counters to Redis every `interval` seconds, on a daemon thread (as `OutboxRelay` runs)."""
+
+    def __init__(self, metrics: ServiceMetrics, client: redis.Redis, key: str, interval: float = 1.0) -> None:
+        self.metrics, self.client, self.key, self.interval = metrics, client, key, interval
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.metrics.flush(self.client, self.key)
+            except redis.RedisError as exc:
+                log.warning("metrics flush to %s failed (%s); kept for the next one", self.key, exc)
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name=f"metrics-{self.key}", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        """Stop and flush what is left (a clean shutdown loses nothing)."""
+        self._stop.set()
+        try:
+            self.metrics.flush(self.client, self.key)
+        except redis.RedisError:
+            pass
+
+
+class MessageObserver:
+    """Logs and counts one message's handling. Never raises: telemetry must not change a message's fate."""
+
+    def __init__(self, service: str, metrics: ServiceMetrics | None = None) -> None:
+        self.service = service
+        self.metrics = metrics or ServiceMetrics()
+
+    def record(self, raw: Any, outcome: str, started: float) -> None:
+        seconds = time.perf_counter() - started
+        try:
+            self.metrics.observe(outcome, seconds)
+            if MESSAGE_LOG.isEnabledFor(logging.INFO):
+                ids = _envelope_ids(raw)
+                MESSAGE_LOG.info(
+                    "%s %s", outcome, ids["event_type"] or "?",
+                    extra={"service": self.service, "outcome": outcome, "duration_ms": round(seconds * 1000, 3), **ids},
+                )
+        except Exception:  # noqa: BLE001 - see the class docstring
+            log.exception("telemetry failed for a %s message", outcome)
+
+
+def _envelope_ids(raw: Any) -> dict[str, Any]:
+    """The ids that let a log line be joined with the event log and `shop trace`; None where the message has none
+    (garbage is dead-lettered and logged too)."""
+    try:
+        envelope = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        envelope = None
+    if not isinstance(envelope, dict):
+        envelope = {}
+    return {
+        "event_type": envelope.get("type"),
+        "event_id": envelope.get("event_id"),
+        "correlation_id": envelope.get("correlation_id"),
+        "causation_id": envelope.get("causation_id"),
+    }
+

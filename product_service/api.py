@@ -1,0 +1,78 @@
+"""The HTTP edge of the product service: create a product, read it, change its price."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import uuid4
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import SettingsConfigDict
+
+from events.catalog import Money, ProductId, Stock
+from events import web
+from events.web import Bus, answer_validation_errors_readably, health, run_command
+from product_service import handlers
+from product_service.domain import Product
+from product_service.store import Products
+
+SERVICE_NAME = "product_service"
+
+
+class ApiSettings(web.ApiSettings):
+    model_config = SettingsConfigDict(env_prefix="SHOP_PRODUCT_API_", extra="ignore")
+
+    port: int = 5005
+
+
+class CreateProduct(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: ProductId | None = Field(None, description="a SKU of your choosing; a UUID when left out")
+    name: str = Field(min_length=1, max_length=200)
+    price: Money
+    stock: Stock
+
+
+class ChangePrice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    price: Money
+
+
+def product_view(product: Product) -> dict[str, Any]:
+    return product.model_dump(mode="json")
+
+
+def create_app(bus: Bus) -> FastAPI:
+    app = FastAPI(title="shop: product service", version="1")
+    answer_validation_errors_readably(app)
+    health(app)
+
+    @app.post("/products", status_code=201)
+    def create_product(request: CreateProduct) -> dict[str, Any]:
+        product_id = request.id or str(uuid4())
+        try:
+            product = run_command(bus, SERVICE_NAME, lambda uow: handlers.create_product(
+                uow, product_id=product_id, name=request.name, price=request.price, stock=request.stock))
+        except handlers.ProductExists as exists:
+            raise HTTPException(status_code=409, detail=str(exists)) from None
+        return product_view(product)
+
+    @app.get("/products/{product_id}")
+    def get_product(product_id: str) -> dict[str, Any]:
+        product = Products(bus.unit_of_work(SERVICE_NAME)).get(product_id)
+        if product is None:
+            raise HTTPException(status_code=404, detail=f"no product {product_id}")
+        return product_view(product)
+
+    @app.patch("/products/{product_id}")
+    def change_price(product_id: str, request: ChangePrice) -> dict[str, Any]:
+        try:
+            product = run_command(
+                bus, SERVICE_NAME, lambda uow: handlers.change_price(uow, product_id=product_id, price=request.price))
+        except handlers.UnknownProduct as unknown:
+            raise HTTPException(status_code=404, detail=str(unknown)) from None
+        return product_view(product)
+
+    return app

@@ -1,0 +1,80 @@
+"""Products and reservations. Pure Python: no bus, no storage."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from events.catalog import Money, OrderItem, ProductId, Stock, StockLevel
+
+
+class Product(BaseModel):
+    """`revision` counts every change; each product event carries it, so a projection elsewhere keeps the newest
+    state whatever order (or how many times) the events reach it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: ProductId
+    name: str = Field(min_length=1, max_length=200)
+    price: Money
+    stock: Stock
+    revision: int = 1
+
+    def change_price(self, price: Decimal) -> bool:
+        if price == self.price:
+            return False
+        self.price, self.revision = price, self.revision + 1
+        return True
+
+    def take(self, quantity: int) -> StockLevel:
+        self.stock, self.revision = self.stock - quantity, self.revision + 1
+        return StockLevel(product_id=self.id, quantity=quantity, stock=self.stock, revision=self.revision)
+
+    def put_back(self, quantity: int) -> StockLevel:
+        self.stock, self.revision = self.stock + quantity, self.revision + 1
+        return StockLevel(product_id=self.id, quantity=quantity, stock=self.stock, revision=self.revision)
+
+
+class ReservationStatus(StrEnum):
+    RESERVED = "RESERVED"
+    REJECTED = "REJECTED"
+    RELEASED = "RELEASED"
+
+
+class Reservation(BaseModel):
+    """One per order, stored under the order id: its existence is what makes "reserve at most once" checkable."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    order_id: UUID
+    status: ReservationStatus
+    quantities: dict[str, int]
+    reason: str | None = None
+    decided_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+def wanted(items: Iterable[OrderItem]) -> dict[str, int]:
+    """Quantities per product (an order may name a product on two lines)."""
+    totals: Counter[str] = Counter()
+    for item in items:
+        totals[item.product_id] += item.quantity
+    return dict(totals)
+
+
+def shortage(quantities: Mapping[str, int], products: Mapping[str, Product | None]) -> str | None:
+    """Why these quantities cannot all be reserved, or None. All or nothing: a partial reservation would leave
+    stock held for an order that cannot be fulfilled."""
+    problems = []
+    for product_id, quantity in quantities.items():
+        product = products.get(product_id)
+        if product is None:
+            problems.append(f"unknown product {product_id}")
+        elif product.stock < quantity:
+            problems.append(f"{product.name} ({quantity} wanted, {product.stock} left)")
+    return f"out of stock: {', '.join(problems)}" if problems else None

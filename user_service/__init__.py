@@ -1,0 +1,1 @@
+"""Owns users: registers them (one account per email address) and tells the others with UserRegistered."""
