@@ -71,6 +71,9 @@ class Topology:
         self.prefix = settings.amqp_prefix
         self.exchange = Exchange(f"{self.prefix}shop.events", type="topic", durable=True)
         self.dead_letter_exchange = Exchange(f"{self.prefix}shop.deadletter", type="direct", durable=True)
+        self.control_exchange = f"{self.prefix}shop"
+        """celery's remote control (`shop status` pings workers through it) and events, kept to this shop"""
+        self.event_exchange = f"{self.prefix}shop.celeryev"
 
     def queue_name(self, queue: str) -> str:
         return f"{self.prefix}{queue}"
@@ -100,13 +103,15 @@ class Topology:
             self.queue(spec).declare(channel=channel)
 
     def delete(self, connection: Connection, specs: list[ServiceSpec]) -> None:
-        """Remove exactly what `declare` creates for `specs`, and the two exchanges (tests clean up with this)."""
+        """Remove exactly what `declare` creates for `specs`, the two exchanges, and the exchanges celery's workers
+        and `shop status` declare under this prefix (tests clean up with this)."""
         channel = connection.default_channel
         for spec in specs:
             self.queue(spec)(channel).delete()
             self.dead_letter_queue(spec)(channel).delete()
-        self.exchange(channel).delete()
-        self.dead_letter_exchange(channel).delete()
+        control = (f"{self.control_exchange}.pidbox", f"reply.{self.control_exchange}.pidbox", self.event_exchange)
+        for name in (self.exchange.name, self.dead_letter_exchange.name, *control):
+            channel.exchange_delete(name)
 
 
 def broker_connection(settings: BusSettings) -> Connection:
@@ -133,14 +138,28 @@ def declare_amqp_topology(settings: BusSettings, specs: list[ServiceSpec]) -> No
         client.close()
 
 
+def waiting_counts(settings: BusSettings, specs: list[ServiceSpec]) -> dict[str, int | str]:
+    """{service: messages ready in its queue} for `shop status` ('?' for a queue not declared yet). AMQP does not
+    tell how many a consumer holds unacknowledged."""
+    topology, counts = Topology(settings), {}
+    with broker_connection(settings) as connection:
+        for spec in specs:
+            try:
+                _, counts[spec.name], _ = connection.channel().queue_declare(
+                    topology.queue_name(spec.queue), passive=True)
+            except BROKER_ERRORS:
+                counts[spec.name] = "?"
+    return counts
+
+
 def configure_celery(app: Celery, settings: BusSettings) -> None:
     """Celery on RabbitMQ: confirmed publishes (retries), and control/event exchanges under the shop's prefix so that
     `shop status` pings only this shop's workers."""
     app.conf.update(
         broker_transport_options={"confirm_publish": True},
         broker_use_ssl=settings.broker_url.startswith("amqps://") or None,
-        control_exchange=f"{settings.amqp_prefix}shop",
-        event_exchange=f"{settings.amqp_prefix}shop.celeryev",
+        control_exchange=Topology(settings).control_exchange,
+        event_exchange=Topology(settings).event_exchange,
     )
 
 
@@ -202,7 +221,7 @@ class AmqpPublisher(RedisPublisher):
         return Delivery("", json.dumps(entry), f"{event_id}:{queue}", OUTBOX)
 
     def _after_commit(self, deliveries: list[Delivery]) -> None:
-        self.send([(d.id, d.payload) for d in deliveries if d.queue == OUTBOX and d.target == ""])
+        self.send([(d.id, d.payload) for d in deliveries if d.queue == OUTBOX])
 
     # -- sent after it ----------------------------------------------------------------------------------------------
     def send(self, entries: list[tuple[str, str | bytes]]) -> int:

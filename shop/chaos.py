@@ -76,7 +76,7 @@ def run_chaos(
     poison_ratio: float = 0.01,
     rate: float = 100.0,
     work_dir: Path = Path("var/chaos"),
-    quiesce_timeout: float = 240.0,
+    quiesce_timeout: float = 600.0,
     report=print,
 ) -> ChaosReport:
     started = time.monotonic()
@@ -88,7 +88,9 @@ def run_chaos(
         "SHOP_NOTIFICATION_LOG": str(log_path),
         "SHOP_VISIBILITY_TIMEOUT": "5",
         "SHOP_REDELIVER_AFTER": "10",
-        "SHOP_MAX_DELIVERIES": "3",
+        # A poison message costs one worker restart per delivery (solo pool: the process dies with it), so the
+        # threshold is kept low; a message would need to be mid-handling at two random kills to be mistaken for one.
+        "SHOP_MAX_DELIVERIES": "2",
         "SHOP_FAULT_INJECTION": "1",
         "SHOP_GATEWAY_FLAKY_FAILURES": "1",
         "SHOP_RETRY_BACKOFF": "0.1",
@@ -99,7 +101,7 @@ def run_chaos(
     declare_topology(settings, list(SERVICES.values()))
     supervisor = Supervisor(
         {name: shop_command("worker", name) for name in CONSUMERS}, env=env, report=lambda text: None,
-        backoff=0.2, max_backoff=2.0,
+        backoff=0.2, max_backoff=0.5,
     )
     supervisor.start()
     result = ChaosReport()

@@ -313,15 +313,20 @@ def status() -> None:
         replies = make_celery_app("shop.status", settings).control.inspect(timeout=1.0).ping() or {}
     except Exception:  # noqa: BLE001 - status must print even when the control channel fails
         replies = {}
-    table = Table(title=f"shop on {settings.redis_url.split('@')[-1]}")
+    depths = None
+    if settings.broker_is_amqp:  # broker choice: RabbitMQ counts its own queues (not what workers hold)
+        from events.amqp_bus import waiting_counts
+
+        depths = waiting_counts(settings, list(CONSUMERS.values()))
+    table = Table(title=f"shop on {settings.broker_url.split('@')[-1]}")
     for column in ("queue", "waiting", "in flight", "unsettled", "relayed", "retries", "dead letters", "workers"):
         table.add_column(column, justify="right" if column != "queue" else "left")
     for name, spec in CONSUMERS.items():
         workers = sorted(host for host in replies if host.startswith(f"{name}@"))
         table.add_row(
             spec.queue,
-            str(client.llen(spec.queue)),
-            str(in_flight(client, name)),
+            str(depths[name]) if depths is not None else str(client.llen(spec.queue)),
+            "-" if depths is not None else str(in_flight(client, name)),
             str(client.hlen(Keys.outbox(name))),
             str(int(client.get(Keys.relayed(name)) or 0)),
             str(int(client.get(Keys.retries(name)) or 0)),
@@ -329,6 +334,9 @@ def status() -> None:
             str(len(workers)) if workers else "[red]0[/]",
         )
     table.add_row("(unroutable)", "-", "-", "-", "-", "-", str(dead.get("unroutable", 0)), "-")
+    if depths is not None:
+        table.add_row("(to RabbitMQ)", "-", "-", str(client.hlen(Keys.outbox("amqp"))),
+                      str(int(client.get(Keys.relayed("amqp")) or 0)), "-", "-", "-")
     console.print(table)
 
 
@@ -484,6 +492,7 @@ def bench(
 ) -> None:
     """Measure the full system against a bare celery pipeline of the same shape (and the monolith): throughput,
     latency at fixed offered loads, CPU per order, peak RSS. Flushes the Redis database of REDIS_URL (not db 0)."""
+    from benchmarks.measure import Stalled
     from benchmarks.runner import BenchSettings, run
 
     overrides = {key: value for key, value in {"out_dir": out, "runs": runs}.items() if value is not None}
@@ -494,6 +503,9 @@ def bench(
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
+    except (Stalled, RuntimeError) as exc:
+        console.print(f"[red]benchmark aborted:[/] {exc}")
+        raise typer.Exit(1) from None
     table = Table(title=f"shop bench ({'quick' if quick else 'full'}, {result['meta']['seconds']}s)")
     for column in ("mode", "orders/s", "runs", "worker CPU ms/order", "redis CPU ms/order", "peak RSS MiB/worker"):
         table.add_column(column, justify="left" if column == "mode" else "right")

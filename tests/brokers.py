@@ -44,7 +44,7 @@ def broker_env(broker: str, prefix: str) -> dict[str, str]:
 
 def delete_rabbitmq_topology(prefix: str, specs: list[ServiceSpec]) -> None:
     """Delete what `declare_topology` created under `prefix` for `specs` (and nothing else)."""
-    settings = BusSettings(broker_url=RABBITMQ_URL, amqp_prefix=prefix)
+    settings = BusSettings(amqp_prefix=prefix)  # only the names; the connection is RABBITMQ_URL
     with Connection(RABBITMQ_URL, connect_timeout=5) as connection:
         Topology(settings).delete(connection, specs)
 

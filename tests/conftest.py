@@ -73,7 +73,10 @@ def bus(request: pytest.FixtureRequest, redis_url: str, monkeypatch: pytest.Monk
         pytest.skip(missing)
     prefix = f"test-{uuid.uuid4().hex[:8]}."
     for name, value in broker_env(request.param, prefix).items():
-        monkeypatch.setenv(name, value) if value else monkeypatch.delenv(name, raising=False)
+        if value:
+            monkeypatch.setenv(name, value)
+        else:
+            monkeypatch.delenv(name, raising=False)
     client = redis.Redis.from_url(redis_url)
     broker = Broker(request.param, BusSettings(), client)
     yield broker

@@ -1,5 +1,6 @@
-"""One contract, two wirings: every test runs against `shop up` (four celery workers + three APIs over Redis) and
-against `shop monolith` (the same handlers and APIs in one process), started as real processes and driven over HTTP.
+"""One contract, three wirings: every test runs against `shop up` (four celery workers + three APIs over Redis), the
+same `shop up` with RabbitMQ as the broker (skipped, with the reason, where none answers), and `shop monolith` (the
+same handlers and APIs in one process), started as real processes and driven over HTTP.
 
 What a client can observe must not depend on the wiring: statuses, error answers, and exactly one notification per
 order. Processes start once per mode (a module-scoped, parametrized fixture), since starting seven Python processes
@@ -27,10 +28,12 @@ import redis
 from notification_service.notification_log import read_notifications
 from shop.embedded_redis import free_port
 from shop.seeding import NewProduct, seed_products_over_http
+from tests.brokers import broker_env, delete_rabbitmq_topology, rabbitmq_missing
 from tests.conftest import TEST_REDIS_URL
 from tests.helpers import stop_process, wait_until
 
-MODES = {"microservices": "up", "monolith": "monolith"}
+MODES = {"microservices": "up", "microservices-rabbitmq": "up", "monolith": "monolith"}
+"""mode -> `shop` command. "microservices-rabbitmq" is `shop up` with BROKER_URL=amqp://... (stores still in Redis)."""
 STARTUP_TIMEOUT = 90.0
 SAGA_TIMEOUT = 60.0
 
@@ -109,6 +112,10 @@ def _stop_gracefully(process: subprocess.Popen) -> None:
 @pytest.fixture(scope="module", params=list(MODES))
 def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningShop]:
     mode = request.param
+    broker = "rabbitmq" if mode.endswith("-rabbitmq") else "redis"
+    if broker == "rabbitmq" and (missing := rabbitmq_missing()):
+        pytest.skip(missing)
+    amqp_prefix = f"e2e-{uuid4().hex[:8]}."
     client = redis.Redis.from_url(TEST_REDIS_URL)
     try:
         client.ping()
@@ -123,13 +130,14 @@ def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         **{f"SHOP_{name}_API_PORT": str(port) for name, port in ports.items()},
         "SHOP_NOTIFICATION_LOG": str(directory / "notifications.log"),
         "SHOP_VAR_DIR": str(directory / "var"),
+        **broker_env(broker, amqp_prefix),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "shop", MODES[mode]], env=env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=None,
     )
     # The monolith serves every API on the order API's port.
-    url = {name: f"http://127.0.0.1:{ports[name if mode == 'microservices' else 'ORDER']}" for name in ports}
+    url = {name: f"http://127.0.0.1:{ports[name if MODES[mode] == 'up' else 'ORDER']}" for name in ports}
     running = RunningShop(mode, url["ORDER"], url["USER"], url["PRODUCT"], directory / "notifications.log", process)
     try:
         wait_until(
@@ -143,6 +151,10 @@ def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         _stop_gracefully(process)
         client.flushdb()
         client.close()
+        if broker == "rabbitmq":
+            from shop.services import SERVICES
+
+            delete_rabbitmq_topology(amqp_prefix, list(SERVICES.values()))
 
 
 def test_a_paid_order_is_confirmed(shop: RunningShop) -> None:

@@ -8,7 +8,7 @@ import signal
 import pytest
 import redis
 
-from events.envelope import Envelope
+from events.envelope import Envelope, seal
 from events.redis_bus import DeadLetterStore, RedisPublisher, declare_topology, scan_documents, in_flight
 from events.settings import BusSettings
 from payment_service.gateway import RedisLedger
@@ -19,10 +19,11 @@ pytestmark = pytest.mark.usefixtures("redis_url")
 
 
 def place(publisher: RedisPublisher, payment_method: str = "card", price: str = "10.00") -> str:
-    """An order whose stock is reserved: the StockReserved the payment service charges on, as the product service
-    publishes it."""
+    """An order whose stock is reserved: the StockReserved the payment service charges on, put straight into the
+    payment queue only (so the order service's queue holds nothing but what the payment service sends)."""
     event = stock_reserved(payment_method, price)
-    publisher.publish(Envelope.wrap(event, producer="product_service", correlation_id=event.order_id))
+    envelope = Envelope.wrap(event, producer="product_service", correlation_id=event.order_id)
+    publisher.enqueue_sealed("payment_service", seal(envelope, publisher.settings.key), str(envelope.event_id))
     return str(event.order_id)
 
 
