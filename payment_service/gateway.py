@@ -76,17 +76,26 @@ class RedisLedger:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
+        self._record_once = client.register_script(self.RECORD_ONCE)
 
     def recall(self, idempotency_key: str) -> ChargeResult | None:
         raw = self.redis.hget(self.RESULTS, idempotency_key)
         return None if raw is None else _decode(raw)
 
+    # First answer wins, and a real charge is booked in the same atomic step (one round trip).
+    RECORD_ONCE = """
+    if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+      if ARGV[3] == '1' then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+      return ARGV[2]
+    end
+    return redis.call('HGET', KEYS[1], ARGV[1])
+    """
+
     def record(self, idempotency_key: str, result: ChargeResult) -> ChargeResult:
-        if not self.redis.hsetnx(self.RESULTS, idempotency_key, _encode(result)):
-            return self.recall(idempotency_key)  # type: ignore[return-value]
-        if result.approved:
-            self.redis.rpush(self.CHARGES, idempotency_key)
-        return result
+        stored = self._record_once(
+            keys=[self.RESULTS, self.CHARGES], args=[idempotency_key, _encode(result), int(result.approved)]
+        )
+        return _decode(stored)
 
     def count_attempt(self, idempotency_key: str) -> int:
         return int(self.redis.hincrby(self.ATTEMPTS, idempotency_key, 1))
