@@ -71,7 +71,8 @@ class FullSystem(Pipeline):
 
     def __init__(self, settings: BusSettings, workers: WorkerGroup) -> None:
         super().__init__(settings, workers)
-        from events.redis_bus import Keys, RedisPublisher, declare_topology
+        from events.keys import Keys
+        from events.redis_bus import RedisPublisher, declare_topology
         from order_service import handlers
         from order_service.store import COLLECTION
         from shop.services import SERVICES
@@ -91,7 +92,7 @@ class FullSystem(Pipeline):
 
     def _stock_the_catalogue(self, timeout: float) -> None:
         """Create the benchmark's product and wait until the order service's catalogue projection knows it."""
-        from events.redis_bus import Keys
+        from events.keys import Keys
         from order_service.store import CATALOGUE
 
         journey.create_product(self._publisher.unit_of_work, self._publisher.commit)

@@ -24,9 +24,15 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from benchmarks import measure
-from benchmarks.pipelines import PAYMENT, BareCelery, FullSystem, Monolith, Pipeline, monolith_available
+from benchmarks.pipelines import (
+    PAYMENT,
+    BareCelery,
+    FullSystem,
+    Monolith,
+    Pipeline,
+    monolith_available,
+)
 from benchmarks.procs import WorkerGroup, peak_rss_mib
-
 
 SENTINEL = "bench:sentinel"
 """Set when the run starts: if it is gone when orders stop completing, someone else flushed the database."""

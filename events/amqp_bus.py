@@ -42,17 +42,10 @@ from kombu import Connection, Exchange, Message, Producer, Queue, binding
 from kombu.exceptions import KombuError
 
 from events.bus import ServiceSpec
+from events.deadletters import UNROUTABLE, DeadLetterStore, dead_letter_record
 from events.envelope import Sealed
-from events.redis_bus import (
-    UNROUTABLE,
-    DeadLetterStore,
-    Delivery,
-    Keys,
-    OutboxRelay,
-    RedisPublisher,
-    dead_letter_record,
-    redis_client,
-)
+from events.keys import Keys
+from events.redis_bus import Delivery, OutboxRelay, RedisPublisher, redis_client
 from events.settings import BusSettings
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,12 @@ from typing import Any
 
 from events.bus import BoundHandler, ServiceSpec, TransientError, bind_handlers
 from events.envelope import Envelope, RejectedMessage
-from events.unit_of_work import AlreadyHandled, ConcurrentUpdate, InMemoryStore, InMemoryUnitOfWork
+from events.unit_of_work import (
+    AlreadyHandled,
+    ConcurrentUpdate,
+    InMemoryStore,
+    InMemoryUnitOfWork,
+)
 
 log = logging.getLogger(__name__)
 

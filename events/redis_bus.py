@@ -1,6 +1,6 @@
-"""The Redis bus: topology, transactional publishing, and the celery consumer runtime.
+"""The Redis bus: topology, routing, transactional publishing, the outbox relay, and the celery configuration.
 
-Design (see the broker notes in the README for the pitfalls each choice avoids):
+Design (see the README for the broker pitfalls each choice avoids):
 
 * Topology. One kombu *direct* exchange, `shop.events`; each service owns one durable queue (a Redis list) bound
   with the exact event type names it handles. `declare_topology` writes those bindings; `shop up`, every worker and
@@ -14,113 +14,37 @@ Design (see the broker notes in the README for the pitfalls each choice avoids):
   other services' queues (the fan-out-on-redelivery pitfall). An event bound to no queue is dead-lettered as
   "unroutable" in the same step.
 * Atomicity. The service keeps its own documents in this Redis, under `shop:<service>:`. One Lua script checks the
-  inbox and the versions of what the handler read, then writes the documents, the inbox mark and the LPUSH of every
-  outgoing message. This is the transactional outbox without a relay: the queue *is* the outbox, so "state saved
-  but event never published" cannot happen, and nothing is left for a relay to lose. The price is that a service's
-  store lives beside the broker; a service on its own SQL database would need the classic outbox table + relay.
-* Consumption. Each service runs a celery worker (acks_late, reject_on_worker_lost, per-service unacked keys and
-  visibility timeout). Every message is verified (signature, size, JSON, schema, known type) before any handler
-  runs; rejects, poison messages and exhausted retries go to the service's dead-letter store with their reason.
+  inbox and the versions of what the handler read, then writes the documents, the inbox mark, the LPUSH of every
+  outgoing message, its outbox copy and the event log entry: "state saved but event never published" cannot happen.
+  The outbox copy exists because kombu takes a message off its list and records it as unacknowledged in two
+  separate commands; `OutboxRelay` re-sends what a crash between the two lost. The price of this design is that a
+  service's store lives beside the broker; a service on its own SQL database would need an outbox table + relay.
+* Consumption: events/consumer.py (the celery worker runtime); dead letters: events/deadletters.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
-import traceback
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID, uuid4
 
 import redis
 from celery import Celery
-from celery.exceptions import Reject, Retry
-from celery.worker.consumer import Consumer
 from kombu import Connection, Exchange, Queue, binding
-from kombu.exceptions import OperationalError
 
-from events.bus import BoundHandler, ServiceSpec, TransientError, bind_handlers
-from events.envelope import Envelope, RejectedMessage, Sealed, open_envelope, seal
-from events.observability import MessageObserver
+from events.bus import ServiceSpec
+from events.deadletters import UNROUTABLE, dead_letter_record
+from events.envelope import Envelope, Sealed, seal
+from events.keys import Keys
 from events.settings import BusSettings
 from events.unit_of_work import AlreadyHandled, ConcurrentUpdate, UnitOfWork
 
 log = logging.getLogger(__name__)
 
 EVENTS_EXCHANGE = Exchange("shop.events", type="direct", durable=True)
-UNROUTABLE = "unroutable"
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Key names: the one place that says where things live in Redis.
-# --------------------------------------------------------------------------------------------------------------------
-class Keys:
-    @staticmethod
-    def document(service: str, collection: str, key: str) -> str:
-        return f"shop:{service}:{collection}:{key}"
-
-    @staticmethod
-    def inbox(service: str, event_id: UUID | str) -> str:
-        return f"shop:{service}:inbox:{event_id}"
-
-    @staticmethod
-    def deliveries(service: str, event_id: UUID | str) -> str:
-        return f"shop:{service}:deliveries:{event_id}"
-
-    @staticmethod
-    def dead_letters(service: str) -> str:
-        return f"shop:deadletter:{service}"
-
-    @staticmethod
-    def outbox(queue: str) -> str:
-        return f"shop:outbox:{queue}"
-
-    @staticmethod
-    def outbox_schedule(queue: str) -> str:
-        return f"shop:outbox:{queue}:due"
-
-    @staticmethod
-    def routes(exchange: str, event_type: str) -> str:
-        """On RabbitMQ: the queues this shop bound to `event_type` (a record for display; the broker routes)."""
-        return f"shop:routes:{exchange}:{event_type}"
-
-    @staticmethod
-    def event_log() -> str:
-        return "shop:eventlog"
-
-    @staticmethod
-    def relayed(queue: str) -> str:
-        return f"shop:stats:{queue}:relayed"
-
-    @staticmethod
-    def retries(service: str) -> str:
-        return f"shop:stats:{service}:retries"
-
-    @staticmethod
-    def metrics(service: str) -> str:
-        return f"shop:metrics:{service}"
-
-    @staticmethod
-    def unacked(service: str, node: str) -> dict[str, str]:
-        """kombu's bookkeeping of delivered-but-unacknowledged messages, one set per worker *node*. Per service, so
-        one service's visibility timeout never applies to another's; per node, so a worker restarted under its
-        name can take back at once what its killed predecessor held (see `ServiceRuntime.take_back_unacked`)."""
-        return {
-            "unacked_key": f"shop:{service}:unacked:{node}",
-            "unacked_index_key": f"shop:{service}:unacked_index:{node}",
-            "unacked_mutex_key": f"shop:{service}:unacked_mutex:{node}",
-        }
-
-
-def in_flight(client: redis.Redis, service: str) -> int:
-    """Messages of `service` delivered to some worker and not yet acknowledged."""
-    return sum(client.hlen(key) for key in client.scan_iter(match=Keys.unacked(service, "*")["unacked_key"]))
 
 
 def redis_client(settings: BusSettings) -> redis.Redis:
@@ -520,105 +444,6 @@ def scan_documents(client: redis.Redis, service: str, collection: str) -> dict[s
     return found
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Dead letters
-# --------------------------------------------------------------------------------------------------------------------
-def dead_letter_record(
-    service: str, reason: str, detail: str, message: Sealed | dict[str, Any] | str | None, attempts: int
-) -> dict[str, Any]:
-    if isinstance(message, Sealed):
-        message = message.model_dump()
-    return {
-        "id": uuid4().hex[:12],
-        "service": service,
-        "reason": reason,
-        "detail": detail[:4000],
-        "attempts": attempts,
-        "dead_at": datetime.now(UTC).isoformat(),
-        "message": message,
-    }
-
-
-class DeadLetterStore:
-    """One Redis hash per service: id -> record with the reason, attempts and the original message, so a dead
-    letter can be read, understood and replayed after the fix."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.redis = client
-
-    def add(self, service: str, reason: str, detail: str, message: Any, attempts: int) -> dict[str, Any]:
-        """Store the dead letter and settle the message's outbox entry in one step, so the relay stops re-sending
-        what is now parked here."""
-        record = dead_letter_record(service, reason, detail, message, attempts)
-        event_id = _event_id_of(message.get("envelope")) if isinstance(message, dict) else None
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(Keys.dead_letters(service), record["id"], json.dumps(record))
-            if event_id:
-                pipe.hdel(Keys.outbox(service), event_id)
-                pipe.zrem(Keys.outbox_schedule(service), event_id)
-            pipe.execute()
-        log.warning("dead-lettered %s in %s: %s %s", record["id"], service, reason, detail[:200])
-        return record
-
-    def services(self) -> list[str]:
-        return sorted(key.decode().rsplit(":", 1)[1] for key in self.redis.scan_iter(match=Keys.dead_letters("*")))
-
-    def list(self, service: str | None = None) -> list[dict[str, Any]]:
-        records = []
-        for name in [service] if service else self.services():
-            records += [json.loads(raw) for raw in self.redis.hvals(Keys.dead_letters(name))]
-        return sorted(records, key=lambda record: record["dead_at"])
-
-    def counts(self) -> dict[str, int]:
-        return {name: self.redis.hlen(Keys.dead_letters(name)) for name in self.services()}
-
-    def get(self, record_id: str) -> dict[str, Any] | None:
-        for record in self.list():
-            if record["id"] == record_id:
-                return record
-        return None
-
-    def remove(self, record: dict[str, Any]) -> bool:
-        return bool(self.redis.hdel(Keys.dead_letters(record["service"]), record["id"]))
-
-    def purge(self, service: str | None = None) -> int:
-        names = [service] if service else self.services()
-        return sum(self.redis.hlen(Keys.dead_letters(name)) for name in names) if names and self.redis.delete(
-            *(Keys.dead_letters(name) for name in names)
-        ) else 0
-
-    def replay(self, record: dict[str, Any], publisher: RedisPublisher) -> str:
-        """Re-inject the original signed message. Unroutable ones are routed again (a subscriber may exist now);
-        others go back to the owning service's queue with a fresh delivery count."""
-        message = record.get("message")
-        if not isinstance(message, dict) or set(message) != {"envelope", "signature"}:
-            raise ValueError(f"dead letter {record['id']} holds no replayable envelope (reason: {record['reason']})")
-        sealed = Sealed.model_validate(message)
-        if record["service"] == UNROUTABLE:
-            envelope = Envelope.model_validate_json(sealed.envelope)
-            if not publisher.router.queues_for(envelope.type):
-                raise ValueError(f"still no subscriber for {envelope.type}")
-            publisher.publish(envelope)
-            target = ",".join(publisher.router.queues_for(envelope.type))
-        else:
-            event_id = _event_id_of(sealed.envelope) or f"replay-{record['id']}"
-            self.redis.delete(Keys.deliveries(record["service"], event_id))
-            publisher.enqueue_sealed(record["service"], sealed, event_id)
-            target = record["service"]
-        self.remove(record)
-        return target
-
-
-def _event_id_of(raw: Any) -> str | None:
-    try:
-        return str(json.loads(raw).get("event_id") or "") or None
-    except (ValueError, AttributeError, TypeError):
-        return None
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The consumer runtime
-# --------------------------------------------------------------------------------------------------------------------
 def make_celery_app(name: str, settings: BusSettings, service: str | None = None, node: str = "") -> Celery:
     app = Celery(name, broker=settings.broker_url, set_as_current=False)
     transport_options: dict[str, Any] = {
@@ -646,7 +471,7 @@ def make_celery_app(name: str, settings: BusSettings, service: str | None = None
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_send_sent_event=False,
-        worker_consumer="events.redis_bus:DeadLetteringConsumer",
+        worker_consumer="events.consumer:DeadLetteringConsumer",
     )
     if settings.broker_is_amqp:  # broker choice: none of the Redis transport's emulation knobs apply on RabbitMQ
         from events.amqp_bus import configure_celery
@@ -673,343 +498,3 @@ def consumer_queue(spec: ServiceSpec, settings: BusSettings) -> Queue:
 
         return Topology(settings).queue(spec)
     return Queue(spec.queue, Exchange(""), routing_key=spec.queue)
-
-
-class ServiceRuntime:
-    """Runs one service's handlers for messages delivered by celery: verify, deduplicate, handle, commit."""
-
-    def __init__(self, spec: ServiceSpec, settings: BusSettings, node: str | None = None) -> None:
-        self.spec = spec
-        self.settings = settings
-        self.node = node or f"{spec.name}@{socket.gethostname()}"
-        self.app = make_celery_app(spec.name, settings, service=spec.name, node=self.node)
-        self.consumer_queue = consumer_queue(spec, settings)
-        self.app.conf.task_queues = [self.consumer_queue]
-        self.app.conf.task_default_queue = self.consumer_queue.name
-        self.publisher = make_publisher(settings, self.app)
-        self.redis = self.publisher.redis
-        self.dead_letters = DeadLetterStore(self.redis)
-        self.handlers: dict[str, BoundHandler] = bind_handlers(spec, spec.dependencies(self.redis))
-        self.app.shop_runtime = self  # the consumer step dead-letters through it
-        self.observer = MessageObserver(spec.name)
-
-        def handle_event(task: Any, *args: Any, **kwargs: Any) -> str:
-            """The one celery task of this service. It takes anything, so that a malformed message reaches the
-            dead-letter store through `handle` instead of failing inside celery and being acknowledged."""
-            envelope, signature = kwargs.pop("envelope", None), kwargs.pop("signature", None)
-            if args:
-                kwargs["args"] = list(args)
-            return self.handle(envelope, signature, kwargs, retries=task.request.retries, task=task)
-
-        self.task = self.app.task(name=self.publisher.messages.task_name(spec.queue), bind=True)(handle_event)
-
-    def declare(self) -> None:
-        declare_topology(self.settings, [self.spec])
-
-    def relay(self) -> OutboxRelay:
-        """The thread that repairs what a crash left behind (broker choice): on Redis it re-sends messages of this
-        queue nobody settled; on RabbitMQ it sends committed events the broker never confirmed."""
-        if self.settings.broker_is_amqp:
-            from events.amqp_bus import AmqpRelay
-
-            return AmqpRelay(self.spec, self.settings, self.publisher)
-        return OutboxRelay(self.spec.queue, self.settings, self.redis)
-
-    def take_back_unacked(self) -> int:
-        """Requeue every message this node's previous incarnation was handling when it died.
-
-        Call before consuming. kombu would restore them only after the visibility timeout; a node name is unique
-        among live workers (the supervisor and compose give each its own), so whatever is left under it belongs
-        to a dead process and can go back at once, through kombu's own restore, to its one queue. Messages of a
-        node that never returns are re-sent by the outbox relay."""
-        keys = Keys.unacked(self.spec.name, self.node)
-        tags = [tag.decode() for tag in self.redis.hkeys(keys["unacked_key"])]
-        if tags:
-            with self.app.connection_for_read() as connection:
-                qos = connection.default_channel.qos
-                for tag in tags:
-                    qos.restore_by_tag(tag, leftmost=True)
-            log.warning("%s: requeued %d message(s) left unacknowledged by a previous run", self.node, len(tags))
-        return len(tags)
-
-    def handle(
-        self, raw: Any, signature: Any, unexpected: Mapping[str, Any] | None = None, retries: int = 0, task: Any = None
-    ) -> str:
-        """Returns the outcome (handled, duplicate, dead-lettered); raises celery's Retry or Reject to redeliver.
-        Whatever the outcome, the message gets its one log line and its counters (`events/observability.py`)."""
-        started, outcome = time.perf_counter(), "error"
-        try:
-            outcome = self._handle_or_requeue(raw, signature, unexpected, retries, task)
-            return outcome
-        except Retry:
-            outcome = "retried"
-            raise
-        except Reject:
-            outcome = "requeued"
-            raise
-        finally:
-            self.observer.record(raw, outcome, started)
-
-    def _handle_or_requeue(
-        self, raw: Any, signature: Any, unexpected: Mapping[str, Any] | None, retries: int, task: Any
-    ) -> str:
-        try:
-            return self._handle(raw, signature, unexpected, retries, task)
-        except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
-            # Store or broker unreachable: give the message back untouched. If even that fails, it stays in the
-            # unacked set and returns after the visibility timeout. Acknowledging here would lose it.
-            log.warning("%s: Redis unavailable (%s); requeueing the message", self.spec.name, exc)
-            time.sleep(self.settings.retry_backoff)
-            raise Reject(exc, requeue=True) from None
-
-    def _handle(
-        self, raw: Any, signature: Any, unexpected: Mapping[str, Any] | None, retries: int, task: Any
-    ) -> str:
-        message = {"envelope": raw, "signature": signature, **(unexpected or {})}
-        try:
-            if unexpected:
-                raise RejectedMessage("malformed message", f"unexpected fields {sorted(unexpected)}")
-            envelope, event = open_envelope(
-                raw, signature, key=self.settings.key, max_bytes=self.settings.max_message_bytes
-            )
-            handler = self.handlers.get(envelope.type)
-            if handler is None:
-                raise RejectedMessage("no handler", f"{self.spec.name} does not handle {envelope.type}")
-        except RejectedMessage as rejected:
-            self.dead_letters.add(self.spec.name, rejected.reason, rejected.detail, message, attempts=1)
-            return "dead-lettered"
-        return self._handle_valid(envelope, event, handler, message, retries, task)
-
-    def _handle_valid(
-        self, envelope: Envelope, event: Any, handler: BoundHandler, message: dict[str, Any], retries: int, task: Any
-    ) -> str:
-        deliveries_key = Keys.deliveries(self.spec.name, envelope.event_id)
-        redelivered = retries > 0 or bool(task is not None and (task.request.delivery_info or {}).get("redelivered"))
-        if redelivered:
-            # Only a message that was delivered before can be a duplicate or a poison: check and count it. A first
-            # delivery skips this round trip (most messages): a duplicate is still refused by the commit's inbox
-            # check, and its uncounted delivery is added below.
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.exists(Keys.inbox(self.spec.name, envelope.event_id))
-                pipe.incr(deliveries_key)
-                pipe.expire(deliveries_key, self.settings.inbox_ttl)
-                handled_before, deliveries, _ = pipe.execute()
-            if handled_before:
-                self.redis.delete(deliveries_key)
-                return "duplicate"
-            unfinished = deliveries  # the earlier ones counted here, plus the uncounted first delivery
-            if unfinished >= self.settings.max_deliveries:
-                self.dead_letters.add(
-                    self.spec.name,
-                    "poison message",
-                    f"delivered {unfinished} times without finishing (the worker died each time)",
-                    message,
-                    attempts=unfinished,
-                )
-                self.redis.delete(deliveries_key)
-                return "dead-lettered"
-
-        uow = self.publisher.unit_of_work(self.spec.name, envelope)
-        try:
-            handler(event, uow)
-            self.failpoint("before_commit", envelope)
-            uow.commit()
-            self.failpoint("after_commit", envelope)
-        except AlreadyHandled:
-            return "duplicate"
-        except (TransientError, ConcurrentUpdate) as exc:
-            self.redis.delete(deliveries_key)
-            if retries >= self.settings.max_retries or task is None:
-                self.dead_letters.add(self.spec.name, "retries exhausted", repr(exc), message, attempts=retries + 1)
-                return "dead-lettered"
-            self.redis.incr(Keys.retries(self.spec.name))
-            # Back to this queue only: celery would otherwise re-send to the delivery's exchange and routing key,
-            # which on RabbitMQ means a copy for every subscriber of the event.
-            raise task.retry(exc=exc, countdown=self.settings.retry_backoff * 2**retries, max_retries=None,
-                             queue=self.consumer_queue)
-        except (redis.ConnectionError, redis.TimeoutError, OperationalError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - a bug in a handler: keep the message, keep the worker
-            log.exception("%s: handler for %s failed", self.spec.name, envelope.type)
-            self.redis.delete(deliveries_key)
-            self.dead_letters.add(
-                self.spec.name, "handler error", "".join(traceback.format_exception(exc)), message, attempts=1
-            )
-            return "dead-lettered"
-        return "handled"
-
-    def failpoint(self, point: str, envelope: Envelope) -> None:
-        """Fault injection for the crash tests: with SHOP_FAULT_INJECTION on and SHOP_CRASH_AT=<point>:<EventType>,
-        the worker process dies at that point, once per event (the mark survives the crash in Redis)."""
-        if not self.settings.fault_injection or self.settings.crash_at != f"{point}:{envelope.type}":
-            return
-        if self.redis.set(f"shop:failpoint:{self.spec.name}:{point}:{envelope.event_id}", 1, nx=True, ex=3600):
-            log.warning("failpoint %s: killing %s on %s", point, self.spec.name, envelope.event_id)
-            os._exit(70)
-
-
-class DeadLetteringConsumer(Consumer):
-    """Celery acknowledges (deletes) a message it cannot decode or that is not a known task. Dead-letter it first,
-    with the raw body, so nothing malformed disappears."""
-
-    def _dead_letter(self, message: Any, reason: str, detail: str) -> None:
-        runtime: ServiceRuntime | None = getattr(self.app, "shop_runtime", None)
-        if runtime is None:
-            return
-        try:
-            body = message.body.decode(errors="replace") if isinstance(message.body, bytes) else message.body
-        except Exception:  # noqa: BLE001
-            body = repr(message.body)
-        runtime.dead_letters.add(
-            runtime.spec.name, reason, detail, {"raw_body": str(body)[:65536], "headers": _safe(message.headers)}, 1
-        )
-
-    def connection_for_read(self, heartbeat: Any = None) -> Any:
-        """The consuming connection, with its Redis channels guarded against transport-level garbage before they
-        exist (see `guard_transport`)."""
-        connection = self.app.connection_for_read(heartbeat=heartbeat)
-        guard_transport(connection)
-        return self.ensure_connected(connection)
-
-    def on_decode_error(self, message: Any, exc: Exception) -> None:
-        headers = message.headers if isinstance(message.headers, dict) else {}
-        self._dead_letter(message, "undecodable message", str(headers.get(UNDECODABLE_HEADER) or repr(exc)))
-        super().on_decode_error(message, exc)
-
-    def on_unknown_message(self, body: Any, message: Any) -> None:
-        self._dead_letter(message, "not a task message", "")
-        super().on_unknown_message(body, message)
-
-    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._dead_letter(message, "unknown task", repr(exc))
-        super().on_unknown_task(body, message, exc)
-
-    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._dead_letter(message, "invalid task message", repr(exc))
-        super().on_invalid_task(body, message, exc)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Transport-level garbage (used by DeadLetteringConsumer only)
-# --------------------------------------------------------------------------------------------------------------------
-# kombu's Redis transport json-parses each item it BRPOPs and builds a kombu Message from it before celery sees it. An
-# item that is not JSON, or JSON that is not a kombu message (no `properties`, no delivery tag, ...), raises inside
-# the worker's event loop: celery logs "Unrecoverable error", the worker process exits (with status 0), and the item,
-# already popped, is lost. Seen with a raw LPUSH of garbage into a service queue (tests/integration/test_bad_input.py).
-# The guard checks every popped item and swaps an unusable one for a well-formed kombu message that carries the
-# original bytes (base64) and the problem in a header. That message has no task header and an unregistered content
-# type, so celery hands it to `DeadLetteringConsumer.on_decode_error`: dead-lettered as "undecodable message" with the
-# raw item, then acknowledged like any other message (until then it sits in `unacked` as usual). Only the worker's
-# consuming connection is guarded; the cost is one extra json.loads per delivered message.
-UNDECODABLE_CONTENT_TYPE = "application/x-shop-undecodable"
-UNDECODABLE_HEADER = "x-shop-undecodable"
-
-
-def kombu_payload_problem(item: bytes | str) -> str | None:
-    """Why kombu's Redis transport (and celery's dispatch) could not take this raw queue item, or None if they can."""
-    import base64
-
-    try:
-        payload = json.loads(item)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        return f"not JSON: {exc}"
-    if not isinstance(payload, dict):
-        return f"not a kombu message: a JSON {type(payload).__name__}"
-    properties = payload.get("properties")
-    if not isinstance(properties, dict):
-        return "not a kombu message: no 'properties' object"
-    if "delivery_tag" not in properties:
-        return "not a kombu message: no 'properties.delivery_tag'"
-    info = properties.get("delivery_info")
-    if not isinstance(info, dict) or "exchange" not in info or "routing_key" not in info:
-        return "not a kombu message: no 'properties.delivery_info' with exchange and routing_key"
-    headers = payload.get("headers")
-    if headers is not None and not isinstance(headers, dict):
-        return "not a kombu message: 'headers' is not an object"
-    if headers and "task" in headers and not isinstance(headers["task"], str):
-        return "not a celery message: the 'task' header is not a string"
-    encoding, body = properties.get("body_encoding"), payload.get("body")
-    if body and encoding is not None:
-        if encoding != "base64":
-            return f"not a kombu message: unknown body_encoding {str(encoding)[:50]!r}"
-        try:
-            base64.b64decode(body)
-        except Exception as exc:  # noqa: BLE001 - binascii.Error, TypeError, ValueError: all mean "unusable"
-            return f"not a kombu message: body is not base64 ({exc})"
-    return None
-
-
-def undecodable_kombu_message(item: bytes | str, queue: str, problem: str) -> str:
-    """A valid kombu message (JSON, as the Redis transport stores it) carrying the unusable `item` unchanged."""
-    import base64
-
-    raw = item if isinstance(item, bytes) else item.encode(errors="replace")
-    return json.dumps(
-        {
-            "body": base64.b64encode(raw).decode(),
-            "content-encoding": "binary",
-            "content-type": UNDECODABLE_CONTENT_TYPE,
-            "headers": {UNDECODABLE_HEADER: problem},
-            "properties": {
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid4()),
-                "delivery_info": {"exchange": "", "routing_key": queue},
-                "delivery_mode": 2,
-                "priority": 0,
-            },
-        }
-    )
-
-
-def guard_transport(connection: Connection) -> None:
-    """Make `connection` (not yet connected) use a Redis channel whose BRPOP replies pass `kombu_payload_problem`."""
-    from kombu.transport import redis as kombu_redis
-    from kombu.utils.encoding import bytes_to_str
-    from kombu.utils.objects import cached_property
-
-    transport = connection.transport
-    if not isinstance(transport, kombu_redis.Transport) or getattr(transport.Channel, "shop_guarded", False):
-        return  # RabbitMQ validates frames itself; already guarded
-    base = transport.Channel
-
-    class GuardedChannel(base):  # type: ignore[misc, valid-type]
-        shop_guarded = True
-
-        def _create_client(self, asynchronous: bool = False) -> Any:
-            """One synchronous client per channel instead of kombu's new `redis.Redis` per delivery and per ack
-            (each costs ~60 us with redis-py 8; they share one pool anyway, so reusing the client changes nothing
-            else). Measured: kombu's fetch + ack per message from ~530 to ~320 us of CPU."""
-            if asynchronous:
-                return super()._create_client(asynchronous=True)
-            client = self.__dict__.get("_shop_sync_client")
-            if client is None:
-                client = self.__dict__["_shop_sync_client"] = super()._create_client()
-            return client
-
-        @cached_property
-        def client(self) -> Any:
-            client = self._create_client(asynchronous=True)
-            parse_response = client.parse_response
-
-            def guarded_parse_response(connection: Any, command_name: Any, **options: Any) -> Any:
-                response = parse_response(connection, command_name, **options)
-                if command_name == "BRPOP" and response:
-                    key, item = response
-                    problem = kombu_payload_problem(item)
-                    if problem is not None:
-                        queue = bytes_to_str(key).rsplit(self.sep, 1)[0]
-                        log.warning("unusable item in queue %s, handing it to the dead-letter path: %s", queue, problem)
-                        response = (key, undecodable_kombu_message(item, queue, problem))
-                return response
-
-            client.parse_response = guarded_parse_response
-            return client
-
-    transport.Channel = GuardedChannel
-
-def _safe(headers: Any) -> Any:
-    try:
-        json.dumps(headers)
-        return headers
-    except (TypeError, ValueError):
-        return repr(headers)

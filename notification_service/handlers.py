@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from events.catalog import NotificationSent, OrderCancelled, OrderConfirmed, UserRegistered
+from events.catalog import (
+    NotificationSent,
+    OrderCancelled,
+    OrderConfirmed,
+    UserRegistered,
+)
 from events.unit_of_work import UnitOfWork
 from notification_service.domain import Customer, Notification
 from notification_service.notification_log import NotificationLog

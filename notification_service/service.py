@@ -10,7 +10,12 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from events.bus import Projection, ServiceSpec
-from events.catalog import NotificationSent, OrderCancelled, OrderConfirmed, UserRegistered
+from events.catalog import (
+    NotificationSent,
+    OrderCancelled,
+    OrderConfirmed,
+    UserRegistered,
+)
 from notification_service import handlers
 from notification_service.notification_log import NotificationLog
 

@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
-from events.catalog import OrderItem
 from events import web
+from events.catalog import OrderItem
 from events.web import Bus, answer_validation_errors_readably, health, invalid_request
 from order_service import handlers
 from order_service.domain import Order, UnknownProducts

@@ -125,6 +125,7 @@ class SimulatedGateway:
             raise GatewayUnavailable(f"gateway timeout for {idempotency_key}")
         if self.settings.fault_injection:
             if payment_method == "card_slow":
+                self.ledger.count_attempt(idempotency_key)  # lets a test see that the charge is under way
                 time.sleep(self.settings.slow_seconds)
             elif payment_method == "card_crash":
                 os._exit(70)  # a poison message: the process dies on it, every time

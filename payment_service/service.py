@@ -9,7 +9,12 @@ import redis
 from events.bus import ServiceSpec
 from events.catalog import PaymentFailed, PaymentProcessed, StockReserved
 from payment_service import handlers
-from payment_service.gateway import GatewaySettings, InMemoryLedger, RedisLedger, SimulatedGateway
+from payment_service.gateway import (
+    GatewaySettings,
+    InMemoryLedger,
+    RedisLedger,
+    SimulatedGateway,
+)
 
 
 def dependencies(client: redis.Redis | None = None) -> dict[str, Any]:

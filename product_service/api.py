@@ -9,8 +9,8 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
-from events.catalog import Money, ProductId, Stock
 from events import web
+from events.catalog import Money, ProductId, Stock
 from events.web import Bus, answer_validation_errors_readably, health, run_command
 from product_service import handlers
 from product_service.domain import Product

@@ -15,7 +15,13 @@ from events.catalog import (
     StockReserved,
 )
 from events.unit_of_work import UnitOfWork
-from product_service.domain import Product, Reservation, ReservationStatus, shortage, wanted
+from product_service.domain import (
+    Product,
+    Reservation,
+    ReservationStatus,
+    shortage,
+    wanted,
+)
 from product_service.store import Products, Reservations
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -304,7 +303,10 @@ def logs(follow: Annotated[bool, typer.Option("--follow", "-f", help="keep print
 @app.command()
 def status() -> None:
     """Queue depths, messages in flight, dead letters, retries and live workers."""
-    from events.redis_bus import DeadLetterStore, Keys, in_flight, make_celery_app, redis_client
+    from events.consumer import in_flight
+    from events.deadletters import DeadLetterStore
+    from events.keys import Keys
+    from events.redis_bus import make_celery_app, redis_client
 
     settings = BusSettings()
     client = redis_client(settings)
@@ -344,7 +346,8 @@ def status() -> None:
 # Dead letters
 # ---------------------------------------------------------------------------------------------------------------------
 def _dead_letter_store():
-    from events.redis_bus import DeadLetterStore, redis_client
+    from events.deadletters import DeadLetterStore
+    from events.redis_bus import redis_client
 
     return DeadLetterStore(redis_client(BusSettings()))
 
@@ -608,7 +611,8 @@ def metrics(
     """Every service's counters (messages by outcome, failures, handler latency histogram), dead letters and queue
     depths, in Prometheus' text format: printed once, or served for a scraper."""
     from events.redis_bus import redis_client
-    from shop.metrics import MetricsSettings, render, serve as serve_metrics
+    from shop.metrics import MetricsSettings, render
+    from shop.metrics import serve as serve_metrics
 
     client = redis_client(BusSettings())
     if not serve:

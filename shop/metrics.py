@@ -17,12 +17,18 @@ from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from events.bus import ServiceSpec
+from events.deadletters import DeadLetterStore
+from events.keys import Keys
 from events.observability import LATENCY_BUCKETS, OUTCOMES
-from events.redis_bus import DeadLetterStore, Keys
 
 FAILED = ("retried", "requeued", "dead-lettered", "error")
 

@@ -26,7 +26,8 @@ import redis
 
 from events.bus import BoundHandler, ServiceSpec, bind_handlers
 from events.envelope import Envelope, RejectedMessage, open_envelope
-from events.redis_bus import Keys, RedisPublisher
+from events.keys import Keys
+from events.redis_bus import RedisPublisher
 from events.settings import BusSettings
 from events.unit_of_work import AlreadyHandled, ConcurrentUpdate
 

@@ -15,7 +15,8 @@ from decimal import Decimal
 
 import httpx
 
-from events.redis_bus import Keys, RedisPublisher
+from events.keys import Keys
+from events.redis_bus import RedisPublisher
 from order_service.store import CATALOGUE
 from product_service.handlers import ProductExists, create_product
 

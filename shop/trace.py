@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from events.redis_bus import Keys
+from events.keys import Keys
 
 # KEYS: the event log. ARGV: start id (exclusive form allowed), correlation id, slice length.
 # Returns {last id read or '', matching entries}.

@@ -15,8 +15,9 @@ from celery.platforms import SecurityWarning
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from events.consumer import ServiceRuntime
+from events.keys import Keys
 from events.observability import MESSAGE_LOG, MetricsFlusher
-from events.redis_bus import Keys, ServiceRuntime
 from events.settings import BusSettings
 from shop.services import SERVICES
 

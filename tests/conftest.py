@@ -14,7 +14,13 @@ import pytest
 import redis
 
 from events.settings import BusSettings
-from tests.brokers import BROKERS, Broker, broker_env, delete_rabbitmq_topology, rabbitmq_missing
+from tests.brokers import (
+    BROKERS,
+    Broker,
+    broker_env,
+    delete_rabbitmq_topology,
+    rabbitmq_missing,
+)
 from tests.helpers import stop_process
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")

@@ -34,11 +34,10 @@ from fastapi.testclient import TestClient
 from kombu import Producer
 
 from events.catalog import OrderCreated, PaymentProcessed
+from events.consumer import in_flight
+from events.deadletters import DeadLetterStore
 from events.envelope import Envelope, Sealed, sign
 from events.redis_bus import (
-    in_flight,
-    DeadLetterStore,
-    Keys,
     RedisPublisher,
     declare_topology,
     kombu_connection,

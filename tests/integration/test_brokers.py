@@ -16,8 +16,10 @@ import redis
 
 from events.bus import ServiceSpec
 from events.catalog import StockLevel, StockReserved
+from events.deadletters import UNROUTABLE, DeadLetterStore
 from events.envelope import Envelope
-from events.redis_bus import UNROUTABLE, DeadLetterStore, Keys, RedisPublisher, make_publisher, scan_documents
+from events.keys import Keys
+from events.redis_bus import RedisPublisher, make_publisher, scan_documents
 from events.settings import BusSettings
 from payment_service.gateway import RedisLedger
 from shop.services import SERVICES
@@ -174,8 +176,8 @@ def test_the_message_of_a_worker_killed_mid_task_comes_back_to_its_queue_and_is_
     envelope = stock_reserved("card_slow")
     publisher.publish(envelope)
     doomed = start_worker("payment_service", SHOP_FAULT_INJECTION="1", SHOP_GATEWAY_SLOW_SECONDS="120")
-    wait_until(lambda: bus.client.exists(Keys.deliveries("payment_service", envelope.event_id)), DEADLINE,
-               message="the handler to start")
+    order_id = envelope.payload["order_id"]
+    wait_until(lambda: bus.client.hget(RedisLedger.ATTEMPTS, order_id), DEADLINE, message="the slow charge to start")
 
     os.killpg(doomed.pid, signal.SIGKILL)
     doomed.wait(10)
@@ -195,7 +197,7 @@ def test_a_message_lost_after_the_commit_is_sent_again_by_the_relay(
     """On RabbitMQ the gap is between the commit (Redis) and the confirmed publish: the process dies there, the event
     is only in the outbox. On Redis the commit queues the message itself, but kombu takes it off the list and records
     it as unacknowledged in two steps: a crash between them loses it. Either way the relay sends it again."""
-    from events.redis_bus import ServiceRuntime
+    from events.consumer import ServiceRuntime
 
     monkeypatch.setenv("SHOP_REDELIVER_AFTER", "0.5")
     settings = BusSettings()
@@ -226,7 +228,7 @@ def test_a_message_rabbitmq_dead_letters_reaches_the_dead_letter_store_and_can_b
         pytest.skip("Redis has no dead-letter exchange: the runtime dead-letters into the store itself")
     from kombu import Connection
 
-    from events.redis_bus import ServiceRuntime
+    from events.consumer import ServiceRuntime
 
     bus.declare(list(SERVICES.values()))
     envelope = stock_reserved()

@@ -8,8 +8,10 @@ import signal
 import pytest
 import redis
 
+from events.consumer import in_flight
+from events.deadletters import DeadLetterStore
 from events.envelope import Envelope, seal
-from events.redis_bus import DeadLetterStore, RedisPublisher, declare_topology, scan_documents, in_flight
+from events.redis_bus import RedisPublisher, declare_topology, scan_documents
 from events.settings import BusSettings
 from payment_service.gateway import RedisLedger
 from shop.services import SERVICES

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from events.catalog import OrderItem
-from events.redis_bus import Keys, RedisPublisher, declare_topology
+from events.keys import Keys
+from events.redis_bus import RedisPublisher, declare_topology
 from events.settings import BusSettings
 from order_service.handlers import place_order
 from shop.services import SERVICES

@@ -23,9 +23,11 @@ from typer.testing import CliRunner
 
 from events.bus import TransientError
 from events.catalog import OrderItem, PaymentProcessed
+from events.consumer import ServiceRuntime
 from events.envelope import Envelope, seal
+from events.keys import Keys
 from events.observability import MESSAGE_LOG
-from events.redis_bus import Keys, RedisPublisher, ServiceRuntime, declare_topology
+from events.redis_bus import RedisPublisher, declare_topology
 from events.settings import BusSettings
 from order_service.handlers import place_order
 from order_service.store import Catalogue, Orders
@@ -72,7 +74,7 @@ def payment_processed(settings: BusSettings) -> tuple[Envelope, Any]:
 class FakeTask:
     """What `handle` needs of a celery task to ask for a retry."""
 
-    request = SimpleNamespace(retries=0)
+    request = SimpleNamespace(retries=0, delivery_info={"redelivered": False})
 
     def retry(self, exc: Exception, **_: Any) -> Retry:
         return Retry(exc=exc)

@@ -18,8 +18,10 @@ from typer.testing import CliRunner
 
 from events.bus import ServiceSpec
 from events.catalog import NotificationSent, OrderItem, StockReserved
+from events.deadletters import UNROUTABLE, DeadLetterStore
 from events.envelope import Envelope, open_envelope, seal
-from events.redis_bus import UNROUTABLE, DeadLetterStore, Keys, RedisPublisher, declare_topology
+from events.keys import Keys
+from events.redis_bus import RedisPublisher, declare_topology
 from events.settings import BusSettings
 from events.unit_of_work import AlreadyHandled, ConcurrentUpdate
 from order_service.domain import Order

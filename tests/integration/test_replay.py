@@ -9,7 +9,9 @@ import redis
 from typer.testing import CliRunner
 
 from events.catalog import OrderItem
-from events.redis_bus import Keys, RedisPublisher, declare_topology, in_flight, scan_documents
+from events.consumer import in_flight
+from events.keys import Keys
+from events.redis_bus import RedisPublisher, declare_topology, scan_documents
 from events.settings import BusSettings
 from order_service.handlers import place_order
 from order_service.service import SERVICE as ORDER_SERVICE

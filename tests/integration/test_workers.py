@@ -5,8 +5,8 @@ generous."""
 from __future__ import annotations
 
 import os
-import socket
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -15,7 +15,10 @@ import pytest
 import redis
 from kombu import Connection
 
-from events.redis_bus import DeadLetterStore, Keys, RedisPublisher, declare_topology, scan_documents, in_flight
+from events.consumer import in_flight
+from events.deadletters import DeadLetterStore
+from events.keys import Keys
+from events.redis_bus import RedisPublisher, declare_topology, scan_documents
 from events.settings import BusSettings
 from order_service.domain import OrderStatus
 from payment_service.gateway import RedisLedger

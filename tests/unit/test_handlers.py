@@ -11,10 +11,21 @@ from uuid import uuid4
 import pytest
 
 from events.bus import ServiceSpec
-from events.catalog import OrderCreated, OrderItem, OrderLine, PaymentFailed, PaymentProcessed
+from events.catalog import (
+    OrderCreated,
+    OrderItem,
+    OrderLine,
+    PaymentFailed,
+    PaymentProcessed,
+)
 from events.envelope import Envelope
 from events.memory_bus import InMemoryBus
-from events.unit_of_work import AlreadyHandled, ConcurrentUpdate, InMemoryStore, InMemoryUnitOfWork
+from events.unit_of_work import (
+    AlreadyHandled,
+    ConcurrentUpdate,
+    InMemoryStore,
+    InMemoryUnitOfWork,
+)
 from notification_service.notification_log import read_notifications
 from order_service.domain import Order, OrderStatus
 from order_service.handlers import place_order

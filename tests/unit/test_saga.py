@@ -10,7 +10,14 @@ from uuid import uuid4
 
 import pytest
 
-from events.catalog import OrderItem, PaymentFailed, ProductCreated, ProductPriceChanged, StockLevel, StockReleased
+from events.catalog import (
+    OrderItem,
+    PaymentFailed,
+    ProductCreated,
+    ProductPriceChanged,
+    StockLevel,
+    StockReleased,
+)
 from events.memory_bus import InMemoryBus
 from order_service.domain import OrderStatus
 from order_service.handlers import place_order
