@@ -41,16 +41,21 @@ def _redis() -> redis.Redis:
 
 
 @app.task(name="bench.bare.hop")
-def hop(order_id: str, route: list[str]) -> None:
+def hop(order_id: str, route: list[list]) -> None:
+    """`route`: the remaining [queue, side queues] steps; the side queues get a copy that ends there."""
     if route:
-        hop.apply_async((order_id, route[1:]), queue=route[0])
-    else:
+        (queue, sides), rest = route[0], route[1:]
+        hop.apply_async((order_id, rest), queue=queue)
+        for side in sides:
+            hop.apply_async((None, []), queue=side)
+    elif order_id is not None:
         _redis().hset(DONE_KEY, order_id, repr(time.time()))
 
 
-def place(order_id: str, route: tuple[str, ...]) -> None:
+def place(order_id: str, route: tuple[tuple[str, tuple[str, ...]], ...]) -> None:
     """What the load generator does per order: the first hop, as the shop's first event enters its first queue."""
-    hop.apply_async((order_id, list(route[1:])), queue=route[0])
+    (queue, _), rest = route[0], route[1:]
+    hop.apply_async((order_id, [list(step) for step in rest]), queue=queue)
 
 
 def run_worker(queue: str) -> None:

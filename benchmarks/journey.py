@@ -5,8 +5,8 @@ from), and the benchmark must measure the system as it is, not as it was when th
 consuming services, the journey and the order's items are derived here, in one place, for all three pipelines:
 
 * consumers: every service with handlers (`shop.services.CONSUMERS` when it exists), one worker each;
-* journey: whoever consumes OrderCreated (the payment service, or the product service first), then
-  payment -> order -> notification -> order, which the bare pipeline mirrors hop for hop;
+* journey: whoever consumes OrderCreated (the product service), then payment -> order -> notification -> order,
+  which the bare pipeline mirrors hop for hop, with the same side deliveries (`side_deliveries`);
 * items: priced by the order service from its catalogue when it has one, so the benchmark first creates one product
   through the product service's own command, with stock enough for any run.
 """
@@ -24,9 +24,9 @@ TAIL = ("payment_service", "order_service", "notification_service", "order_servi
 
 
 def consumers() -> dict[str, Any]:
-    from shop import services
+    from shop.services import CONSUMERS
 
-    return dict(getattr(services, "CONSUMERS", services.SERVICES))
+    return dict(CONSUMERS)
 
 
 def journey() -> tuple[str, ...]:
@@ -38,17 +38,28 @@ def journey() -> tuple[str, ...]:
     return first + TAIL
 
 
+def side_deliveries() -> dict[str, tuple[str, ...]]:
+    """{service: other queues that get a copy of the event it sends down the main line}: the product service's
+    StockReserved also feeds the order service's catalogue, one more delivery per order that the bare pipeline
+    must pay too."""
+    from events.catalog import StockReserved
+
+    return {
+        "product_service": tuple(
+            name for name, spec in consumers().items() if StockReserved in spec.handlers and name != "payment_service"
+        )
+    }
+
+
 def needs_product() -> bool:
     return "product_service" in consumers()
 
 
 def order_items() -> list[Any]:
-    """Two copies of one book, in whichever form `place_order` takes on this tree."""
-    from events import catalog
+    """Two copies of one book (the order service prices them from its catalogue)."""
+    from events.catalog import OrderItem
 
-    if hasattr(catalog, "OrderItem"):
-        return [catalog.OrderItem(product_id=BENCH_PRODUCT, quantity=2)]
-    return [catalog.OrderLine(product_id=BENCH_PRODUCT, quantity=2, unit_price=BENCH_PRICE)]
+    return [OrderItem(product_id=BENCH_PRODUCT, quantity=2)]
 
 
 def create_product(unit_of_work: Callable[[str], Any], commit: Callable[[Any], None]) -> None:

@@ -133,11 +133,24 @@ class BareCelery(Pipeline):
     def __init__(self, settings: BusSettings, workers: WorkerGroup) -> None:
         super().__init__(settings, workers)
         bare_celery.app.conf.broker_url = settings.redis_url
-        self.route = tuple(bare_celery.queue_for(service) for service in journey.journey())
+        steps = journey.journey()
+        sides = journey.side_deliveries()
+        # each step: (its queue, the queues that get a side copy of what the previous step sends it)
+        self.route = tuple(
+            (
+                bare_celery.queue_for(service),
+                tuple(bare_celery.queue_for(side) for side in sides.get(steps[index - 1], ())) if index else (),
+            )
+            for index, service in enumerate(steps)
+        )
         self._queues = {PAYMENT if queue == bare_celery.queue_for("payment_service") else queue: queue
-                        for queue in dict.fromkeys(self.route)}
+                        for queue in dict.fromkeys(queue for queue, _ in self.route)}
         self.roles = tuple(self._queues)
-        self.description = f"bare celery: same {len(self.route)} hops, no-op tasks, {len(self.roles)} solo workers"
+        deliveries = len(self.route) + sum(len(side) for _, side in self.route)
+        self.description = (
+            f"bare celery: same {len(self.route)} hops ({deliveries} deliveries), no-op tasks, "
+            f"{len(self.roles)} solo workers"
+        )
 
     def worker_argv(self, role: str) -> list[str]:
         return python_module("benchmarks.bare_celery", self._queues[role])
