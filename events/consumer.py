@@ -42,6 +42,10 @@ from events.unit_of_work import AlreadyHandled, ConcurrentUpdate
 
 log = logging.getLogger(__name__)
 
+ACKNOWLEDGED_IN_COMMIT: set[str] = set()
+"""Delivery tags whose unacked record the commit script already removed: kombu's ack then has nothing left to do
+in Redis (see `guard_transport`)."""
+
 
 def in_flight(client: redis.Redis, service: str) -> int:
     """Messages of `service` delivered to some worker and not yet acknowledged."""
@@ -183,10 +187,16 @@ class ServiceRuntime:
                 return "dead-lettered"
 
         uow = self.publisher.unit_of_work(self.spec.name, envelope)
+        tag = self._tag_to_acknowledge_in_commit(task)
+        if tag:
+            keys = Keys.unacked(self.spec.name, self.node)
+            uow.acknowledgement = (keys["unacked_key"], keys["unacked_index_key"], tag)
         try:
             handler(event, uow)
             self.failpoint("before_commit", envelope)
             uow.commit()
+            if tag:
+                ACKNOWLEDGED_IN_COMMIT.add(tag)
             self.failpoint("after_commit", envelope)
         except AlreadyHandled:
             return "duplicate"
@@ -210,6 +220,13 @@ class ServiceRuntime:
             )
             return "dead-lettered"
         return "handled"
+
+    def _tag_to_acknowledge_in_commit(self, task: Any) -> str | None:
+        """The delivery tag, when kombu's Redis ack can be folded into the commit: Redis broker, and the solo pool
+        (the task runs in the process whose kombu channel will skip its own ack; elsewhere kombu just acks)."""
+        if task is None or self.settings.broker_is_amqp or self.settings.worker_pool != "solo":
+            return None
+        return (getattr(task.request, "properties", None) or {}).get("delivery_tag")
 
     def failpoint(self, point: str, envelope: Envelope) -> None:
         """Fault injection for the crash tests: with SHOP_FAULT_INJECTION on and SHOP_CRASH_AT=<point>:<EventType>,
@@ -337,6 +354,7 @@ def undecodable_kombu_message(item: bytes | str, queue: str, problem: str) -> st
 def guard_transport(connection: Connection) -> None:
     """Make `connection` (not yet connected) use a Redis channel whose BRPOP replies pass `kombu_payload_problem`."""
     from kombu.transport import redis as kombu_redis
+    from kombu.transport import virtual
     from kombu.utils.encoding import bytes_to_str
     from kombu.utils.objects import cached_property
 
@@ -345,8 +363,18 @@ def guard_transport(connection: Connection) -> None:
         return  # RabbitMQ validates frames itself; already guarded
     base = transport.Channel
 
+    class AcknowledgedInCommitQoS(base.QoS):  # type: ignore[misc, name-defined]
+        def ack(self, delivery_tag: str) -> None:
+            """Skip the Redis round trip for a message whose commit already acknowledged it."""
+            if delivery_tag in ACKNOWLEDGED_IN_COMMIT:
+                ACKNOWLEDGED_IN_COMMIT.discard(delivery_tag)
+                virtual.QoS.ack(self, delivery_tag)  # kombu's in-memory bookkeeping only
+                return
+            super().ack(delivery_tag)
+
     class GuardedChannel(base):  # type: ignore[misc, valid-type]
         shop_guarded = True
+        QoS = AcknowledgedInCommitQoS
 
         def _create_client(self, asynchronous: bool = False) -> Any:
             """One synchronous client per channel instead of kombu's new `redis.Redis` per delivery and per ack

@@ -175,23 +175,29 @@ class MessageFactory:
 # Every published event is also appended to the event log (a capped Redis stream): the history that `shop trace`
 # follows and that a new service can replay to build its projections.
 #
+# The consumer's acknowledgement can be part of the step too: kombu records a delivered message in the worker node's
+# unacked hash + index and removes it on ack; removing it here makes "handled" and "acknowledged" one fact and saves
+# kombu's own ack round trip (events/consumer.py skips it for such tags).
+#
 # KEYS: inbox, deliveries counter, own outbox, own outbox schedule ('' for all four when the work has no cause),
+#       unacked hash, unacked index ('' for both when nothing is acknowledged here),
 #       n document keys, then three keys per delivery: target, target's outbox, target's outbox schedule
-#       (outbox keys '' when the target is a dead-letter hash; target '' when the message only goes into the outbox,
-#       as on RabbitMQ, where the publisher sends it after the commit), then the event log.
-# ARGV: n, inbox ttl, cause event id, when to check on the new deliveries, event log length, n expected versions,
-#       n documents, then per delivery: payload, id; then per published event: type, correlation id, envelope,
-#       signature.
+#       (outbox keys '' when the target is a dead-letter hash; target '' when the broker is RabbitMQ), then the
+#       event log.
+# ARGV: n, inbox ttl, cause event id, when to check on the new deliveries, event log length, delivery tag to
+#       acknowledge, n expected versions, n documents, then per delivery: payload, id; then per published event:
+#       type, correlation id, envelope, signature.
 # Returns 1 committed, 0 already handled, -1 a document changed since it was read.
 COMMIT_SCRIPT = """
 local n = tonumber(ARGV[1])
+local K, A = 6, 6
 if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 for i = 1, n do
-  local current = redis.call('HGET', KEYS[4 + i], 'v') or '0'
-  if current ~= ARGV[5 + i] then return -1 end
+  local current = redis.call('HGET', KEYS[K + i], 'v') or '0'
+  if current ~= ARGV[A + i] then return -1 end
 end
 for i = 1, n do
-  redis.call('HSET', KEYS[4 + i], 'v', tonumber(ARGV[5 + i]) + 1, 'd', ARGV[5 + n + i])
+  redis.call('HSET', KEYS[K + i], 'v', tonumber(ARGV[A + i]) + 1, 'd', ARGV[A + n + i])
 end
 if KEYS[1] ~= '' then redis.call('SET', KEYS[1], '1', 'EX', ARGV[2]) end
 if KEYS[2] ~= '' then redis.call('DEL', KEYS[2]) end
@@ -199,8 +205,12 @@ if KEYS[3] ~= '' then
   redis.call('HDEL', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
 end
-local a = 6 + 2 * n
-for k = 5 + n, #KEYS - 1, 3 do
+if KEYS[5] ~= '' then
+  redis.call('HDEL', KEYS[5], ARGV[6])
+  redis.call('ZREM', KEYS[6], ARGV[6])
+end
+local a = A + 1 + 2 * n
+for k = K + 1 + n, #KEYS - 1, 3 do
   if KEYS[k + 1] == '' then
     redis.call('HSET', KEYS[k], ARGV[a + 1], ARGV[a])
   else
@@ -282,9 +292,11 @@ class RedisPublisher:
         cause: tuple[str, str] | None = None,
         writes: list[tuple[str, str, str]] = (),
         extra_deliveries: list[Delivery] = (),
+        acknowledge: tuple[str, str, str] | None = None,
     ) -> int:
         """The atomic step. `envelopes` are published (routed, queued, logged); `cause` = (service, event id) being
-        handled; `writes` = (key, expected version, json); `extra_deliveries` go to one queue and are not logged."""
+        handled; `writes` = (key, expected version, json); `extra_deliveries` go to one queue and are not logged;
+        `acknowledge` = (unacked hash, unacked index, delivery tag) of the message being handled."""
         sealed = [(envelope, seal(envelope, self.settings.key)) for envelope in envelopes]
         deliveries = [d for envelope, s in sealed for d in self.deliveries_for(s, envelope)]
         deliveries += extra_deliveries
@@ -294,6 +306,7 @@ class RedisPublisher:
             Keys.deliveries(service, event_id) if cause else "",
             Keys.outbox(service) if cause else "",
             Keys.outbox_schedule(service) if cause else "",
+            *(acknowledge[:2] if acknowledge else ("", "")),
             *(key for key, _, _ in writes),
             *(key for delivery in deliveries for key in delivery.keys),
             Keys.event_log(),
@@ -304,6 +317,7 @@ class RedisPublisher:
             event_id,
             time.time() + self.settings.redeliver_after,
             self.settings.event_log_length,
+            acknowledge[2] if acknowledge else "",
             *(version for _, version, _ in writes),
             *(document for _, _, document in writes),
             *(value for delivery in deliveries for value in (delivery.payload, delivery.id)),
@@ -335,6 +349,9 @@ class RedisUnitOfWork(UnitOfWork):
         self._publisher = publisher
         self._redis = publisher.redis
         self._versions: dict[tuple[str, str], str] = {}
+        self.acknowledgement: tuple[str, str, str] | None = None
+        """(unacked hash, unacked index, delivery tag): set by the consumer runtime to acknowledge the message
+        being handled in the commit itself."""
 
     def get(self, collection: str, key: str) -> dict[str, Any] | None:
         version, data = self._redis.hmget(Keys.document(self.service, collection, key), "v", "d")
@@ -357,6 +374,7 @@ class RedisUnitOfWork(UnitOfWork):
             self.outbox,
             cause=(self.inbox, str(self.cause.event_id)) if self.cause else None,
             writes=writes,
+            acknowledge=self.acknowledgement,
         )
         if outcome == 0:
             raise AlreadyHandled(str(self.cause.event_id if self.cause else ""))

@@ -72,6 +72,7 @@ def test_crash_between_state_and_publish_still_publishes_exactly_once(
     committed = order_id in payments(redis_client)
     assert committed == (crash_point == "after_commit")
     assert redis_client.llen("order_service") == int(committed), "the event is published with the state, or not at all"
+    assert in_flight(redis_client, "payment_service") == int(not committed), "the commit acknowledges the message too"
 
     start_worker("payment_service")
     wait_until(
