@@ -8,11 +8,12 @@ the process itself, so its own counters are the whole cost.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shop.supervisor import stop_process_group
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -72,16 +73,8 @@ class WorkerGroup:
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
         process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        except ProcessLookupError:
-            pass
+        if process is not None:
+            stop_process_group(process, timeout)
 
     def stop_all(self) -> None:
         for name in list(self.processes):
