@@ -64,12 +64,23 @@ class NotificationLog:
 
 def read_notifications(path: Path) -> list[dict[str, Any]]:
     """Every complete line of the log (for `shop logs`, checks and tests)."""
+    return read_notifications_from(path, 0)[0]
+
+
+def read_notifications_from(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """The complete lines written at or after byte `offset`, and the offset to read from next time, so that
+    following the log (`shop logs -f`) reads each byte once. A line still being written is left for the next call;
+    a torn line (a crash mid-write) is skipped."""
     if not Path(path).exists():
-        return []
+        return [], offset
+    with open(path, "rb") as log_file:
+        log_file.seek(offset)
+        chunk = log_file.read()
+    complete = chunk[: chunk.rfind(b"\n") + 1]
     lines = []
-    for raw in Path(path).read_bytes().splitlines():
+    for raw in complete.splitlines():
         try:
             lines.append(json.loads(raw))
         except ValueError:
             continue
-    return lines
+    return lines, offset + len(complete)

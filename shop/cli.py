@@ -17,7 +17,7 @@ from rich.table import Table
 from events.catalog import EVENT_TYPES
 from events.envelope import Envelope
 from events.settings import BusSettings
-from notification_service.notification_log import read_notifications
+from notification_service.notification_log import read_notifications, read_notifications_from
 from notification_service.service import NotificationSettings
 from order_service.api import ApiSettings
 from shop.seeding import NewProduct
@@ -287,12 +287,12 @@ def publish(
 def logs(follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new notifications")] = False) -> None:
     """Print the notification log, one line per notification."""
     path = NotificationSettings().notification_log
-    printed = 0
+    offset, printed = 0, 0
     while True:
-        lines = read_notifications(path)
-        for line in lines[printed:]:
+        lines, offset = read_notifications_from(path, offset)
+        for line in lines:
             _print_notification(line)
-        printed = len(lines)
+        printed += len(lines)
         if not follow:
             if not printed:
                 console.print(f"[dim]no notifications yet in {path}[/]")

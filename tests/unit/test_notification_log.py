@@ -129,3 +129,18 @@ def test_concurrent_writers_on_one_file_write_each_id_once(path: Path):
     assert not any(thread.is_alive() for thread in threads)
     assert written.count(True) == len(ids)
     assert sorted(line["notification_id"] for line in read_notifications(path)) == sorted(ids)
+
+
+def test_following_the_log_reads_each_complete_line_once_and_waits_for_a_line_still_being_written(tmp_path) -> None:
+    from notification_service.notification_log import read_notifications_from
+
+    path = tmp_path / "notifications.log"
+    path.write_bytes(b'{"notification_id": "a"}\n{"notification_id": "b"}\n{"notification_id": "c"')
+    lines, offset = read_notifications_from(path, 0)
+    assert [line["notification_id"] for line in lines] == ["a", "b"]
+
+    with open(path, "ab") as log_file:
+        log_file.write(b'}\n{"notification_id": "d"}\n')
+    lines, offset = read_notifications_from(path, offset)
+    assert [line["notification_id"] for line in lines] == ["c", "d"]
+    assert read_notifications_from(path, offset) == ([], offset)
