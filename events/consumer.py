@@ -115,8 +115,9 @@ class ServiceRuntime:
         """Returns the outcome (handled, duplicate, dead-lettered); raises celery's Retry or Reject to redeliver.
         Whatever the outcome, the message gets its one log line and its counters (`events/observability.py`)."""
         started, outcome = time.perf_counter(), "error"
+        opened: dict[str, Envelope] = {}  # the envelope once verified, so the log line need not parse it again
         try:
-            outcome = self._handle_or_requeue(raw, signature, unexpected, retries, task)
+            outcome = self._handle_or_requeue(raw, signature, unexpected, retries, task, opened)
             return outcome
         except Retry:
             outcome = "retried"
@@ -125,13 +126,19 @@ class ServiceRuntime:
             outcome = "requeued"
             raise
         finally:
-            self.observer.record(raw, outcome, started)
+            self.observer.record(raw, outcome, started, opened.get("envelope"))
 
     def _handle_or_requeue(
-        self, raw: Any, signature: Any, unexpected: Mapping[str, Any] | None, retries: int, task: Any
+        self,
+        raw: Any,
+        signature: Any,
+        unexpected: Mapping[str, Any] | None,
+        retries: int,
+        task: Any,
+        opened: dict[str, Envelope],
     ) -> str:
         try:
-            return self._handle(raw, signature, unexpected, retries, task)
+            return self._handle(raw, signature, unexpected, retries, task, opened)
         except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
             # Store or broker unreachable: give the message back untouched. If even that fails, it stays in the
             # unacked set and returns after the visibility timeout. Acknowledging here would lose it.
@@ -140,7 +147,13 @@ class ServiceRuntime:
             raise Reject(exc, requeue=True) from None
 
     def _handle(
-        self, raw: Any, signature: Any, unexpected: Mapping[str, Any] | None, retries: int, task: Any
+        self,
+        raw: Any,
+        signature: Any,
+        unexpected: Mapping[str, Any] | None,
+        retries: int,
+        task: Any,
+        opened: dict[str, Envelope],
     ) -> str:
         message = {"envelope": raw, "signature": signature, **(unexpected or {})}
         try:
@@ -149,6 +162,7 @@ class ServiceRuntime:
             envelope, event = open_envelope(
                 raw, signature, key=self.settings.key, max_bytes=self.settings.max_message_bytes
             )
+            opened["envelope"] = envelope
             handler = self.handlers.get(envelope.type)
             if handler is None:
                 raise RejectedMessage("no handler", f"{self.spec.name} does not handle {envelope.type}")

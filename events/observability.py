@@ -28,6 +28,8 @@ from typing import Any
 
 import redis
 
+from events.envelope import Envelope
+
 MESSAGE_LOG = logging.getLogger("shop.messages")
 log = logging.getLogger(__name__)
 
@@ -120,18 +122,29 @@ class MessageObserver:
         self.service = service
         self.metrics = metrics or ServiceMetrics()
 
-    def record(self, raw: Any, outcome: str, started: float) -> None:
+    def record(self, raw: Any, outcome: str, started: float, envelope: Envelope | None = None) -> None:
+        """`envelope`: the verified envelope when the message got that far; otherwise the ids are read from `raw`
+        as best they can be (a rejected message is logged too)."""
         seconds = time.perf_counter() - started
         try:
             self.metrics.observe(outcome, seconds)
             if MESSAGE_LOG.isEnabledFor(logging.INFO):
-                ids = _envelope_ids(raw)
+                ids = _ids_of(envelope) if envelope is not None else _envelope_ids(raw)
                 MESSAGE_LOG.info(
                     "%s %s", outcome, ids["event_type"] or "?",
                     extra={"service": self.service, "outcome": outcome, "duration_ms": round(seconds * 1000, 3), **ids},
                 )
         except Exception:  # noqa: BLE001 - see the class docstring
             log.exception("telemetry failed for a %s message", outcome)
+
+
+def _ids_of(envelope: Envelope) -> dict[str, Any]:
+    return {
+        "event_type": envelope.type,
+        "event_id": str(envelope.event_id),
+        "correlation_id": str(envelope.correlation_id),
+        "causation_id": str(envelope.causation_id) if envelope.causation_id else None,
+    }
 
 
 def _envelope_ids(raw: Any) -> dict[str, Any]:
