@@ -63,12 +63,17 @@ class InMemoryBus:
     def drain(self) -> None:
         while self._pending:
             envelope = self._pending.popleft()
-            self.published.append(envelope)
-            subscribers = self._subscribers.get(envelope.type, [])
-            if not subscribers:
-                self.unroutable.append(envelope)
-            for service, handler in subscribers:
+            for service, handler in self._route(envelope):
                 self._deliver(service, handler, envelope)
+
+    def _route(self, envelope: Envelope) -> list[tuple[str, BoundHandler]]:
+        """Record the event as published and return its subscribers; an event nobody handles is kept as
+        unroutable, as the Redis bus dead-letters it."""
+        self.published.append(envelope)
+        subscribers = self._subscribers.get(envelope.type, [])
+        if not subscribers:
+            self.unroutable.append(envelope)
+        return subscribers
 
     def _deliver(self, service: str, handler: BoundHandler, envelope: Envelope) -> None:
         for attempt in range(self.max_retries + 1):
@@ -238,10 +243,7 @@ class DispatchingInMemoryBus(InMemoryBus):
                 self._deliveries.append(heapq.heappop(self._retries)[2])
             while self._pending:
                 envelope = self._pending.popleft()
-                self.published.append(envelope)
-                subscribers = self._subscribers.get(envelope.type, [])
-                if not subscribers:
-                    self.unroutable.append(envelope)
+                subscribers = self._route(envelope)
                 self._deliveries.extend(_Delivery(service, handler, envelope) for service, handler in subscribers)
             if self._deliveries:
                 return self._deliveries.popleft()
