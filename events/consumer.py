@@ -9,13 +9,15 @@ reject_on_worker_lost, per-service and per-node unacked keys, a visibility timeo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import socket
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from time import monotonic
 from typing import Any
 from uuid import uuid4
 
@@ -31,6 +33,7 @@ from events.envelope import Envelope, RejectedMessage, open_envelope
 from events.keys import Keys
 from events.observability import MessageObserver
 from events.redis_bus import (
+    TAKEN_KEY_OPTION,
     OutboxRelay,
     consumer_queue,
     declare_topology,
@@ -48,8 +51,10 @@ in Redis (see `guard_transport`)."""
 
 
 def in_flight(client: redis.Redis, service: str) -> int:
-    """Messages of `service` delivered to some worker and not yet acknowledged."""
-    return sum(client.hlen(key) for key in client.scan_iter(match=Keys.unacked(service, "*")["unacked_key"]))
+    """Messages of `service` taken by some worker and not yet acknowledged."""
+    return sum(client.hlen(key) for key in client.scan_iter(match=Keys.unacked(service, "*")["unacked_key"])) + sum(
+        client.llen(key) for key in client.scan_iter(match=Keys.taken(service, "*"))
+    )
 
 
 class ServiceRuntime:
@@ -79,6 +84,7 @@ class ServiceRuntime:
             return self.handle(envelope, signature, kwargs, retries=task.request.retries, task=task)
 
         self.task = self.app.task(name=self.publisher.messages.task_name(spec.queue), bind=True)(handle_event)
+        self.taken_key = Keys.taken(spec.name, self.node)
 
     def declare(self) -> None:
         declare_topology(self.settings, [self.spec])
@@ -108,6 +114,19 @@ class ServiceRuntime:
                     qos.restore_by_tag(tag, leftmost=True)
             log.warning("%s: requeued %d message(s) left unacknowledged by a previous run", self.node, len(tags))
         return len(tags)
+
+    def put_back_taken(self) -> int:
+        """Return to the queue what this node took but never recorded as delivered (it died, or Redis did, between
+        the take and the record). Runs on every (re)connection of the consuming channel, before it consumes: nothing
+        of this node is between those two steps then. Oldest first, to the end the queue is read from."""
+        moved = 0
+        for _ in range(self.redis.llen(self.taken_key)):
+            if self.redis.lmove(self.taken_key, self.consumer_queue.name, "LEFT", "RIGHT") is None:
+                break
+            moved += 1
+        if moved:
+            log.warning("%s: put back %d message(s) taken but never recorded as delivered", self.node, moved)
+        return moved
 
     def handle(
         self, raw: Any, signature: Any, unexpected: Mapping[str, Any] | None = None, retries: int = 0, task: Any = None
@@ -207,11 +226,11 @@ class ServiceRuntime:
             uow.acknowledgement = (keys["unacked_key"], keys["unacked_index_key"], tag)
         try:
             handler(event, uow)
-            self.failpoint("before_commit", envelope)
+            self.failpoint("before_commit", envelope.type, str(envelope.event_id))
             uow.commit()
             if tag:
                 ACKNOWLEDGED_IN_COMMIT.add(tag)
-            self.failpoint("after_commit", envelope)
+            self.failpoint("after_commit", envelope.type, str(envelope.event_id))
         except AlreadyHandled:
             return "duplicate"
         except (TransientError, ConcurrentUpdate) as exc:
@@ -242,13 +261,14 @@ class ServiceRuntime:
             return None
         return (getattr(task.request, "properties", None) or {}).get("delivery_tag")
 
-    def failpoint(self, point: str, envelope: Envelope) -> None:
-        """Fault injection for the crash tests: with SHOP_FAULT_INJECTION on and SHOP_CRASH_AT=<point>:<EventType>,
-        the worker process dies at that point, once per event (the mark survives the crash in Redis)."""
-        if not self.settings.fault_injection or self.settings.crash_at != f"{point}:{envelope.type}":
+    def failpoint(self, point: str, subject: str, once_per: str) -> None:
+        """Fault injection for the crash tests: with SHOP_FAULT_INJECTION on and SHOP_CRASH_AT=<point>:<subject>
+        (an event type, or the service for `after_take`), the worker process dies at that point, once per
+        `once_per` (an event id, a message): the mark survives the crash in Redis."""
+        if not self.settings.fault_injection or self.settings.crash_at != f"{point}:{subject}":
             return
-        if self.redis.set(f"shop:failpoint:{self.spec.name}:{point}:{envelope.event_id}", 1, nx=True, ex=3600):
-            log.warning("failpoint %s: killing %s on %s", point, self.spec.name, envelope.event_id)
+        if self.redis.set(f"shop:failpoint:{self.spec.name}:{point}:{once_per}", 1, nx=True, ex=3600):
+            log.warning("failpoint %s: killing %s on %s", point, self.spec.name, once_per)
             os._exit(70)
 
 
@@ -271,9 +291,13 @@ class DeadLetteringConsumer(Consumer):
     def connection_for_read(self, heartbeat: Any = None) -> Any:
         """The consuming connection, with its Redis channels guarded against transport-level garbage before they
         exist (see `guard_transport`)."""
+        runtime: ServiceRuntime | None = getattr(self.app, "shop_runtime", None)
         connection = self.app.connection_for_read(heartbeat=heartbeat)
-        guard_transport(connection)
-        return self.ensure_connected(connection)
+        guard_transport(connection, runtime.failpoint if runtime and runtime.settings.fault_injection else None)
+        connection = self.ensure_connected(connection)
+        if runtime is not None and not runtime.settings.broker_is_amqp:
+            runtime.put_back_taken()
+        return connection
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         headers = message.headers if isinstance(message.headers, dict) else {}
@@ -294,17 +318,24 @@ class DeadLetteringConsumer(Consumer):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Transport-level garbage (used by DeadLetteringConsumer only)
+# The consuming channel (used by DeadLetteringConsumer only): how a worker takes messages off its Redis list
 # --------------------------------------------------------------------------------------------------------------------
-# kombu's Redis transport json-parses each item it BRPOPs and builds a kombu Message from it before celery sees it. An
-# item that is not JSON, or JSON that is not a kombu message (no `properties`, no delivery tag, ...), raises inside
-# the worker's event loop: celery logs "Unrecoverable error", the worker process exits (with status 0), and the item,
+# Atomic take. kombu BRPOPs a message and records it in the unacked hash in a second command: a worker killed, or a
+# Redis killed, between the two loses the message (seen in the chaos run: one injected message, with no outbox copy
+# to re-send, vanished). Here the take is `BLMOVE queue -> taken list` (`Keys.taken`, one per worker node) and the
+# unacked record removes it from the taken list in the same MULTI, so the message is always in the queue, the taken
+# list or the unacked set. Whatever a node left in its taken list goes back to the queue when the node (re)connects
+# (`ServiceRuntime.put_back_taken`). Same round trips as kombu's; needs Redis 6.2.
+#
+# Garbage. kombu json-parses each item it takes and builds a kombu Message from it before celery sees it. An item
+# that is not JSON, or JSON that is not a kombu message (no `properties`, no delivery tag, ...), raises inside the
+# worker's event loop: celery logs "Unrecoverable error", the worker process exits (with status 0), and the item,
 # already popped, is lost. Seen with a raw LPUSH of garbage into a service queue (tests/integration/test_bad_input.py).
-# The guard checks every popped item and swaps an unusable one for a well-formed kombu message that carries the
+# The guard checks every taken item and swaps an unusable one for a well-formed kombu message that carries the
 # original bytes (base64) and the problem in a header. That message has no task header and an unregistered content
 # type, so celery hands it to `DeadLetteringConsumer.on_decode_error`: dead-lettered as "undecodable message" with the
-# raw item, then acknowledged like any other message (until then it sits in `unacked` as usual). Only the worker's
-# consuming connection is guarded; the cost is one extra json.loads per delivered message.
+# raw item, then acknowledged like any other message (until then it sits in `unacked` as usual). The cost is one
+# extra json.loads per delivered message.
 UNDECODABLE_CONTENT_TYPE = "application/x-shop-undecodable"
 UNDECODABLE_HEADER = "x-shop-undecodable"
 
@@ -365,11 +396,13 @@ def undecodable_kombu_message(item: bytes | str, queue: str, problem: str) -> st
     )
 
 
-def guard_transport(connection: Connection) -> None:
-    """Make `connection` (not yet connected) use a Redis channel whose BRPOP replies pass `kombu_payload_problem`."""
+def guard_transport(connection: Connection, failpoint: Callable[[str, str, str], None] | None = None) -> None:
+    """Make `connection` (not yet connected) use the consuming channel described above: atomic take, checked items,
+    acks folded into the commit, one reused client."""
     from kombu.transport import redis as kombu_redis
     from kombu.transport import virtual
     from kombu.utils.encoding import bytes_to_str
+    from kombu.utils.json import dumps
     from kombu.utils.objects import cached_property
 
     transport = connection.transport
@@ -378,6 +411,20 @@ def guard_transport(connection: Connection) -> None:
     base = transport.Channel
 
     class AcknowledgedInCommitQoS(base.QoS):  # type: ignore[misc, name-defined]
+        def append(self, message: Any, delivery_tag: str) -> None:
+            """kombu's unacked record, and in the same MULTI the removal of the message from the taken list: the
+            message is in exactly one of the two at every moment."""
+            taken = self.channel.__dict__.pop("_shop_taken_item", None)
+            if taken is None:
+                return super().append(message, delivery_tag)
+            info = message.delivery_info
+            with self.pipe_or_acquire() as pipe:
+                pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+                pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, info["exchange"], info["routing_key"]]))
+                pipe.lrem(self.channel.shop_taken_key, 1, taken)
+                pipe.execute()
+            virtual.QoS.append(self, message, delivery_tag)
+
         def ack(self, delivery_tag: str) -> None:
             """Skip the Redis round trip for a message whose commit already acknowledged it."""
             if delivery_tag in ACKNOWLEDGED_IN_COMMIT:
@@ -389,6 +436,26 @@ def guard_transport(connection: Connection) -> None:
     class GuardedChannel(base):  # type: ignore[misc, valid-type]
         shop_guarded = True
         QoS = AcknowledgedInCommitQoS
+        _shop_moving_from: str | None = None
+
+        @property
+        def shop_taken_key(self) -> str | None:
+            return self.connection.client.transport_options.get(TAKEN_KEY_OPTION)
+
+        def _brpop_start(self, timeout: float | None = None) -> None:
+            """BLMOVE the queue's oldest message into this node's taken list, where kombu would BRPOP it: the take
+            and its record cannot be split by a crash. Only for one queue with one priority list (a service
+            worker); anything else keeps kombu's BRPOP."""
+            keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps
+                    for queue in self._queue_cycle.consume(len(self.active_queues))]
+            if len(keys) != 1 or not self.shop_taken_key or self.global_keyprefix:
+                self._shop_moving_from = None
+                return super()._brpop_start(timeout)
+            self._shop_moving_from = keys[0]
+            self._in_poll = self.client.connection
+            self._brpop_sent_at = monotonic()
+            wait = self.brpop_timeout if timeout is None else timeout
+            self.client.connection.send_command("BLMOVE", keys[0], self.shop_taken_key, "RIGHT", "LEFT", wait or 0)
 
         def _create_client(self, asynchronous: bool = False) -> Any:
             """One synchronous client per channel instead of kombu's new `redis.Redis` per delivery and per ack
@@ -407,8 +474,20 @@ def guard_transport(connection: Connection) -> None:
             parse_response = client.parse_response
 
             def guarded_parse_response(connection: Any, command_name: Any, **options: Any) -> Any:
-                response = parse_response(connection, command_name, **options)
-                if command_name == "BRPOP" and response:
+                if command_name != "BRPOP":
+                    return parse_response(connection, command_name, **options)
+                self.__dict__.pop("_shop_taken_item", None)
+                source = self._shop_moving_from
+                if source is None:
+                    response = parse_response(connection, command_name, **options)
+                else:  # answered as kombu expects from BRPOP: (key, item)
+                    item = parse_response(connection, "BLMOVE", **options)
+                    response = None if item is None else (source.encode(), item)
+                    if item is not None:
+                        self.__dict__["_shop_taken_item"] = item
+                        if failpoint is not None:  # fault injection only
+                            failpoint("after_take", source, hashlib.sha1(bytes(item)).hexdigest())
+                if response:
                     key, item = response
                     problem = kombu_payload_problem(item)
                     if problem is not None:
@@ -421,6 +500,7 @@ def guard_transport(connection: Connection) -> None:
             return client
 
     transport.Channel = GuardedChannel
+
 
 def _safe(headers: Any) -> Any:
     try:

@@ -62,4 +62,9 @@ class Keys:
             "unacked_mutex_key": f"shop:{service}:unacked_mutex:{node}",
         }
 
-
+    @staticmethod
+    def taken(service: str, node: str) -> str:
+        """Messages a worker node took off its queue and has not yet recorded in its unacked set. The take is an
+        atomic move into this list (see `events/consumer.py`, `guard_transport`), so a worker or Redis dying
+        between the take and the record leaves the message here, and the node puts it back when it reconnects."""
+        return f"shop:{service}:taken:{node}"

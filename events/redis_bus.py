@@ -168,9 +168,12 @@ class MessageFactory:
 # --------------------------------------------------------------------------------------------------------------------
 # Every message pushed to a queue is also kept in that queue's outbox (a hash by event id, plus a sorted set of when
 # to check on it) until its consumer commits having handled it (or dead-letters it). Why keep a copy when the push is
-# already atomic with the state: kombu's Redis transport takes a message off the list (BRPOP) and records it as
-# unacknowledged in a *second* command, so a worker killed, or a Redis killed, between the two loses the message.
-# The outbox relay (`OutboxRelay`) re-sends what stayed unsettled too long; the consumer's inbox absorbs the copy.
+# already atomic with the state: a message can be stranded where no one will look again. Each worker node keeps its
+# taken and unacked messages under its own name (events/keys.py), and only that node puts them back when it returns;
+# a node that is scaled away or renamed never does. (kombu's own take, BRPOP and then the unacked record in a second
+# command, would even lose a message to a kill between the two; the consuming channel in events/consumer.py makes the
+# take an atomic move instead.) The outbox relay (`OutboxRelay`) re-sends what stayed unsettled too long; the
+# consumer's inbox absorbs the copy.
 #
 # Every published event is also appended to the event log (a capped Redis stream): the history that `shop trace`
 # follows and that a new service can replay to build its projections.
@@ -462,6 +465,11 @@ def scan_documents(client: redis.Redis, service: str, collection: str) -> dict[s
     return found
 
 
+TAKEN_KEY_OPTION = "shop_taken_key"
+"""The transport option that names a worker node's taken list (`Keys.taken`); kombu ignores options it does not
+know, the consuming channel reads it."""
+
+
 def make_celery_app(name: str, settings: BusSettings, service: str | None = None, node: str = "") -> Celery:
     app = Celery(name, broker=settings.broker_url, set_as_current=False)
     transport_options: dict[str, Any] = {
@@ -470,9 +478,13 @@ def make_celery_app(name: str, settings: BusSettings, service: str | None = None
         # whose worker was killed would wait 100 s past its visibility timeout. Sweep a few times per timeout.
         "unacked_restore_interval": max(1, int(settings.visibility_timeout // 4)),
         "unacked_restore_throttle": 1,
+        # One Redis list per queue instead of kombu's four (one per priority step): nothing here uses priorities,
+        # and a single list is what lets a worker take a message with one atomic BLMOVE (events/consumer.py).
+        "priority_steps": [0],
     }
     if service:
         transport_options.update(Keys.unacked(service, node))
+        transport_options[TAKEN_KEY_OPTION] = Keys.taken(service, node)
     if _kombu_ssl(settings):
         app.conf.broker_use_ssl = _kombu_ssl(settings)
     app.conf.update(

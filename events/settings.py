@@ -59,7 +59,9 @@ class BusSettings(BaseSettings):
     fault_injection: bool = Field(
         False, description="enables test-only faults (card_slow, card_crash, crash_at); never in production"
     )
-    crash_at: str = Field("", description="with fault_injection: '<before_commit|after_commit>:<EventType>'")
+    crash_at: str = Field(
+        "", description="with fault_injection: '<before_commit|after_commit>:<EventType>' or 'after_take:<service>'"
+    )
 
     @model_validator(mode="after")
     def _broker_defaults_to_redis(self) -> BusSettings:

@@ -11,6 +11,7 @@ import redis
 from events.consumer import in_flight
 from events.deadletters import DeadLetterStore
 from events.envelope import Envelope, seal
+from events.keys import Keys
 from events.redis_bus import RedisPublisher, declare_topology, scan_documents
 from events.settings import BusSettings
 from payment_service.gateway import RedisLedger
@@ -119,3 +120,25 @@ def test_duplicate_delivery_of_the_same_event_has_one_effect(publisher, redis_cl
     assert list(payments(redis_client)) == [order_id]
     assert redis_client.llen("order_service") == 1
     assert redis_client.llen(RedisLedger.CHARGES) == 1
+
+
+def test_worker_killed_between_taking_a_message_and_recording_it_handles_it_after_restart(
+    publisher, redis_client, start_worker
+):
+    """kombu's own take (BRPOP, then the unacked record) loses a message to a kill in between. Here the take is an
+    atomic move into the node's taken list: the message must be found there, with no outbox copy to fall back on."""
+    order_id = place(publisher)
+    redis_client.delete(Keys.outbox("payment_service"), Keys.outbox_schedule("payment_service"))
+    crashing = start_worker("payment_service", SHOP_CRASH_AT="after_take:payment_service")
+    wait_until(lambda: crashing.poll() is not None, message="the worker to die right after the take")
+    assert redis_client.llen("payment_service") == 0, "the message left the queue"
+    [taken] = [key for key in redis_client.scan_iter(match=Keys.taken("payment_service", "*"))]
+    assert redis_client.llen(taken) == 1, "and sits in the node's taken list, not in memory only"
+    assert in_flight(redis_client, "payment_service") == 1
+
+    start_worker("payment_service")
+    wait_until(lambda: order_id in payments(redis_client) and in_flight(redis_client, "payment_service") == 0,
+               timeout=30, message="the taken message to be put back and handled")
+    assert redis_client.llen(taken) == 0
+    assert redis_client.lrange(RedisLedger.CHARGES, 0, -1) == [order_id.encode()]
+    assert redis_client.llen("order_service") == 1
