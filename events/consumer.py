@@ -4,7 +4,8 @@ Every message is verified (signature, size, JSON, schema, known type) before any
 straight to the handler, a redelivery is checked against the inbox and counted (poison messages); the handler's
 effects are committed in one atomic step (events/redis_bus.py); rejects, poison messages and exhausted retries go to
 the service's dead-letter store with their reason. Celery is configured for at-least-once delivery: acks_late,
-reject_on_worker_lost, per-service and per-node unacked keys, a visibility timeout per service.
+reject_on_worker_lost; on Redis each worker node takes messages atomically into its own taken list, which is also
+its record of what it holds unacknowledged (see "The consuming channel" below).
 """
 
 from __future__ import annotations
@@ -45,9 +46,14 @@ from events.unit_of_work import AlreadyHandled, ConcurrentUpdate
 
 log = logging.getLogger(__name__)
 
+TAKEN: dict[str, tuple[str, bytes]] = {}
+"""Delivery tag -> (queue, message as taken) for every message this worker's consuming channel took and has not yet
+acknowledged: what removes it from the node's taken list, or puts it back (see `guard_transport`). One consuming
+channel per worker process, so one registry."""
+
 ACKNOWLEDGED_IN_COMMIT: set[str] = set()
-"""Delivery tags whose unacked record the commit script already removed: kombu's ack then has nothing left to do
-in Redis (see `guard_transport`)."""
+"""Delivery tags whose message the commit script already removed from the taken list: kombu's ack then has nothing
+left to do in Redis."""
 
 
 def in_flight(client: redis.Redis, service: str) -> int:
@@ -99,7 +105,8 @@ class ServiceRuntime:
         return OutboxRelay(self.spec.queue, self.settings, self.redis)
 
     def take_back_unacked(self) -> int:
-        """Requeue every message this node's previous incarnation was handling when it died.
+        """Requeue every message this node's previous incarnation recorded in kombu's unacked set (a consumer
+        without a taken list, see `put_back_taken`) and was handling when it died.
 
         Call before consuming. kombu would restore them only after the visibility timeout; a node name is unique
         among live workers (the supervisor and compose give each its own), so whatever is left under it belongs
@@ -116,17 +123,18 @@ class ServiceRuntime:
         return len(tags)
 
     def put_back_taken(self) -> int:
-        """Return to the queue what this node took but never recorded as delivered (it died, or Redis did, between
-        the take and the record). Runs on every (re)connection of the consuming channel, before it consumes: nothing
-        of this node is between those two steps then. Oldest first, to the end the queue is read from."""
-        moved = 0
-        for _ in range(self.redis.llen(self.taken_key)):
-            if self.redis.lmove(self.taken_key, self.consumer_queue.name, "LEFT", "RIGHT") is None:
-                break
-            moved += 1
-        if moved:
-            log.warning("%s: put back %d message(s) taken but never recorded as delivered", self.node, moved)
-        return moved
+        """Return to the queue, marked redelivered, every message this node took and never acknowledged (it died, or
+        lost Redis, meanwhile). Runs on every (re)connection of the consuming channel, before it consumes: whatever
+        the previous connection held will never be acknowledged through it. Oldest first, at the end the queue is
+        read from."""
+        TAKEN.clear()
+        ACKNOWLEDGED_IN_COMMIT.clear()
+        items = self.redis.lrange(self.taken_key, 0, -1)  # newest first
+        for item in items:
+            put_back(self.redis, self.taken_key, self.consumer_queue.name, item)
+        if items:
+            log.warning("%s: put back %d message(s) taken and never acknowledged", self.node, len(items))
+        return len(items)
 
     def handle(
         self, raw: Any, signature: Any, unexpected: Mapping[str, Any] | None = None, retries: int = 0, task: Any = None
@@ -222,8 +230,7 @@ class ServiceRuntime:
         uow = self.publisher.unit_of_work(self.spec.name, envelope)
         tag = self._tag_to_acknowledge_in_commit(task)
         if tag:
-            keys = Keys.unacked(self.spec.name, self.node)
-            uow.acknowledgement = (keys["unacked_key"], keys["unacked_index_key"], tag)
+            uow.acknowledgement = (self.taken_key, TAKEN[tag][1])
         try:
             handler(event, uow)
             self.failpoint("before_commit", envelope.type, str(envelope.event_id))
@@ -255,11 +262,13 @@ class ServiceRuntime:
         return "handled"
 
     def _tag_to_acknowledge_in_commit(self, task: Any) -> str | None:
-        """The delivery tag, when kombu's Redis ack can be folded into the commit: Redis broker, and the solo pool
-        (the task runs in the process whose kombu channel will skip its own ack; elsewhere kombu just acks)."""
+        """The delivery tag, when the ack can be folded into the commit: a message this process took into its taken
+        list (Redis broker, solo pool: the task runs in the process whose channel took it and will skip its own
+        ack; elsewhere the channel just acks)."""
         if task is None or self.settings.broker_is_amqp or self.settings.worker_pool != "solo":
             return None
-        return (getattr(task.request, "properties", None) or {}).get("delivery_tag")
+        tag = (getattr(task.request, "properties", None) or {}).get("delivery_tag")
+        return tag if tag in TAKEN else None
 
     def failpoint(self, point: str, subject: str, once_per: str) -> None:
         """Fault injection for the crash tests: with SHOP_FAULT_INJECTION on and SHOP_CRASH_AT=<point>:<subject>
@@ -322,10 +331,14 @@ class DeadLetteringConsumer(Consumer):
 # --------------------------------------------------------------------------------------------------------------------
 # Atomic take. kombu BRPOPs a message and records it in the unacked hash in a second command: a worker killed, or a
 # Redis killed, between the two loses the message (seen in the chaos run: one injected message, with no outbox copy
-# to re-send, vanished). Here the take is `BLMOVE queue -> taken list` (`Keys.taken`, one per worker node) and the
-# unacked record removes it from the taken list in the same MULTI, so the message is always in the queue, the taken
-# list or the unacked set. Whatever a node left in its taken list goes back to the queue when the node (re)connects
-# (`ServiceRuntime.put_back_taken`). Same round trips as kombu's; needs Redis 6.2.
+# to re-send, vanished). Here the take is `BLMOVE queue -> taken list` (`Keys.taken`, one list per worker node), and
+# that list *is* the record of what the node holds unacknowledged: the ack is an LREM (folded into the commit script
+# when the handler commits), a reject or a channel close moves the message back to its queue in one MULTI. So a
+# message is always in exactly one list, and a delivery costs one round trip less than kombu's take-then-record.
+# Whatever a node left in its taken list goes back to the queue, flagged redelivered, when the node (re)connects
+# (`ServiceRuntime.put_back_taken`); messages of a node that never returns are re-sent by the outbox relay. kombu's
+# visibility timeout does not apply to taken messages: a slow handler is never handed its message a second time.
+# Needs Redis 6.2.
 #
 # Garbage. kombu json-parses each item it takes and builds a kombu Message from it before celery sees it. An item
 # that is not JSON, or JSON that is not a kombu message (no `properties`, no delivery tag, ...), raises inside the
@@ -396,13 +409,29 @@ def undecodable_kombu_message(item: bytes | str, queue: str, problem: str) -> st
     )
 
 
+def put_back(client: Any, taken_key: str, queue: str, item: bytes, leftmost: bool = False) -> None:
+    """Move one taken message back to its queue, in one MULTI, flagged as redelivered as kombu flags a restored
+    message (the runtime counts redeliveries to stop poison messages). An item that is not a kombu message goes
+    back as it was: the guard dead-letters it when it is taken again."""
+    try:
+        payload = json.loads(item)
+        payload["headers"]["redelivered"] = True
+        payload["properties"]["delivery_info"]["redelivered"] = True
+        restored: bytes | str = json.dumps(payload)
+    except (ValueError, TypeError, KeyError):
+        restored = item
+    with client.pipeline() as pipe:
+        pipe.lrem(taken_key, 1, item)
+        (pipe.lpush if leftmost else pipe.rpush)(queue, restored)
+        pipe.execute()
+
+
 def guard_transport(connection: Connection, failpoint: Callable[[str, str, str], None] | None = None) -> None:
     """Make `connection` (not yet connected) use the consuming channel described above: atomic take, checked items,
     acks folded into the commit, one reused client."""
     from kombu.transport import redis as kombu_redis
     from kombu.transport import virtual
     from kombu.utils.encoding import bytes_to_str
-    from kombu.utils.json import dumps
     from kombu.utils.objects import cached_property
 
     transport = connection.transport
@@ -410,32 +439,51 @@ def guard_transport(connection: Connection, failpoint: Callable[[str, str, str],
         return  # RabbitMQ validates frames itself; already guarded
     base = transport.Channel
 
-    class AcknowledgedInCommitQoS(base.QoS):  # type: ignore[misc, name-defined]
+    class TakenListQoS(base.QoS):  # type: ignore[misc, name-defined]
+        """kombu's ack emulation, with the node's taken list as the record of what is unacknowledged: nothing to
+        write when a message arrives (the BLMOVE put it there), one LREM to ack it (none when the commit did)."""
+
         def append(self, message: Any, delivery_tag: str) -> None:
-            """kombu's unacked record, and in the same MULTI the removal of the message from the taken list: the
-            message is in exactly one of the two at every moment."""
-            taken = self.channel.__dict__.pop("_shop_taken_item", None)
+            taken = self.channel.__dict__.pop("_shop_taken", None)
             if taken is None:
                 return super().append(message, delivery_tag)
-            info = message.delivery_info
-            with self.pipe_or_acquire() as pipe:
-                pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
-                pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, info["exchange"], info["routing_key"]]))
-                pipe.lrem(self.channel.shop_taken_key, 1, taken)
-                pipe.execute()
+            TAKEN[delivery_tag] = taken
             virtual.QoS.append(self, message, delivery_tag)
 
         def ack(self, delivery_tag: str) -> None:
-            """Skip the Redis round trip for a message whose commit already acknowledged it."""
+            taken = TAKEN.pop(delivery_tag, None)
             if delivery_tag in ACKNOWLEDGED_IN_COMMIT:
                 ACKNOWLEDGED_IN_COMMIT.discard(delivery_tag)
-                virtual.QoS.ack(self, delivery_tag)  # kombu's in-memory bookkeeping only
-                return
-            super().ack(delivery_tag)
+            elif taken is None:
+                return super().ack(delivery_tag)
+            else:
+                with self.channel.conn_or_acquire() as client:
+                    client.lrem(self.channel.shop_taken_key, 1, taken[1])
+            virtual.QoS.ack(self, delivery_tag)
+
+        def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+            taken = TAKEN.pop(delivery_tag, None)
+            ACKNOWLEDGED_IN_COMMIT.discard(delivery_tag)
+            if taken is None:
+                return super().reject(delivery_tag, requeue=requeue)
+            with self.channel.conn_or_acquire() as client:
+                if requeue:
+                    put_back(client, self.channel.shop_taken_key, taken[0], taken[1], leftmost=True)
+                else:
+                    client.lrem(self.channel.shop_taken_key, 1, taken[1])
+            virtual.QoS.ack(self, delivery_tag)
+
+        def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+            """What kombu calls for every unacknowledged message when the channel closes."""
+            taken = TAKEN.pop(tag, None)
+            if taken is None:
+                return super().restore_by_tag(tag, client=client, leftmost=leftmost)
+            with self.channel.conn_or_acquire(client) as client:
+                put_back(client, self.channel.shop_taken_key, taken[0], taken[1], leftmost=leftmost)
 
     class GuardedChannel(base):  # type: ignore[misc, valid-type]
         shop_guarded = True
-        QoS = AcknowledgedInCommitQoS
+        QoS = TakenListQoS
         _shop_moving_from: str | None = None
 
         @property
@@ -476,7 +524,7 @@ def guard_transport(connection: Connection, failpoint: Callable[[str, str, str],
             def guarded_parse_response(connection: Any, command_name: Any, **options: Any) -> Any:
                 if command_name != "BRPOP":
                     return parse_response(connection, command_name, **options)
-                self.__dict__.pop("_shop_taken_item", None)
+                self.__dict__.pop("_shop_taken", None)
                 source = self._shop_moving_from
                 if source is None:
                     response = parse_response(connection, command_name, **options)
@@ -484,7 +532,7 @@ def guard_transport(connection: Connection, failpoint: Callable[[str, str, str],
                     item = parse_response(connection, "BLMOVE", **options)
                     response = None if item is None else (source.encode(), item)
                     if item is not None:
-                        self.__dict__["_shop_taken_item"] = item
+                        self.__dict__["_shop_taken"] = (source, item)
                         if failpoint is not None:  # fault injection only
                             failpoint("after_take", source, hashlib.sha1(bytes(item)).hexdigest())
                 if response:

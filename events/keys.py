@@ -53,7 +53,8 @@ class Keys:
 
     @staticmethod
     def unacked(service: str, node: str) -> dict[str, str]:
-        """kombu's bookkeeping of delivered-but-unacknowledged messages, one set per worker *node*. Per service, so
+        """kombu's bookkeeping of delivered-but-unacknowledged messages, one set per worker *node*, for consumers
+        that do not keep a taken list (`taken`: every service worker does). Per service, so
         one service's visibility timeout never applies to another's; per node, so a worker restarted under its
         name can take back at once what its killed predecessor held (see `ServiceRuntime.take_back_unacked`)."""
         return {
@@ -64,7 +65,7 @@ class Keys:
 
     @staticmethod
     def taken(service: str, node: str) -> str:
-        """Messages a worker node took off its queue and has not yet recorded in its unacked set. The take is an
-        atomic move into this list (see `events/consumer.py`, `guard_transport`), so a worker or Redis dying
-        between the take and the record leaves the message here, and the node puts it back when it reconnects."""
+        """Messages a worker node took off its queue and has not acknowledged. The take is an atomic move into this
+        list and the ack removes them (see `events/consumer.py`, `guard_transport`), so a worker or Redis dying at
+        any point leaves the message here or in its queue; the node puts it back when it reconnects."""
         return f"shop:{service}:taken:{node}"

@@ -16,8 +16,8 @@ Design (see the README for the broker pitfalls each choice avoids):
 * Atomicity. The service keeps its own documents in this Redis, under `shop:<service>:`. One Lua script checks the
   inbox and the versions of what the handler read, then writes the documents, the inbox mark, the LPUSH of every
   outgoing message, its outbox copy and the event log entry: "state saved but event never published" cannot happen.
-  The outbox copy exists because kombu takes a message off its list and records it as unacknowledged in two
-  separate commands; `OutboxRelay` re-sends what a crash between the two lost. The price of this design is that a
+  The outbox copy exists because a message taken by a worker node that never comes back would wait for that
+  node forever; `OutboxRelay` re-sends what stayed unsettled too long. The price of this design is that a
   service's store lives beside the broker; a service on its own SQL database would need an outbox table + relay.
 * Consumption: events/consumer.py (the celery worker runtime); dead letters: events/deadletters.py.
 """
@@ -178,22 +178,21 @@ class MessageFactory:
 # Every published event is also appended to the event log (a capped Redis stream): the history that `shop trace`
 # follows and that a new service can replay to build its projections.
 #
-# The consumer's acknowledgement can be part of the step too: kombu records a delivered message in the worker node's
-# unacked hash + index and removes it on ack; removing it here makes "handled" and "acknowledged" one fact and saves
-# kombu's own ack round trip (events/consumer.py skips it for such tags).
+# The consumer's acknowledgement can be part of the step too: a worker keeps each message it took in its node's taken
+# list until it acknowledges it (events/consumer.py); removing it here makes "handled" and "acknowledged" one fact and
+# saves the ack's own round trip.
 #
 # KEYS: inbox, deliveries counter, own outbox, own outbox schedule ('' for all four when the work has no cause),
-#       unacked hash, unacked index ('' for both when nothing is acknowledged here),
-#       n document keys, then three keys per delivery: target, target's outbox, target's outbox schedule
+#       the taken list ('' when nothing is acknowledged here), n document keys, then three keys per delivery: target, target's outbox, target's outbox schedule
 #       (outbox keys '' when the target is a dead-letter hash; target '' when the broker is RabbitMQ), then the
 #       event log.
-# ARGV: n, inbox ttl, cause event id, when to check on the new deliveries, event log length, delivery tag to
+# ARGV: n, inbox ttl, cause event id, when to check on the new deliveries, event log length, the taken message to
 #       acknowledge, n expected versions, n documents, then per delivery: payload, id; then per published event:
 #       type, correlation id, envelope, signature.
 # Returns 1 committed, 0 already handled, -1 a document changed since it was read.
 COMMIT_SCRIPT = """
 local n = tonumber(ARGV[1])
-local K, A = 6, 6
+local K, A = 5, 6
 if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 for i = 1, n do
   local current = redis.call('HGET', KEYS[K + i], 'v') or '0'
@@ -208,10 +207,7 @@ if KEYS[3] ~= '' then
   redis.call('HDEL', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
 end
-if KEYS[5] ~= '' then
-  redis.call('HDEL', KEYS[5], ARGV[6])
-  redis.call('ZREM', KEYS[6], ARGV[6])
-end
+if KEYS[5] ~= '' then redis.call('LREM', KEYS[5], 1, ARGV[6]) end
 local a = A + 1 + 2 * n
 for k = K + 1 + n, #KEYS - 1, 3 do
   if KEYS[k + 1] == '' then
@@ -295,11 +291,11 @@ class RedisPublisher:
         cause: tuple[str, str] | None = None,
         writes: list[tuple[str, str, str]] = (),
         extra_deliveries: list[Delivery] = (),
-        acknowledge: tuple[str, str, str] | None = None,
+        acknowledge: tuple[str, bytes] | None = None,
     ) -> int:
         """The atomic step. `envelopes` are published (routed, queued, logged); `cause` = (service, event id) being
         handled; `writes` = (key, expected version, json); `extra_deliveries` go to one queue and are not logged;
-        `acknowledge` = (unacked hash, unacked index, delivery tag) of the message being handled."""
+        `acknowledge` = (taken list, message) of the message being handled."""
         sealed = [(envelope, seal(envelope, self.settings.key)) for envelope in envelopes]
         deliveries = [d for envelope, s in sealed for d in self.deliveries_for(s, envelope)]
         deliveries += extra_deliveries
@@ -309,7 +305,7 @@ class RedisPublisher:
             Keys.deliveries(service, event_id) if cause else "",
             Keys.outbox(service) if cause else "",
             Keys.outbox_schedule(service) if cause else "",
-            *(acknowledge[:2] if acknowledge else ("", "")),
+            acknowledge[0] if acknowledge else "",
             *(key for key, _, _ in writes),
             *(key for delivery in deliveries for key in delivery.keys),
             Keys.event_log(),
@@ -320,7 +316,7 @@ class RedisPublisher:
             event_id,
             time.time() + self.settings.redeliver_after,
             self.settings.event_log_length,
-            acknowledge[2] if acknowledge else "",
+            acknowledge[1] if acknowledge else "",
             *(version for _, version, _ in writes),
             *(document for _, _, document in writes),
             *(value for delivery in deliveries for value in (delivery.payload, delivery.id)),
@@ -352,9 +348,9 @@ class RedisUnitOfWork(UnitOfWork):
         self._publisher = publisher
         self._redis = publisher.redis
         self._versions: dict[tuple[str, str], str] = {}
-        self.acknowledgement: tuple[str, str, str] | None = None
-        """(unacked hash, unacked index, delivery tag): set by the consumer runtime to acknowledge the message
-        being handled in the commit itself."""
+        self.acknowledgement: tuple[str, bytes] | None = None
+        """(taken list, message): set by the consumer runtime to acknowledge the message being handled in the
+        commit itself."""
 
     def get(self, collection: str, key: str) -> dict[str, Any] | None:
         version, data = self._redis.hmget(Keys.document(self.service, collection, key), "v", "d")
