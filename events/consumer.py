@@ -168,7 +168,7 @@ class ServiceRuntime:
             return self._handle(raw, signature, unexpected, retries, task, opened)
         except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
             # Store or broker unreachable: give the message back untouched. If even that fails, it stays in the
-            # unacked set and returns after the visibility timeout. Acknowledging here would lose it.
+            # node's taken list and goes back when the worker reconnects. Acknowledging here would lose it.
             log.warning("%s: Redis unavailable (%s); requeueing the message", self.spec.name, exc)
             time.sleep(self.settings.retry_backoff)
             raise Reject(exc, requeue=True) from None

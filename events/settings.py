@@ -40,7 +40,9 @@ class BusSettings(BaseSettings):
     )
     max_message_bytes: int = Field(64 * 1024, description="larger envelopes are dead-lettered unread")
     visibility_timeout: float = Field(
-        60.0, description="seconds before an unacknowledged message (its worker died) is delivered again"
+        60.0,
+        description="kombu's redelivery of an unacknowledged message, for consumers without a taken list (service "
+        "workers keep one and put back what they held when they restart)",
     )
     prefetch_multiplier: int = 4
     worker_pool: str = "solo"

@@ -17,11 +17,12 @@ from kombu import Connection
 from typer.testing import CliRunner
 
 from events.bus import ServiceSpec
+from events.consumer import ServiceRuntime, guard_transport
 from events.catalog import NotificationSent, OrderItem, StockReserved
 from events.deadletters import UNROUTABLE, DeadLetterStore
 from events.envelope import Envelope, open_envelope, seal
 from events.keys import Keys
-from events.redis_bus import RedisPublisher, declare_topology
+from events.redis_bus import RedisPublisher, consumer_queue, declare_topology, make_celery_app
 from events.settings import BusSettings
 from events.unit_of_work import AlreadyHandled, ConcurrentUpdate
 from order_service.domain import Order
@@ -334,3 +335,77 @@ def test_a_dead_letter_without_an_envelope_is_kept_not_replayed(settings: BusSet
 
     assert store.list() == [record]
     assert redis_client.llen("payment_service") == 0
+
+
+# -- the consuming channel: atomic take, the taken list as the record of what is unacknowledged -----------------------
+TAKING_NODE = "probe@test"
+
+
+@pytest.fixture
+def take(settings: BusSettings) -> Iterator[Any]:
+    """Takes one message off payment_service the way a worker does (its consuming connection, guarded as in
+    events/consumer.py); returns (connection, kombu message)."""
+    app = make_celery_app("probe", settings, service="payment_service", node=TAKING_NODE)
+    opened: list[Connection] = []
+
+    def take_one() -> tuple[Connection, Any]:
+        connection = app.connection_for_read()
+        guard_transport(connection)
+        opened.append(connection)
+        received: list[Any] = []
+        consumer = connection.Consumer(
+            [consumer_queue(SERVICES["payment_service"], settings)], accept=["json"],
+            callbacks=[lambda body, message: received.append(message)],
+        )
+        consumer.qos(prefetch_count=1)
+        consumer.consume()
+        connection.drain_events(timeout=5)
+        [message] = received
+        return connection, message
+
+    yield take_one
+    for connection in opened:
+        connection.release()
+
+
+def test_a_taken_message_is_recorded_in_the_taken_list_only_until_acknowledged(
+    settings, publisher, redis_client, take
+):
+    declare_topology(settings, list(SERVICES.values()))
+    publisher.publish(wrap(stock_reserved()))
+    _, message = take()
+    taken = Keys.taken("payment_service", TAKING_NODE)
+    assert redis_client.llen("payment_service") == 0
+    assert redis_client.llen(taken) == 1, "the take moved it into the node's taken list, in the same command"
+    assert redis_client.hlen(Keys.unacked("payment_service", TAKING_NODE)["unacked_key"]) == 0, "no second record"
+    message.ack()
+    assert redis_client.llen(taken) == 0 and redis_client.llen("payment_service") == 0
+
+
+def test_a_rejected_message_goes_back_to_its_queue_flagged_redelivered(settings, publisher, redis_client, take):
+    declare_topology(settings, list(SERVICES.values()))
+    envelope = wrap(stock_reserved())
+    publisher.publish(envelope)
+    _, message = take()
+    message.reject(requeue=True)
+    [back] = queued(redis_client, "payment_service")
+    assert back["redelivered"] is True, "the runtime counts redeliveries to stop poison messages"
+    assert queued_envelopes(redis_client, "payment_service", settings)[0].event_id == envelope.event_id
+    assert redis_client.llen(Keys.taken("payment_service", TAKING_NODE)) == 0
+
+
+def test_what_a_closing_channel_held_goes_back_and_a_reconnecting_node_puts_back_the_rest(
+    settings, publisher, redis_client, take
+):
+    declare_topology(settings, list(SERVICES.values()))
+    publisher.publish(wrap(stock_reserved()))
+    connection, _ = take()
+    connection.release()  # closes the channel without an ack: kombu restores what it held
+    assert [m["redelivered"] for m in queued(redis_client, "payment_service")] == [True]
+
+    taken = Keys.taken("payment_service", TAKING_NODE)
+    redis_client.lmove("payment_service", taken)  # as a worker killed right after its take leaves it
+    runtime = ServiceRuntime(SERVICES["payment_service"], settings, node=TAKING_NODE)
+    assert runtime.put_back_taken() == 1
+    assert redis_client.llen(taken) == 0
+    assert [m["redelivered"] for m in queued(redis_client, "payment_service")] == [True]
