@@ -17,12 +17,17 @@ from kombu import Connection
 from typer.testing import CliRunner
 
 from events.bus import ServiceSpec
-from events.consumer import ServiceRuntime, guard_transport
 from events.catalog import NotificationSent, OrderItem, StockReserved
+from events.consumer import ServiceRuntime, guard_transport
 from events.deadletters import UNROUTABLE, DeadLetterStore
 from events.envelope import Envelope, open_envelope, seal
 from events.keys import Keys
-from events.redis_bus import RedisPublisher, consumer_queue, declare_topology, make_celery_app
+from events.redis_bus import (
+    RedisPublisher,
+    consumer_queue,
+    declare_topology,
+    make_celery_app,
+)
 from events.settings import BusSettings
 from events.unit_of_work import AlreadyHandled, ConcurrentUpdate
 from order_service.domain import Order
