@@ -46,14 +46,11 @@ from events.unit_of_work import AlreadyHandled, ConcurrentUpdate
 
 log = logging.getLogger(__name__)
 
-TAKEN: dict[str, tuple[str, bytes]] = {}
+TAKEN: dict[str, tuple[str, bytes] | None] = {}
 """Delivery tag -> (queue, message as taken) for every message this worker's consuming channel took and has not yet
-acknowledged: what removes it from the node's taken list, or puts it back (see `guard_transport`). One consuming
-channel per worker process, so one registry."""
-
-ACKNOWLEDGED_IN_COMMIT: set[str] = set()
-"""Delivery tags whose message the commit script already removed from the taken list: kombu's ack then has nothing
-left to do in Redis."""
+acknowledged: what removes it from the node's taken list, or puts it back (see `guard_transport`). None once the
+commit script has removed it: the channel's ack then has nothing left to do in Redis. One consuming channel per
+worker process, so one registry."""
 
 
 def in_flight(client: redis.Redis, service: str) -> int:
@@ -128,7 +125,6 @@ class ServiceRuntime:
         the previous connection held will never be acknowledged through it. Oldest first, at the end the queue is
         read from."""
         TAKEN.clear()
-        ACKNOWLEDGED_IN_COMMIT.clear()
         items = self.redis.lrange(self.taken_key, 0, -1)  # newest first
         for item in items:
             put_back(self.redis, self.taken_key, self.consumer_queue.name, item)
@@ -144,8 +140,15 @@ class ServiceRuntime:
         started, outcome = time.perf_counter(), "error"
         opened: dict[str, Envelope] = {}  # the envelope once verified, so the log line need not parse it again
         try:
-            outcome = self._handle_or_requeue(raw, signature, unexpected, retries, task, opened)
+            outcome = self._handle(raw, signature, unexpected, retries, task, opened)
             return outcome
+        except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+            # Store or broker unreachable: give the message back untouched. If even that fails, it stays in the
+            # node's taken list and goes back when the worker reconnects. Acknowledging here would lose it.
+            outcome = "requeued"
+            log.warning("%s: Redis unavailable (%s); requeueing the message", self.spec.name, exc)
+            time.sleep(self.settings.retry_backoff)
+            raise Reject(exc, requeue=True) from None
         except Retry:
             outcome = "retried"
             raise
@@ -154,24 +157,6 @@ class ServiceRuntime:
             raise
         finally:
             self.observer.record(raw, outcome, started, opened.get("envelope"))
-
-    def _handle_or_requeue(
-        self,
-        raw: Any,
-        signature: Any,
-        unexpected: Mapping[str, Any] | None,
-        retries: int,
-        task: Any,
-        opened: dict[str, Envelope],
-    ) -> str:
-        try:
-            return self._handle(raw, signature, unexpected, retries, task, opened)
-        except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
-            # Store or broker unreachable: give the message back untouched. If even that fails, it stays in the
-            # node's taken list and goes back when the worker reconnects. Acknowledging here would lose it.
-            log.warning("%s: Redis unavailable (%s); requeueing the message", self.spec.name, exc)
-            time.sleep(self.settings.retry_backoff)
-            raise Reject(exc, requeue=True) from None
 
     def _handle(
         self,
@@ -236,7 +221,7 @@ class ServiceRuntime:
             self.failpoint("before_commit", envelope.type, str(envelope.event_id))
             uow.commit()
             if tag:
-                ACKNOWLEDGED_IN_COMMIT.add(tag)
+                TAKEN[tag] = None
             self.failpoint("after_commit", envelope.type, str(envelope.event_id))
         except AlreadyHandled:
             return "duplicate"
@@ -268,7 +253,7 @@ class ServiceRuntime:
         if task is None or self.settings.broker_is_amqp or self.settings.worker_pool != "solo":
             return None
         tag = (getattr(task.request, "properties", None) or {}).get("delivery_tag")
-        return tag if tag in TAKEN else None
+        return tag if TAKEN.get(tag) is not None else None
 
     def failpoint(self, point: str, subject: str, once_per: str) -> None:
         """Fault injection for the crash tests: with SHOP_FAULT_INJECTION on and SHOP_CRASH_AT=<point>:<subject>
@@ -347,7 +332,7 @@ class DeadLetteringConsumer(Consumer):
 # The guard checks every taken item and swaps an unusable one for a well-formed kombu message that carries the
 # original bytes (base64) and the problem in a header. That message has no task header and an unregistered content
 # type, so celery hands it to `DeadLetteringConsumer.on_decode_error`: dead-lettered as "undecodable message" with the
-# raw item, then acknowledged like any other message (until then it sits in `unacked` as usual). The cost is one
+# raw item, then acknowledged like any other message (until then it sits in the taken list as usual). The cost is one
 # extra json.loads per delivered message.
 UNDECODABLE_CONTENT_TYPE = "application/x-shop-undecodable"
 UNDECODABLE_HEADER = "x-shop-undecodable"
@@ -451,35 +436,31 @@ def guard_transport(connection: Connection, failpoint: Callable[[str, str, str],
             virtual.QoS.append(self, message, delivery_tag)
 
         def ack(self, delivery_tag: str) -> None:
-            taken = TAKEN.pop(delivery_tag, None)
-            if delivery_tag in ACKNOWLEDGED_IN_COMMIT:
-                ACKNOWLEDGED_IN_COMMIT.discard(delivery_tag)
-            elif taken is None:
+            if delivery_tag not in TAKEN:
                 return super().ack(delivery_tag)
-            else:
+            taken = TAKEN.pop(delivery_tag)
+            if taken is not None:  # None: the commit script removed it already
                 with self.channel.conn_or_acquire() as client:
                     client.lrem(self.channel.shop_taken_key, 1, taken[1])
             virtual.QoS.ack(self, delivery_tag)
 
         def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-            taken = TAKEN.pop(delivery_tag, None)
-            ACKNOWLEDGED_IN_COMMIT.discard(delivery_tag)
-            if taken is None:
+            if delivery_tag not in TAKEN:
                 return super().reject(delivery_tag, requeue=requeue)
-            with self.channel.conn_or_acquire() as client:
-                if requeue:
-                    put_back(client, self.channel.shop_taken_key, taken[0], taken[1], leftmost=True)
-                else:
-                    client.lrem(self.channel.shop_taken_key, 1, taken[1])
+            if not requeue:
+                return self.ack(delivery_tag)
+            self.restore_by_tag(delivery_tag, leftmost=True)
             virtual.QoS.ack(self, delivery_tag)
 
         def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
-            """What kombu calls for every unacknowledged message when the channel closes."""
-            taken = TAKEN.pop(tag, None)
-            if taken is None:
+            """What kombu calls for every unacknowledged message when the channel closes, and a reject with
+            requeue above."""
+            if tag not in TAKEN:
                 return super().restore_by_tag(tag, client=client, leftmost=leftmost)
-            with self.channel.conn_or_acquire(client) as client:
-                put_back(client, self.channel.shop_taken_key, taken[0], taken[1], leftmost=leftmost)
+            taken = TAKEN.pop(tag)
+            if taken is not None:
+                with self.channel.conn_or_acquire(client) as client:
+                    put_back(client, self.channel.shop_taken_key, taken[0], taken[1], leftmost=leftmost)
 
     class GuardedChannel(base):  # type: ignore[misc, valid-type]
         shop_guarded = True

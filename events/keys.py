@@ -54,9 +54,9 @@ class Keys:
     @staticmethod
     def unacked(service: str, node: str) -> dict[str, str]:
         """kombu's bookkeeping of delivered-but-unacknowledged messages, one set per worker *node*, for consumers
-        that do not keep a taken list (`taken`: every service worker does). Per service, so
-        one service's visibility timeout never applies to another's; per node, so a worker restarted under its
-        name can take back at once what its killed predecessor held (see `ServiceRuntime.take_back_unacked`)."""
+        that do not keep a taken list (`taken`: every service worker does). Per service, so one service's
+        visibility timeout never applies to another's; per node, so a worker restarted under its name can take
+        back at once what its killed predecessor held (see `ServiceRuntime.take_back_unacked`)."""
         return {
             "unacked_key": f"shop:{service}:unacked:{node}",
             "unacked_index_key": f"shop:{service}:unacked_index:{node}",
