@@ -2,7 +2,7 @@
 
 A service is a name plus a map {event model: handler}. A handler is a plain function
 `handler(event, uow, **dependencies)`; `bind_handlers` fills the dependencies by parameter name (as cosmicpython's
-bootstrap does), so the same functions run under a celery worker on Redis or on the in-process bus.
+bootstrap does), so the same functions run under a celery worker, on any store, or on the in-process bus.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ class ServiceSpec:
 
     name: str
     handlers: Mapping[type[Event], Handler]
-    dependencies: Callable[..., Mapping[str, Any]] = field(default=lambda client=None: {})
-    """`dependencies(client)` builds what the handlers need; `client` is a Redis client, or None in process."""
+    dependencies: Callable[..., Mapping[str, Any]] = field(default=lambda: {})
+    """Builds what the handlers need from the resources a wiring offers, asked for by parameter name (e.g.
+    `dependencies(ledger)`): the service says what it needs, the bootstrap decides which adapter provides it."""
     projections: tuple[Projection, ...] = ()
     """The local read models among `handlers` (their handlers are in `handlers` too: one map says what reacts to
     what); named here so they can be rebuilt from history."""
@@ -72,3 +73,12 @@ def bind_handlers(spec: ServiceSpec, dependencies: Mapping[str, Any]) -> dict[st
             raise TypeError(f"{spec.name}: {handler.__name__} needs {missing}, not provided by its bootstrap")
         bound[model.type_name] = partial(handler, **{name: dependencies[name] for name in wanted})
     return bound
+
+
+def build_dependencies(spec: ServiceSpec, resources: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Call `spec.dependencies` with the resources it names."""
+    wanted = list(inspect.signature(spec.dependencies).parameters)
+    missing = [name for name in wanted if name not in resources]
+    if missing:
+        raise TypeError(f"{spec.name}: its dependencies need {missing}, not offered by this wiring")
+    return spec.dependencies(**{name: resources[name] for name in wanted})

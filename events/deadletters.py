@@ -1,25 +1,21 @@
-"""The dead-letter store: where every message that cannot be handled ends, with its reason, attempts and the
-original message, until it is read, replayed after a fix, or purged (`shop dlq ...`)."""
+"""Dead letters: every message that cannot be handled ends in one, with its reason, its attempts and the original
+message, until it is read, replayed after a fix, or purged (`shop dlq ...`). The record's shape and the replay are
+the same whichever store keeps them; each store adapter implements `DeadLetters`."""
 
 from __future__ import annotations
 
 import json
-import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from uuid import uuid4
 
-import redis
-
 from events.envelope import Envelope, Sealed
-from events.keys import Keys
-
-if TYPE_CHECKING:
-    from events.redis_bus import RedisPublisher
-
-log = logging.getLogger(__name__)
+from events.messaging import Broker, OutgoingMessage
 
 UNROUTABLE = "unroutable"
+"""The pseudo-service of events no queue was bound to when they were published."""
+
 
 def dead_letter_record(
     service: str, reason: str, detail: str, message: Sealed | dict[str, Any] | str | None, attempts: int
@@ -37,80 +33,90 @@ def dead_letter_record(
     }
 
 
-class DeadLetterStore:
-    """One Redis hash per service: id -> record with the reason, attempts and the original message, so a dead
-    letter can be read, understood and replayed after the fix."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.redis = client
-
-    def add(self, service: str, reason: str, detail: str, message: Any, attempts: int) -> dict[str, Any]:
-        """Store the dead letter and settle the message's outbox entry in one step, so the relay stops re-sending
-        what is now parked here."""
-        record = dead_letter_record(service, reason, detail, message, attempts)
-        event_id = _event_id_of(message.get("envelope")) if isinstance(message, dict) else None
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(Keys.dead_letters(service), record["id"], json.dumps(record))
-            if event_id:
-                pipe.hdel(Keys.outbox(service), event_id)
-                pipe.zrem(Keys.outbox_schedule(service), event_id)
-            pipe.execute()
-        log.warning("dead-lettered %s in %s: %s %s", record["id"], service, reason, detail[:200])
-        return record
-
-    def services(self) -> list[str]:
-        return sorted(key.decode().rsplit(":", 1)[1] for key in self.redis.scan_iter(match=Keys.dead_letters("*")))
-
-    def list(self, service: str | None = None) -> list[dict[str, Any]]:
-        records = []
-        for name in [service] if service else self.services():
-            records += [json.loads(raw) for raw in self.redis.hvals(Keys.dead_letters(name))]
-        return sorted(records, key=lambda record: record["dead_at"])
-
-    def counts(self) -> dict[str, int]:
-        return {name: self.redis.hlen(Keys.dead_letters(name)) for name in self.services()}
-
-    def get(self, record_id: str) -> dict[str, Any] | None:
-        for record in self.list():
-            if record["id"] == record_id:
-                return record
-        return None
-
-    def remove(self, record: dict[str, Any]) -> bool:
-        return bool(self.redis.hdel(Keys.dead_letters(record["service"]), record["id"]))
-
-    def purge(self, service: str | None = None) -> int:
-        names = [service] if service else self.services()
-        return sum(self.redis.hlen(Keys.dead_letters(name)) for name in names) if names and self.redis.delete(
-            *(Keys.dead_letters(name) for name in names)
-        ) else 0
-
-    def replay(self, record: dict[str, Any], publisher: RedisPublisher) -> str:
-        """Re-inject the original signed message. Unroutable ones are routed again (a subscriber may exist now);
-        others go back to the owning service's queue with a fresh delivery count."""
-        message = record.get("message")
-        if not isinstance(message, dict) or set(message) != {"envelope", "signature"}:
-            raise ValueError(f"dead letter {record['id']} holds no replayable envelope (reason: {record['reason']})")
-        sealed = Sealed.model_validate(message)
-        if record["service"] == UNROUTABLE:
-            envelope = Envelope.model_validate_json(sealed.envelope)
-            if not publisher.router.queues_for(envelope.type):
-                raise ValueError(f"still no subscriber for {envelope.type}")
-            publisher.publish(envelope)
-            target = ",".join(publisher.router.queues_for(envelope.type))
-        else:
-            event_id = _event_id_of(sealed.envelope) or f"replay-{record['id']}"
-            self.redis.delete(Keys.deliveries(record["service"], event_id))
-            publisher.enqueue_sealed(record["service"], sealed, event_id)
-            target = record["service"]
-        self.remove(record)
-        return target
+def unroutable_record(message: OutgoingMessage) -> dict[str, Any]:
+    about = message.type or f"queue {message.queue}"
+    return dead_letter_record(UNROUTABLE, f"unroutable: no queue is bound to {about}", "", message.sealed, 0)
 
 
-def _event_id_of(raw: Any) -> str | None:
+class DeadLetters(Protocol):
+    def add(self, service: str, reason: str, detail: str, message: Any, attempts: int) -> dict[str, Any]: ...
+    def list(self, service: str | None = None) -> list[dict[str, Any]]: ...
+    def get(self, record_id: str) -> dict[str, Any] | None: ...
+    def remove(self, record: dict[str, Any]) -> bool: ...
+    def purge(self, service: str | None = None) -> int: ...
+    def counts(self) -> dict[str, int]: ...
+
+
+def event_id_of(raw: Any) -> str | None:
     try:
         return str(json.loads(raw).get("event_id") or "") or None
     except (ValueError, AttributeError, TypeError):
         return None
 
 
+def replay(
+    record: dict[str, Any], store: DeadLetters, broker: Broker, fresh_count: Callable[[str, str], None]
+) -> str:
+    """Re-inject the original signed message; returns where it went. An unroutable one is routed again (a subscriber
+    may exist now); any other goes back to the owning service's queue only, with its delivery count reset
+    (`fresh_count(service, event_id)`). The signature is kept: a tampered message stays rejected."""
+    message = record.get("message")
+    if not isinstance(message, dict) or set(message) != {"envelope", "signature"}:
+        raise ValueError(f"dead letter {record['id']} holds no replayable envelope (reason: {record['reason']})")
+    sealed = Sealed.model_validate(message)
+    if record["service"] == UNROUTABLE:
+        envelope = Envelope.model_validate_json(sealed.envelope)
+        queues = broker.subscribers(envelope.type)
+        if not queues:
+            raise ValueError(f"still no subscriber for {envelope.type}")
+        outgoing = OutgoingMessage(str(envelope.event_id), envelope.type, str(envelope.correlation_id),
+                                   sealed.envelope, sealed.signature)
+        target = ",".join(queues)
+    else:
+        event_id = event_id_of(sealed.envelope) or f"replay-{record['id']}"
+        fresh_count(record["service"], event_id)
+        outgoing = OutgoingMessage.to_queue(record["service"], sealed, event_id)
+        target = record["service"]
+    result = broker.send([outgoing])
+    if outgoing.id not in result.sent:
+        raise ValueError(f"the broker did not take dead letter {record['id']}")
+    store.remove(record)
+    return target
+
+
+class CombinedDeadLetters:
+    """Several services' dead letters (each in its own store) behind one `DeadLetters`, for `shop dlq` and status:
+    reads go to every store, writes to the store that owns the record's service."""
+
+    def __init__(self, owners: dict[str, DeadLetters], default: DeadLetters) -> None:
+        self.owners, self.default = owners, default
+        self.stores: list[DeadLetters] = list({id(store): store for store in [*owners.values(), default]}.values())
+
+    def of(self, service: str) -> DeadLetters:
+        return self.owners.get(service, self.default)
+
+    def add(self, service: str, reason: str, detail: str, message: Any, attempts: int) -> dict[str, Any]:
+        return self.of(service).add(service, reason, detail, message, attempts)
+
+    def list(self, service: str | None = None) -> list[dict[str, Any]]:
+        stores = [self.of(service)] if service else self.stores
+        return sorted((record for store in stores for record in store.list(service)),
+                      key=lambda record: str(record["dead_at"]))
+
+    def get(self, record_id: str) -> dict[str, Any] | None:
+        return next((record for store in self.stores if (record := store.get(record_id)) is not None), None)
+
+    def remove(self, record: dict[str, Any]) -> bool:
+        return self.of(record["service"]).remove(record)
+
+    def purge(self, service: str | None = None) -> int:
+        if service:
+            return self.of(service).purge(service)
+        return sum(store.purge(None) for store in self.stores)
+
+    def counts(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for store in self.stores:
+            for name, count in store.counts().items():
+                totals[name] = totals.get(name, 0) + count
+        return totals

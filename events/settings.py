@@ -57,6 +57,7 @@ class BusSettings(BaseSettings):
     event_log_length: int = Field(200_000, description="events kept (approximately) in the event log stream")
     inbox_ttl: int = Field(7 * 24 * 3600, description="seconds a handled event id is remembered for deduplication")
     topology_refresh: float = Field(2.0, description="seconds a publisher caches the routing table")
+    metrics_interval: float = Field(1.0, description="seconds between two flushes of a worker's counters")
     var_dir: Path = Field(Path("var"), description="where local files (notification log, embedded Redis) live")
     fault_injection: bool = Field(
         False, description="enables test-only faults (card_slow, card_crash, crash_at); never in production"
@@ -70,11 +71,6 @@ class BusSettings(BaseSettings):
         if not self.broker_url:
             self.broker_url = self.redis_url
         return self
-
-    @property
-    def broker_is_amqp(self) -> bool:
-        """RabbitMQ (events/amqp_bus.py) rather than the Redis lists of events/redis_bus.py."""
-        return self.broker_url.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
 
     @property
     def key(self) -> bytes:

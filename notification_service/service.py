@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import redis
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -16,7 +15,7 @@ from events.catalog import (
     OrderConfirmed,
     UserRegistered,
 )
-from notification_service import handlers
+from notification_service import handlers, store
 from notification_service.notification_log import NotificationLog
 
 
@@ -26,11 +25,11 @@ class NotificationSettings(BaseSettings):
     notification_log: Path = Field(Path("var/notifications.log"), description="one JSON notification per line")
 
 
-def dependencies(client: redis.Redis | None = None) -> dict[str, Any]:
-    return {"notifications": NotificationLog(NotificationSettings().notification_log)}
+def dependencies() -> dict[str, Any]:
+    return {"notification_log": NotificationLog(NotificationSettings().notification_log)}
 
 
-CUSTOMERS = Projection(collection=handlers.CUSTOMERS, handlers={UserRegistered: handlers.remember_customer})
+CUSTOMERS = Projection(collection=store.CUSTOMERS, handlers={UserRegistered: handlers.remember_customer})
 
 SERVICE = ServiceSpec(
     name="notification_service",

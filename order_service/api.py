@@ -11,17 +11,17 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
-from events import web
+from events import http
 from events.catalog import OrderItem
-from events.web import Bus, answer_validation_errors_readably, health, invalid_request
+from events.http import Bus, answer_validation_errors_readably, health, invalid_request
 from order_service import handlers
 from order_service.domain import Order, UnknownProducts
-from order_service.store import Catalogue, Orders
+from order_service.store import catalogue, orders
 
 SERVICE_NAME = "order_service"
 
 
-class ApiSettings(web.ApiSettings):
+class ApiSettings(http.ApiSettings):
     model_config = SettingsConfigDict(env_prefix="SHOP_ORDER_API_", extra="ignore")
 
     port: int = 5001
@@ -62,14 +62,14 @@ def create_app(bus: Bus) -> FastAPI:
     def catalogued_product(product_id: str) -> dict[str, Any]:
         """The product as this service knows it (what an order would be priced at): lets a client, or a test, see
         when a new product has reached the order service."""
-        product = Catalogue(bus.unit_of_work(SERVICE_NAME)).get(product_id)
+        product = catalogue(bus.unit_of_work(SERVICE_NAME)).get(product_id)
         if product is None:
             raise HTTPException(status_code=404, detail=f"no product {product_id} in the order service's catalogue")
         return product.model_dump(mode="json")
 
     @app.get("/orders/{order_id}")
     def get_order(order_id: UUID) -> dict[str, Any]:
-        order = Orders(bus.unit_of_work(SERVICE_NAME)).get(order_id)
+        order = orders(bus.unit_of_work(SERVICE_NAME)).get(order_id)
         if order is None:
             raise HTTPException(status_code=404, detail=f"no order {order_id}")
         return order_view(order)

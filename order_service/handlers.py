@@ -20,16 +20,17 @@ from events.catalog import (
 )
 from events.unit_of_work import UnitOfWork
 from order_service.domain import CataloguedProduct, Order, price_items
-from order_service.store import Catalogue, Orders
+from order_service.store import catalogue as catalogue_of
+from order_service.store import orders as orders_of
 
 
 def place_order(uow: UnitOfWork, *, customer_id: str, items: list[OrderItem], payment_method: str) -> Order:
     """The command behind `POST /orders`: priced from this service's catalogue (raises `UnknownProducts`), then the
     order and its OrderCreated are stored in one step. Stock is not checked here: the product service decides."""
-    catalogue = Catalogue(uow)
+    catalogue = catalogue_of(uow)
     lines = price_items(items, [catalogue.get(item.product_id) for item in items])
     order = Order.place(customer_id, lines, payment_method)
-    Orders(uow).save(order)
+    orders_of(uow).save(order)
     uow.publish(
         OrderCreated(
             order_id=order.id,
@@ -44,7 +45,7 @@ def place_order(uow: UnitOfWork, *, customer_id: str, items: list[OrderItem], pa
 
 
 def confirm_order(event: PaymentProcessed, uow: UnitOfWork) -> None:
-    orders = Orders(uow)
+    orders = orders_of(uow)
     order = orders.get(event.order_id)
     if order is None or not order.confirm():
         return
@@ -55,7 +56,7 @@ def confirm_order(event: PaymentProcessed, uow: UnitOfWork) -> None:
 def cancel_order(event: PaymentFailed | StockRejected, uow: UnitOfWork) -> None:
     """Either refusal ends the order with its reason; the stock of a failed payment is released by the product
     service, which reacts to the same PaymentFailed."""
-    orders = Orders(uow)
+    orders = orders_of(uow)
     order = orders.get(event.order_id)
     if order is None or not order.cancel(event.reason):
         return
@@ -67,7 +68,7 @@ def cancel_order(event: PaymentFailed | StockRejected, uow: UnitOfWork) -> None:
 
 def record_notification(event: NotificationSent, uow: UnitOfWork) -> None:
     """Closes the journey: the order shows when its customer was told."""
-    orders = Orders(uow)
+    orders = orders_of(uow)
     order = orders.get(event.order_id)
     if order is None or uow.cause is None or not order.mark_notified(uow.cause.occurred_at):
         return
@@ -76,7 +77,7 @@ def record_notification(event: NotificationSent, uow: UnitOfWork) -> None:
 
 # -- the catalogue projection ---------------------------------------------------------------------------------------
 def catalogue_new_product(event: ProductCreated, uow: UnitOfWork) -> None:
-    catalogue = Catalogue(uow)
+    catalogue = catalogue_of(uow)
     if catalogue.get(event.product_id) is not None:
         return  # a later event already told us more (or this is a replay)
     catalogue.save(CataloguedProduct(
@@ -86,7 +87,7 @@ def catalogue_new_product(event: ProductCreated, uow: UnitOfWork) -> None:
 
 
 def catalogue_new_price(event: ProductPriceChanged, uow: UnitOfWork) -> None:
-    catalogue = Catalogue(uow)
+    catalogue = catalogue_of(uow)
     product = catalogue.get(event.product_id)
     if product is None:
         # Overtook its ProductCreated (a redelivery reorders): retried until the product is known, never dropped.
@@ -97,7 +98,7 @@ def catalogue_new_price(event: ProductPriceChanged, uow: UnitOfWork) -> None:
 
 def catalogue_stock_levels(event: StockReserved | StockReleased, uow: UnitOfWork) -> None:
     """Availability for display and quick checks; the product service's reservation is what decides."""
-    catalogue = Catalogue(uow)
+    catalogue = catalogue_of(uow)
     for line in event.lines:
         product = catalogue.get(line.product_id)
         if product is not None and product.restock(line.stock, line.revision):

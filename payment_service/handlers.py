@@ -6,7 +6,7 @@ from events.catalog import PaymentFailed, PaymentProcessed, StockReserved
 from events.unit_of_work import UnitOfWork
 from payment_service.domain import Payment, PaymentStatus
 from payment_service.gateway import SimulatedGateway
-from payment_service.store import Payments
+from payment_service.store import payments as payments_of
 
 
 def charge_payment(event: StockReserved, uow: UnitOfWork, gateway: SimulatedGateway) -> None:
@@ -20,8 +20,8 @@ def charge_payment(event: StockReserved, uow: UnitOfWork, gateway: SimulatedGate
     timeout, the outbox relay re-sends late), and a StockReserved waiting for its OrderCreated would have to retry
     for as long as that takes, or be dead-lettered when the retry budget runs out first. The price is a few fields
     the product service passes along without reading them."""
-    payments = Payments(uow)
-    if payments.for_order(event.order_id) is not None:
+    payments = payments_of(uow)
+    if payments.get(event.order_id) is not None:
         return
     result = gateway.charge(str(event.order_id), event.total, event.payment_method)
     if result.approved:
@@ -35,4 +35,4 @@ def charge_payment(event: StockReserved, uow: UnitOfWork, gateway: SimulatedGate
             order_id=event.order_id, amount=event.total, status=PaymentStatus.DECLINED, reason=result.reason
         )
         uow.publish(PaymentFailed(order_id=event.order_id, amount=event.total, reason=result.reason or "declined"))
-    payments.add(payment)
+    payments.save(payment)

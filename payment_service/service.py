@@ -4,21 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
-
 from events.bus import ServiceSpec
 from events.catalog import PaymentFailed, PaymentProcessed, StockReserved
 from payment_service import handlers
-from payment_service.gateway import (
-    GatewaySettings,
-    InMemoryLedger,
-    RedisLedger,
-    SimulatedGateway,
-)
+from payment_service.gateway import GatewaySettings, Ledger, SimulatedGateway
 
 
-def dependencies(client: redis.Redis | None = None) -> dict[str, Any]:
-    ledger = RedisLedger(client) if client is not None else InMemoryLedger()
+def dependencies(ledger: Ledger) -> dict[str, Any]:
+    """The gateway, over the books the wiring chose for it (in memory, or the gateway's own Redis hashes)."""
     return {"gateway": SimulatedGateway(ledger, GatewaySettings())}
 
 

@@ -9,17 +9,17 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
-from events import web
+from events import http
 from events.catalog import Money, ProductId, Stock
-from events.web import Bus, answer_validation_errors_readably, health, run_command
+from events.http import Bus, answer_validation_errors_readably, health, run_command
 from product_service import handlers
-from product_service.domain import Product
-from product_service.store import Products
+from product_service.domain import Product, ProductExists, UnknownProduct
+from product_service.store import products
 
 SERVICE_NAME = "product_service"
 
 
-class ApiSettings(web.ApiSettings):
+class ApiSettings(http.ApiSettings):
     model_config = SettingsConfigDict(env_prefix="SHOP_PRODUCT_API_", extra="ignore")
 
     port: int = 5005
@@ -55,13 +55,13 @@ def create_app(bus: Bus) -> FastAPI:
         try:
             product = run_command(bus, SERVICE_NAME, lambda uow: handlers.create_product(
                 uow, product_id=product_id, name=request.name, price=request.price, stock=request.stock))
-        except handlers.ProductExists as exists:
+        except ProductExists as exists:
             raise HTTPException(status_code=409, detail=str(exists)) from None
         return product_view(product)
 
     @app.get("/products/{product_id}")
     def get_product(product_id: str) -> dict[str, Any]:
-        product = Products(bus.unit_of_work(SERVICE_NAME)).get(product_id)
+        product = products(bus.unit_of_work(SERVICE_NAME)).get(product_id)
         if product is None:
             raise HTTPException(status_code=404, detail=f"no product {product_id}")
         return product_view(product)
@@ -71,7 +71,7 @@ def create_app(bus: Bus) -> FastAPI:
         try:
             product = run_command(
                 bus, SERVICE_NAME, lambda uow: handlers.change_price(uow, product_id=product_id, price=request.price))
-        except handlers.UnknownProduct as unknown:
+        except UnknownProduct as unknown:
             raise HTTPException(status_code=404, detail=str(unknown)) from None
         return product_view(product)
 

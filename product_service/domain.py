@@ -78,3 +78,11 @@ def shortage(quantities: Mapping[str, int], products: Mapping[str, Product | Non
         elif product.stock < quantity:
             problems.append(f"{product.name} ({quantity} wanted, {product.stock} left)")
     return f"out of stock: {', '.join(problems)}" if problems else None
+
+
+class ProductExists(Exception):
+    pass
+
+
+class UnknownProduct(Exception):
+    pass

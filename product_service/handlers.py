@@ -17,20 +17,15 @@ from events.catalog import (
 from events.unit_of_work import UnitOfWork
 from product_service.domain import (
     Product,
+    ProductExists,
     Reservation,
     ReservationStatus,
+    UnknownProduct,
     shortage,
     wanted,
 )
-from product_service.store import Products, Reservations
-
-
-class ProductExists(Exception):
-    pass
-
-
-class UnknownProduct(Exception):
-    pass
+from product_service.store import products as product_collection
+from product_service.store import reservations as reservation_collection
 
 
 def product_journey(product_id: str) -> UUID:
@@ -40,7 +35,7 @@ def product_journey(product_id: str) -> UUID:
 
 def create_product(uow: UnitOfWork, *, product_id: str, name: str, price: Decimal, stock: int) -> Product:
     """The command behind `POST /products`: the product and its ProductCreated in one step."""
-    products = Products(uow)
+    products = product_collection(uow)
     if products.get(product_id) is not None:
         raise ProductExists(f"product {product_id} exists")
     product = Product(id=product_id, name=name, price=price, stock=stock)
@@ -55,7 +50,7 @@ def create_product(uow: UnitOfWork, *, product_id: str, name: str, price: Decima
 
 def change_price(uow: UnitOfWork, *, product_id: str, price: Decimal) -> Product:
     """The command behind `PATCH /products/{id}`. Orders already placed keep the price they were placed at."""
-    products = Products(uow)
+    products = product_collection(uow)
     product = products.get(product_id)
     if product is None:
         raise UnknownProduct(f"no product {product_id}")
@@ -74,8 +69,8 @@ def reserve_stock(event: OrderCreated, uow: UnitOfWork) -> None:
     """All of the order's items, or none. The reservation is stored under the order id, so a replayed OrderCreated
     finds it and reserves nothing twice (the inbox already drops a redelivery of the same message; this also covers
     the same order arriving in a second message)."""
-    reservations, products = Reservations(uow), Products(uow)
-    if reservations.for_order(event.order_id) is not None:
+    reservations, products = reservation_collection(uow), product_collection(uow)
+    if reservations.get(event.order_id) is not None:
         return
     quantities = wanted(event.items)
     stocked = {product_id: products.get(product_id) for product_id in quantities}
@@ -101,8 +96,8 @@ def release_stock(event: PaymentFailed, uow: UnitOfWork) -> None:
     """The compensation: the payment failed, so what was reserved for the order goes back on the shelf, once (the
     reservation's status says whether it already went back). The payment service decides once per order, so a
     PaymentFailed is never followed or preceded by a PaymentProcessed for the same order."""
-    reservations, products = Reservations(uow), Products(uow)
-    reservation = reservations.for_order(event.order_id)
+    reservations, products = reservation_collection(uow), product_collection(uow)
+    reservation = reservations.get(event.order_id)
     if reservation is None or reservation.status is not ReservationStatus.RESERVED:
         return
     levels = []

@@ -23,12 +23,12 @@ from uuid import uuid4
 
 import redis
 
+from events.adapters.redis.broker import RedisBroker
+from events.adapters.redis.keys import Keys
+from events.adapters.redis.worker import in_flight
 from events.catalog import OrderCreated, OrderItem
-from events.consumer import in_flight
-from events.deadletters import DeadLetterStore
-from events.envelope import Envelope, Sealed
-from events.keys import Keys
-from events.redis_bus import RedisPublisher, declare_topology, scan_documents
+from events.envelope import Envelope
+from events.messaging import OutgoingMessage
 from events.settings import BusSettings
 from events.unit_of_work import ConcurrentUpdate
 from notification_service.notification_log import read_notifications
@@ -36,10 +36,17 @@ from order_service.handlers import place_order
 from payment_service.gateway import RedisLedger
 from product_service.domain import ReservationStatus
 from product_service.store import PRODUCTS, RESERVATIONS
+from shop.bootstrap import Wiring, bootstrap, declare_topology
 from shop.redis_server import RedisServer
 from shop.seeding import NewProduct, seed_products
-from shop.services import CONSUMERS, SERVICES
+from shop.services import CONSUMERS
 from shop.supervisor import Supervisor, shop_command
+
+REPORTED = ("orders", "poison_orders", "tampered_messages", "kills", "worker_restarts", "redis_restarts", "settled",
+            "lost", "double_charged", "duplicate_notifications", "missing_notifications", "dead_lettered",
+            "poison_not_dead_lettered", "unexpected_dead_letters", "stock_mismatches", "relayed", "outbox_unsettled",
+            "seconds")
+"""The figures `shop chaos` prints, in order."""
 
 CHAOS_PRODUCTS = [NewProduct(f"sku-{n}", f"Article {n}", "9.90", 1_000_000) for n in range(13)]
 """Plenty of stock: the run is about losing and duplicating, not about running out."""
@@ -100,7 +107,7 @@ def run_chaos(
     }
     os.environ.update(env)
     settings = BusSettings()
-    declare_topology(settings, list(SERVICES.values()))
+    declare_topology(settings)
     supervisor = Supervisor(
         {name: shop_command("worker", name) for name in CONSUMERS}, env=env, report=lambda text: None,
         backoff=0.2, max_backoff=0.5,
@@ -123,8 +130,8 @@ def run_chaos(
                 except ProcessLookupError:
                     pass
 
-    publisher = RedisPublisher(settings)
-    seed_products(publisher, CHAOS_PRODUCTS, timeout=quiesce_timeout)  # before the killing starts
+    wiring = bootstrap(settings)
+    seed_products(wiring, CHAOS_PRODUCTS, timeout=quiesce_timeout)  # before the killing starts
     killing = threading.Thread(target=killer, daemon=True)
     killing.start()
     try:
@@ -141,7 +148,7 @@ def run_chaos(
             if roll < poison_ratio / 2:
                 method = "card_crash"
             elif roll < poison_ratio:
-                tampered.append(_inject_tampered(publisher, rng))
+                tampered.append(_inject_tampered(wiring, rng))
                 method = "card"
             elif roll < 0.10:
                 method = "card_declined"
@@ -149,7 +156,7 @@ def run_chaos(
                 method = "card_flaky"
             else:
                 method = "card"
-            placed[_place_surviving_outages(publisher, n, method)] = method
+            placed[_place_surviving_outages(wiring, n, method)] = method
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
             if n and n % 500 == 0:
@@ -161,10 +168,10 @@ def run_chaos(
         deadline = time.monotonic() + quiesce_timeout
         while time.monotonic() < deadline:
             supervisor.poll()
-            if _quiet(client, placed):
+            if _quiet(wiring, client, placed):
                 break
             time.sleep(0.5)
-        _audit(client, placed, tampered, log_path, result)
+        _audit(wiring, client, placed, tampered, log_path, result)
     finally:
         stop_killing.set()
         result.worker_restarts = sum(child.restarts for child in supervisor.children.values())
@@ -177,9 +184,9 @@ def run_chaos(
     return result
 
 
-def _place_surviving_outages(publisher: RedisPublisher, n: int, method: str) -> str:
+def _place_surviving_outages(wiring: Wiring, n: int, method: str) -> str:
     """Place one order; while Redis is down, retry the *same* unit of work, so an order is never placed twice."""
-    uow = publisher.unit_of_work("order_service")
+    uow = wiring.unit_of_work("order_service")
     order = place_order(
         uow, customer_id=f"customer-{n % 97}", payment_method=method,
         items=[OrderItem(product_id=CHAOS_PRODUCTS[n % len(CHAOS_PRODUCTS)].id, quantity=1 + n % 3)],
@@ -195,32 +202,35 @@ def _place_surviving_outages(publisher: RedisPublisher, n: int, method: str) -> 
     raise RuntimeError("Redis did not come back within 30 s")
 
 
-def _inject_tampered(publisher: RedisPublisher, rng: random.Random) -> str:
-    """A well-formed message whose signature does not match its envelope, straight into a random queue."""
+def _inject_tampered(wiring: Wiring, rng: random.Random) -> str:
+    """A well-formed message whose signature does not match its envelope, straight into a random queue (no outbox
+    copy: only the atomic take keeps it from being lost)."""
     order_id = uuid4()
     event = OrderCreated(order_id=order_id, customer_id="mallory", items=(), total=Decimal("0.00"),
                          payment_method="card")
-    raw = Envelope.wrap(event, producer="mallory", correlation_id=order_id).model_dump_json()
-    sealed = Sealed(envelope=raw, signature="0" * 64)
+    envelope = Envelope.wrap(event, producer="mallory", correlation_id=order_id)
+    message = OutgoingMessage(str(order_id), event.type_name, str(order_id), envelope.model_dump_json(), "0" * 64)
     queue = rng.choice(list(CONSUMERS))
+    broker = wiring.broker
+    assert isinstance(broker, RedisBroker), "the chaos run injects into Redis lists"
     for _ in range(600):
         try:
-            key, payload = publisher.messages.build(queue, sealed, f"tampered:{order_id}")
-            publisher.redis.lpush(key, payload)
+            key, payload = broker.messages.build(queue, message, f"tampered:{order_id}")
+            wiring.redis.lpush(key, payload)
             return str(order_id)
         except (redis.ConnectionError, redis.BusyLoadingError):
             time.sleep(0.05)
     raise RuntimeError("Redis did not come back within 30 s")
 
 
-def _quiet(client: redis.Redis, placed: dict[str, str]) -> bool:
+def _quiet(wiring: Wiring, client: redis.Redis, placed: dict[str, str]) -> bool:
     """Nothing queued, in flight or waiting in an outbox for the relay (a message lost with a killed worker is only
     there until the relay re-sends it: a poison order can be in that state while every other order is done)."""
     try:
         if any(client.llen(queue) or in_flight(client, queue) or client.hlen(Keys.outbox(queue))
                for queue in CONSUMERS):
             return False
-        orders = scan_documents(client, "order_service", "order")
+        orders = wiring.store("order_service").documents("order_service", "order")
     except redis.ConnectionError:
         return False
     return all(
@@ -228,8 +238,11 @@ def _quiet(client: redis.Redis, placed: dict[str, str]) -> bool:
     )
 
 
-def _audit(client: redis.Redis, placed: dict[str, str], tampered: list[str], log_path: Path, result: ChaosReport) -> None:
-    orders = scan_documents(client, "order_service", "order")
+def _audit(
+    wiring: Wiring, client: redis.Redis, placed: dict[str, str], tampered: list[str], log_path: Path,
+    result: ChaosReport,
+) -> None:
+    orders = wiring.store("order_service").documents("order_service", "order")
     expected_final = [o for o, method in placed.items() if method != "card_crash"]
     poison = [o for o, method in placed.items() if method == "card_crash"]
     result.orders, result.poison_orders, result.tampered_messages = len(placed), len(poison), len(tampered)
@@ -248,26 +261,27 @@ def _audit(client: redis.Redis, placed: dict[str, str], tampered: list[str], log
     result.missing_notifications = sum(1 for o in expected_final if lines.get(o, 0) == 0)
     result.relayed = sum(int(client.get(Keys.relayed(queue)) or 0) for queue in CONSUMERS)
     result.outbox_unsettled = sum(client.hlen(Keys.outbox(queue)) for queue in CONSUMERS)
-    dead = DeadLetterStore(client).list()
+    dead = wiring.dead_letters.list()
     result.dead_lettered = len(dead)
     dead_text = [(record["reason"], json.dumps(record["message"])) for record in dead]
     result.poison_not_dead_lettered = sum(
         not any(reason == "poison message" and o in text for reason, text in dead_text) for o in poison
     ) + sum(not any(reason == "bad signature" and o in text for reason, text in dead_text) for o in tampered)
     result.unexpected_dead_letters = result.dead_lettered - (len(poison) + len(tampered) - result.poison_not_dead_lettered)
-    result.stock_mismatches = _audit_stock(client, len(placed))
+    result.stock_mismatches = _audit_stock(wiring, len(placed))
     for name in ("lost", "double_charged", "duplicate_notifications", "missing_notifications",
                  "poison_not_dead_lettered", "unexpected_dead_letters", "outbox_unsettled", "stock_mismatches"):
         if getattr(result, name):
             result.problems.append(f"{name.replace('_', ' ')}: {getattr(result, name)}")
 
 
-def _audit_stock(client: redis.Redis, orders: int) -> int:
+def _audit_stock(wiring: Wiring, orders: int) -> int:
     """Reservations taken or given back twice would show here: each product's stock must equal its initial stock
     minus what reservations still hold (confirmed orders, and poison ones that never reached a payment decision),
     and there must be one reservation per order. Returns the number of mismatches."""
-    reservations = scan_documents(client, "product_service", RESERVATIONS)
-    products = scan_documents(client, "product_service", PRODUCTS)
+    store = wiring.store("product_service")
+    reservations = store.documents("product_service", RESERVATIONS)
+    products = store.documents("product_service", PRODUCTS)
     held: Counter[str] = Counter()
     for reservation in reservations.values():
         if reservation["status"] == ReservationStatus.RESERVED:

@@ -6,7 +6,7 @@ scaled freely (`docker compose up --scale payment_service=3`) and publish no por
 service discovery, and prometheus_client's multiprocess mode only covers processes sharing one directory on one
 host. Flower sees celery tasks, not our outcomes (a duplicate or a dead letter is a successful task to celery), and
 needs task events on the hot path. Workers count in process and flush to Redis about once a second
-(events/observability.py), so the hot path does no I/O for metrics; the totals add up over every worker and survive
+(events/runtime/observability.py), so the hot path does no I/O for metrics; the totals add up over every worker and survive
 restarts. Gauges (queue depth, stored dead letters) are read at scrape time.
 """
 
@@ -25,10 +25,10 @@ from prometheus_client.core import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from events.adapters.redis.deadletters import RedisDeadLetters
+from events.adapters.redis.keys import Keys
 from events.bus import ServiceSpec
-from events.deadletters import DeadLetterStore
-from events.keys import Keys
-from events.observability import LATENCY_BUCKETS, OUTCOMES
+from events.runtime.observability import LATENCY_BUCKETS, OUTCOMES
 
 FAILED = ("retried", "requeued", "dead-lettered", "error")
 
@@ -53,7 +53,7 @@ class RedisMetricsCollector:
                 pipe.hgetall(Keys.metrics(spec.name))
                 pipe.llen(spec.queue)
             replies = pipe.execute()
-        dead_letters = DeadLetterStore(self.client).counts()
+        dead_letters = RedisDeadLetters(self.client).counts()
         messages = CounterMetricFamily(
             "shop_messages", "Messages a service's workers finished with, by outcome.", labels=["service", "outcome"])
         failed = CounterMetricFamily(
@@ -64,7 +64,7 @@ class RedisMetricsCollector:
         stored = GaugeMetricFamily("shop_dead_letters", "Dead letters stored now (replay or purge to clear).",
                                    labels=["service"])
         waiting = GaugeMetricFamily("shop_queue_waiting", "Messages waiting in a service's queue.", labels=["queue"])
-        for spec, counts, depth in zip(self.services, replies[::2], replies[1::2]):
+        for spec, counts, depth in zip(self.services, replies[::2], replies[1::2], strict=True):
             fields = {key.decode(): value.decode() for key, value in counts.items()}
             for outcome in OUTCOMES:
                 messages.add_metric([spec.name, outcome], int(fields.get(f"outcome:{outcome}", 0)))

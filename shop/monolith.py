@@ -1,9 +1,9 @@
 """`shop monolith`: the same shop in one process, the composition root of monolith mode.
 
 Nothing here is a handler. The services' own ServiceSpecs (the same handler functions the celery workers run)
-are subscribed to an in-process bus with their in-memory dependencies (`spec.dependencies(None)`), and the
-services' own HTTP apps (orders, users, products) are served together on the order API's port, writing the same
-notification log. The monolith and the microservices are two wirings of one code base, which is what makes `shop compare` fair.
+are subscribed to an in-process bus (`shop.bootstrap.bootstrap_monolith`), and the services' own HTTP apps (orders,
+users, products) are served together on the order API's port, writing the same notification log. The monolith and the
+microservices are two wirings of one code base, which is what makes `shop compare` fair.
 
 Dispatch: an in-process queue with one dispatcher thread (`DispatchingInMemoryBus`), not synchronous dispatch.
 Synchronous dispatch would run payment and notification inside `POST /orders`: the request would wait for the
@@ -30,10 +30,11 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from events.bus import Handler, ServiceSpec, TransientError
-from events.memory_bus import DispatchingInMemoryBus
+from events.http import answer_validation_errors_readably
+from events.memory import DispatchingInMemoryBus
 from events.settings import BusSettings
-from events.web import answer_validation_errors_readably
 from order_service.api import ApiSettings
+from shop.bootstrap import bootstrap_monolith
 from shop.services import APIS, SERVICES
 
 log = logging.getLogger(__name__)
@@ -91,14 +92,9 @@ def with_fault_switches(spec: ServiceSpec, faults: FaultSwitches) -> ServiceSpec
 
 
 def build_bus(settings: BusSettings, faults: FaultSwitches | None = None) -> DispatchingInMemoryBus:
-    """Every service subscribed to one in-process bus, with its in-process dependencies and the Redis bus's retry
-    policy (the same settings), so a transient failure is retried alike in both modes."""
-    bus = DispatchingInMemoryBus(max_retries=settings.max_retries, retry_backoff=settings.retry_backoff)
-    for spec in SERVICES.values():
-        if faults is not None:
-            spec = with_fault_switches(spec, faults)
-        bus.subscribe(spec, spec.dependencies(None))
-    return bus
+    if faults is None:
+        return bootstrap_monolith(settings)
+    return bootstrap_monolith(settings, wrap=lambda spec: with_fault_switches(spec, faults))
 
 
 class FaultSwitch(BaseModel):

@@ -1,4 +1,4 @@
-"""The long-running processes of the shop, as `shop` command lines.
+"""The long-running processes of the shop, as `shop` command lines, and starting them all on one machine.
 
 One list for both ways of running it: `shop up` supervises these (through `shop_command`, which runs the same CLI
 with the current interpreter) and docker-compose.yml runs each one as a container. A test holds the two together.
@@ -6,7 +6,15 @@ with the current interpreter) and docker-compose.yml runs each one as a containe
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from shop.bootstrap import declare_topology
+from shop.embedded_redis import EmbeddedRedis, choose_broker
 from shop.services import APIS, CONSUMERS
+from shop.supervisor import Supervisor, shop_command
+from events.settings import BusSettings
 
 
 def shop_processes() -> dict[str, list[str]]:
@@ -20,6 +28,16 @@ def shop_processes() -> dict[str, list[str]]:
 def supervised_commands() -> dict[str, list[str]]:
     """What `shop up` hands its supervisor: the same processes, each run as `python -m shop ...` so the children use
     the interpreter (and virtualenv) of the parent even when the `shop` script is not on PATH."""
-    from shop.supervisor import shop_command
-
     return {name: shop_command(*argv[1:]) for name, argv in shop_processes().items()}
+
+
+def start_everything(var_dir: Path, report: Callable[[str], None]) -> tuple[Supervisor, EmbeddedRedis | None]:
+    """Find (or start) a Redis, declare the topology, start every worker and API under a supervisor."""
+    url, embedded = choose_broker(var_dir)
+    if embedded:
+        report(f"no Redis configured or running: started an embedded one at {url}")
+    os.environ["REDIS_URL"] = url
+    declare_topology(BusSettings())
+    supervisor = Supervisor(supervised_commands(), env={"REDIS_URL": url}, report=report)
+    supervisor.start()
+    return supervisor, embedded

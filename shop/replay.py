@@ -12,26 +12,22 @@ How it stays harmless:
   worker, cannot roll anything back; a conflict with the live worker is retried on fresh state;
 * `rebuild` first deletes the projection's documents and the replay inbox: the projection as history alone says.
 
-The log is read in order (one Redis stream, appended by the same atomic step that publishes), in pages, and each
+The log is read in order (appended by the same step that publishes), and each
 entry's signature is checked as a consumer would: the log is an input like any queue.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis
-
 from events.bus import BoundHandler, ServiceSpec, bind_handlers
+from events.catalog import Event
 from events.envelope import Envelope, RejectedMessage, open_envelope
-from events.keys import Keys
-from events.redis_bus import RedisPublisher
-from events.settings import BusSettings
 from events.unit_of_work import AlreadyHandled, ConcurrentUpdate
+from shop.bootstrap import Wiring
 
-PAGE = 500
 CONFLICT_ATTEMPTS = 10
 
 
@@ -59,65 +55,39 @@ def projection_handlers(spec: ServiceSpec) -> dict[str, BoundHandler]:
     return handlers
 
 
-def history(client: redis.Redis, page: int = PAGE) -> Iterator[dict[bytes, bytes]]:
-    """Every entry of the event log, oldest first."""
-    start = "-"
-    while True:
-        entries = client.xrange(Keys.event_log(), min=start, count=page)
-        for _, fields in entries:
-            yield fields
-        if len(entries) < page:
-            return
-        start = "(" + entries[-1][0].decode()
-
-
-def forget(client: redis.Redis, spec: ServiceSpec) -> None:
-    """Delete the projections' documents and the replay inbox (for a rebuild from scratch)."""
-    patterns = [Keys.document(spec.name, projection.collection, "*") for projection in spec.projections]
-    patterns.append(Keys.inbox(replay_inbox(spec.name), "*"))
-    for pattern in patterns:
-        batch = []
-        for key in client.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) == 500:
-                client.delete(*batch)
-                batch = []
-        if batch:
-            client.delete(*batch)
-
-
 def replay(
-    spec: ServiceSpec, settings: BusSettings, *, rebuild: bool = False, report: Callable[[str], None] = lambda _: None
+    spec: ServiceSpec, wiring: Wiring, *, rebuild: bool = False, report: Callable[[str], None] = lambda _: None
 ) -> ReplayReport:
     handlers = projection_handlers(spec)
-    publisher = RedisPublisher(settings)
+    settings = wiring.settings
     result = ReplayReport(spec.name, rebuilt=rebuild)
     if rebuild:
-        forget(publisher.redis, spec)
+        store = wiring.store(spec.name)
+        for projection in spec.projections:
+            store.forget(spec.name, projection.collection, inbox=replay_inbox(spec.name))
         report(f"{spec.name}: projections {', '.join(p.collection for p in spec.projections)} cleared")
-    for fields in history(publisher.redis):
+    for type_name, raw, signature in wiring.event_log.history():
         result.read += 1
-        handler = handlers.get(fields[b"type"].decode())
+        handler = handlers.get(type_name)
         if handler is None:
             continue
         try:
-            envelope, event = open_envelope(fields[b"envelope"].decode(), fields[b"signature"].decode(),
-                                            key=settings.key, max_bytes=settings.max_message_bytes)
+            envelope, event = open_envelope(raw, signature, key=settings.key, max_bytes=settings.max_message_bytes)
         except RejectedMessage as rejected:
             result.rejected += 1
             report(f"skipped a log entry: {rejected}")
             continue
-        if _apply(publisher, spec.name, handler, envelope, event):
+        if _apply(wiring, spec.name, handler, envelope, event):
             result.replayed += 1
         else:
             result.already_replayed += 1
     return result
 
 
-def _apply(publisher: RedisPublisher, service: str, handler: BoundHandler, envelope: Envelope, event) -> bool:
+def _apply(wiring: Wiring, service: str, handler: BoundHandler, envelope: Envelope, event: Event) -> bool:
     """One event through a replay unit of work; False when an earlier replay already applied it."""
     for _ in range(CONFLICT_ATTEMPTS):
-        uow = publisher.unit_of_work(service, envelope, inbox=replay_inbox(service))
+        uow = wiring.unit_of_work(service, envelope, inbox=replay_inbox(service))
         if uow.already_handled():
             return False
         handler(event, uow)

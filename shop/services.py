@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from events.bus import ServiceSpec
-from events.web import ApiSettings, Bus
+from events.http import ApiSettings, Bus
 from notification_service.service import SERVICE as NOTIFICATION
 from order_service import api as order_api
 from order_service.service import SERVICE as ORDER

@@ -15,11 +15,9 @@ from celery.platforms import SecurityWarning
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from events.consumer import ServiceRuntime
-from events.keys import Keys
-from events.observability import MESSAGE_LOG, MetricsFlusher
+from events.runtime.observability import MESSAGE_LOG
 from events.settings import BusSettings
-from shop.services import SERVICES
+from shop.bootstrap import bootstrap_worker
 
 
 class WorkerSettings(BaseSettings):
@@ -27,7 +25,6 @@ class WorkerSettings(BaseSettings):
 
     log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line; text: for a human")
     log_messages: bool = Field(True, description="one log line per handled message (service, type, ids, outcome, ms)")
-    metrics_interval: float = Field(1.0, description="seconds between two flushes of the counters to Redis")
 
 
 def log_formatter(service: str, log_format: str = "json") -> logging.Formatter:
@@ -58,26 +55,20 @@ def run_worker(
 ) -> None:
     """`node` names this worker (default `<service>@<host>`); give each worker of one service on one host its own."""
     settings = settings or BusSettings()
-    runtime = ServiceRuntime(SERVICES[service], settings, node=node)
-    runtime.declare()
-    runtime.take_back_unacked()
-    runtime.relay().start()  # Redis: re-sends unsettled queue messages; RabbitMQ: sends unconfirmed events
-    worker_settings = WorkerSettings()
-    flusher = MetricsFlusher(
-        runtime.observer.metrics, runtime.redis, Keys.metrics(service), worker_settings.metrics_interval
-    )
-    flusher.start()
+    worker = bootstrap_worker(service, settings, node)
+    for thread in worker.background:  # the relay (Redis: unsettled queue messages; RabbitMQ: the outbox) and metrics
+        thread.start()
     warnings.filterwarnings("ignore", category=SecurityWarning)  # containers and CI run as root by design
-    configure_logging(service, loglevel, worker_settings)
+    configure_logging(service, loglevel, WorkerSettings())
     try:
-        runtime.app.worker_main(
+        worker.app.worker_main(
             [
                 "--quiet",  # no banner: the supervisor reports starts and restarts
                 "worker",
-                f"--queues={runtime.consumer_queue.name}",  # prefixed on RabbitMQ (SHOP_AMQP_PREFIX)
+                f"--queues={worker.queue.name}",  # prefixed on RabbitMQ (SHOP_AMQP_PREFIX)
                 f"--pool={settings.worker_pool}",
                 "--concurrency=1",
-                f"--hostname={runtime.node}",
+                f"--hostname={worker.node}",
                 f"--loglevel={loglevel}",
                 "--without-gossip",
                 "--without-mingle",
@@ -86,5 +77,6 @@ def run_worker(
             ]
         )
     finally:
-        flusher.stop()  # the counts of the last interval, on a clean stop
+        for thread in worker.background:
+            thread.stop()  # the metrics flusher hands over the counts of the last interval on a clean stop
 

@@ -9,16 +9,16 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict
 from pydantic_settings import SettingsConfigDict
 
-from events import web
-from events.web import Bus, answer_validation_errors_readably, health, run_command
-from user_service.domain import Email, Name, User
-from user_service.handlers import EmailTaken, register_user
-from user_service.store import Users
+from events import http
+from events.http import Bus, answer_validation_errors_readably, health, run_command
+from user_service.domain import Email, EmailTaken, Name, User
+from user_service.handlers import register_user
+from user_service.store import users
 
 SERVICE_NAME = "user_service"
 
 
-class ApiSettings(web.ApiSettings):
+class ApiSettings(http.ApiSettings):
     model_config = SettingsConfigDict(env_prefix="SHOP_USER_API_", extra="ignore")
 
     port: int = 5004
@@ -51,7 +51,7 @@ def create_app(bus: Bus) -> FastAPI:
 
     @app.get("/users/{user_id}")
     def get_user(user_id: UUID) -> dict[str, Any]:
-        user = Users(bus.unit_of_work(SERVICE_NAME)).get(user_id)
+        user = users(bus.unit_of_work(SERVICE_NAME)).get(user_id)
         if user is None:
             raise HTTPException(status_code=404, detail=f"no user {user_id}")
         return user_view(user)

@@ -27,3 +27,20 @@ class User(BaseModel):
     def email_key(self) -> str:
         """Addresses differing only in case reach the same person: uniqueness is checked on this form."""
         return self.email.lower()
+
+
+class EmailClaim(BaseModel):
+    """Who owns an email address (its lower-case form): one document per address."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email_key: str
+    user_id: str
+
+
+class EmailTaken(Exception):
+    """The address already belongs to a user (its id is `user_id`)."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"email already registered (user {user_id})")
+        self.user_id = user_id

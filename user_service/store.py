@@ -5,26 +5,16 @@ commit, the other sees the claim on its retry."""
 
 from __future__ import annotations
 
-from uuid import UUID
-
+from events.collection import Collection
 from events.unit_of_work import UnitOfWork
-from user_service.domain import User
+from user_service.domain import EmailClaim, User
 
 USERS, EMAILS = "user", "email"
 
 
-class Users:
-    def __init__(self, uow: UnitOfWork) -> None:
-        self._uow = uow
+def users(uow: UnitOfWork) -> Collection[User]:
+    return Collection(uow, USERS, User, key=lambda user: str(user.id))
 
-    def get(self, user_id: UUID) -> User | None:
-        document = self._uow.get(USERS, str(user_id))
-        return None if document is None else User.model_validate(document)
 
-    def owner_of(self, email_key: str) -> str | None:
-        claim = self._uow.get(EMAILS, email_key)
-        return None if claim is None else claim["user_id"]
-
-    def add(self, user: User) -> None:
-        self._uow.put(USERS, str(user.id), user.model_dump(mode="json"))
-        self._uow.put(EMAILS, user.email_key, {"user_id": str(user.id)})
+def email_claims(uow: UnitOfWork) -> Collection[EmailClaim]:
+    return Collection(uow, EMAILS, EmailClaim, key=lambda claim: claim.email_key)

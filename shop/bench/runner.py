@@ -23,8 +23,8 @@ import redis
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from benchmarks import measure
-from benchmarks.pipelines import (
+from shop.bench import measure
+from shop.bench.pipelines import (
     PAYMENT,
     BareCelery,
     FullSystem,
@@ -32,7 +32,7 @@ from benchmarks.pipelines import (
     Pipeline,
     monolith_available,
 )
-from benchmarks.procs import WorkerGroup, peak_rss_mib
+from shop.bench.procs import WorkerGroup, peak_rss_mib
 
 SENTINEL = "bench:sentinel"
 """Set when the run starts: if it is gone when orders stop completing, someone else flushed the database."""
@@ -78,20 +78,9 @@ class Target:
             )
 
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
 def _env(redis_url: str, work: Path) -> dict[str, str]:
-    """Children see the same Redis, their own notification log, and this checkout on their path (the benchmark's
-    bare workers import `benchmarks`, which an older editable install may not map)."""
-    path = os.pathsep.join(filter(None, [str(_repo_root()), os.environ.get("PYTHONPATH", "")]))
-    return {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "SHOP_NOTIFICATION_LOG": str(work / "notifications.log"),
-        "PYTHONPATH": path,
-    }
+    """Children see the same Redis and their own notification log."""
+    return {**os.environ, "REDIS_URL": redis_url, "SHOP_NOTIFICATION_LOG": str(work / "notifications.log")}
 
 
 def run(
@@ -224,7 +213,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     try:
-        from benchmarks.plot import plot
+        from shop.bench.plot import plot
 
         plot(result, out / "bench.png")
     except ImportError:

@@ -1,12 +1,12 @@
 """The yardstick: a bare celery pipeline with the shop's hops and handlers that do nothing.
 
-One task, `hop`, served on one queue per shop service of the order's journey (benchmarks/journey.py: e.g.
+One task, `hop`, served on one queue per shop service of the order's journey (shop/bench/journey.py: e.g.
 payment -> order -> notification -> order), one solo worker per queue, JSON, celery's defaults otherwise (no
 acks_late, no inbox, no signing, no validation, no state). Each hop sends the order on to the next queue of the
 route it carries; the last one records the completion time in one Redis hash, the only work any hop does. What
 the full system costs beyond this floor is the price of its guarantees plus its own overheads.
 
-Run a worker: `python -m benchmarks.bare_celery <queue>` with REDIS_URL set (the benchmark does it).
+Run a worker: `python -m shop.bench.bare_celery <queue>` with REDIS_URL set (the benchmark does it).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def place(order_id: str, route: tuple[tuple[str, tuple[str, ...]], ...]) -> None
 def run_worker(queue: str) -> None:
     """Same worker flags as `shop worker` (solo pool, one process, no gossip/mingle/heartbeat)."""
     if not queue.startswith(QUEUE_PREFIX):
-        raise SystemExit(f"usage: python -m benchmarks.bare_celery {QUEUE_PREFIX}<service>")
+        raise SystemExit(f"usage: python -m shop.bench.bare_celery {QUEUE_PREFIX}<service>")
     app.worker_main(
         [
             "--quiet",

@@ -24,16 +24,17 @@ class Keys:
 
     @staticmethod
     def outbox(queue: str) -> str:
+        """A queue's outbox: every message pushed to the queue, until its consumer settles it (id -> message). With
+        RabbitMQ as the broker, `outbox(AMQP_OUTBOX)` holds the committed events not yet confirmed by it."""
         return f"shop:outbox:{queue}"
 
     @staticmethod
     def outbox_schedule(queue: str) -> str:
+        """When to check on each outbox entry (sorted set id -> due time); always `outbox(queue)` + ':due'."""
         return f"shop:outbox:{queue}:due"
 
-    @staticmethod
-    def routes(exchange: str, event_type: str) -> str:
-        """On RabbitMQ: the queues this shop bound to `event_type` (a record for display; the broker routes)."""
-        return f"shop:routes:{exchange}:{event_type}"
+    OUTBOX_PATTERN = "shop:outbox:{queue}"
+    """`outbox` as a pattern, for the consuming channel's ack (events/adapters/redis/kombu_channel.py)."""
 
     @staticmethod
     def event_log() -> str:
@@ -52,11 +53,15 @@ class Keys:
         return f"shop:metrics:{service}"
 
     @staticmethod
+    def failpoint(service: str, point: str, once_per: str) -> str:
+        """Fault injection only: marks a failpoint as fired, so a crash test's worker dies once per message."""
+        return f"shop:failpoint:{service}:{point}:{once_per}"
+
+    @staticmethod
     def unacked(service: str, node: str) -> dict[str, str]:
-        """kombu's bookkeeping of delivered-but-unacknowledged messages, one set per worker *node*, for consumers
-        that do not keep a taken list (`taken`: every service worker does). Per service, so one service's
-        visibility timeout never applies to another's; per node, so a worker restarted under its name can take
-        back at once what its killed predecessor held (see `ServiceRuntime.take_back_unacked`)."""
+        """kombu's bookkeeping of delivered-but-unacknowledged messages, for a consumer that keeps no taken list
+        (every service worker keeps one: `taken`). Per service and node, so one service's visibility timeout never
+        applies to another's."""
         return {
             "unacked_key": f"shop:{service}:unacked:{node}",
             "unacked_index_key": f"shop:{service}:unacked_index:{node}",
@@ -66,6 +71,6 @@ class Keys:
     @staticmethod
     def taken(service: str, node: str) -> str:
         """Messages a worker node took off its queue and has not acknowledged. The take is an atomic move into this
-        list and the ack removes them (see `events/consumer.py`, `guard_transport`), so a worker or Redis dying at
-        any point leaves the message here or in its queue; the node puts it back when it reconnects."""
+        list and the ack removes them (events/adapters/redis/kombu_channel.py), so a worker or Redis dying at any
+        point leaves the message here or in its queue; the node puts it back when it reconnects."""
         return f"shop:{service}:taken:{node}"

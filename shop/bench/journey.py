@@ -66,11 +66,12 @@ def create_product(unit_of_work: Callable[[str], Any], commit: Callable[[Any], N
     """The product every benchmark order buys, created with the product service's own command (on a fresh
     database: an existing one is kept)."""
     from product_service import handlers
+    from product_service.domain import ProductExists
 
     uow = unit_of_work("product_service")
     try:
         handlers.create_product(uow, product_id=BENCH_PRODUCT, name="Benchmark book", price=BENCH_PRICE,
                                 stock=BENCH_STOCK)
-    except handlers.ProductExists:
+    except ProductExists:
         return
     commit(uow)

@@ -1,6 +1,6 @@
 """The in-process bus: the same ServiceSpecs and handlers, dispatched in one process without a broker.
 
-Used by unit tests and by the monolith. Events committed by a unit of work are queued in process and delivered, one
+Used by unit tests (and, with a store of its own, by the monolith). Events committed by a unit of work are queued in process and delivered, one
 handler at a time, to every service subscribed to their type, each with its own inbox, exactly like the Redis bus
 but without serialization or network hops. Payloads still go through the same envelope round trip (`json` ->
 model), so a contract violation fails here as it would on Redis.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
 import threading
 import time
@@ -24,19 +25,75 @@ from typing import Any
 
 from events.bus import BoundHandler, ServiceSpec, TransientError, bind_handlers
 from events.envelope import Envelope, RejectedMessage
-from events.unit_of_work import (
-    AlreadyHandled,
-    ConcurrentUpdate,
-    InMemoryStore,
-    InMemoryUnitOfWork,
-)
+from events.unit_of_work import AlreadyHandled, ConcurrentUpdate, UnitOfWork
 
 log = logging.getLogger(__name__)
 
 
+class InMemoryStore:
+    """Documents, versions and inbox marks of every service, in dicts. For unit tests and the in-process bus.
+
+    Documents are kept as JSON text, as in the other stores: a reader always gets its own copy (a handler cannot
+    change stored state by mutating what it read), and a long-running process does not hold millions of small dicts
+    for the garbage collector to walk."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str, str], tuple[int, str]] = {}
+        self.inbox: set[tuple[str, str]] = set()
+
+    def unit_of_work(self, service: str, cause: Envelope | None = None, inbox: str | None = None) -> InMemoryUnitOfWork:
+        return InMemoryUnitOfWork(self, service, cause, inbox)
+
+    def documents(self, service: str, collection: str) -> dict[str, dict[str, Any]]:
+        return {
+            key: json.loads(document)
+            for (owner, name, key), (_, document) in self.records.items()
+            if owner == service and name == collection
+        }
+
+    def forget(self, service: str, collection: str, inbox: str | None = None) -> None:
+        for owner, name, key in [k for k in self.records if k[:2] == (service, collection)]:
+            del self.records[(owner, name, key)]
+        if inbox is not None:
+            self.inbox = {mark for mark in self.inbox if mark[0] != inbox}
+
+
+class InMemoryUnitOfWork(UnitOfWork):
+    """Same contract as every other store; commit is atomic because the in-process bus commits under its lock."""
+
+    def __init__(
+        self, store: InMemoryStore, service: str, cause: Envelope | None = None, inbox: str | None = None
+    ) -> None:
+        super().__init__(service, cause, inbox)
+        self.store = store
+        self._read_versions: dict[tuple[str, str], int] = {}
+
+    def get(self, collection: str, key: str) -> dict[str, Any] | None:
+        version, document = self.store.records.get((self.service, collection, key), (0, None))
+        self._read_versions[(collection, key)] = version
+        return None if document is None else json.loads(document)
+
+    def already_handled(self) -> bool:
+        return self.cause is not None and (self.inbox, str(self.cause.event_id)) in self.store.inbox
+
+    def commit(self) -> None:
+        if self.already_handled():
+            raise AlreadyHandled(str(self.cause.event_id) if self.cause else "")
+        for collection, key in self._writes:
+            current, _ = self.store.records.get((self.service, collection, key), (0, None))
+            if current != self._read_versions.get((collection, key), 0):
+                raise ConcurrentUpdate(f"{collection}/{key}")
+        for (collection, key), document in self._writes.items():
+            current, _ = self.store.records.get((self.service, collection, key), (0, None))
+            self.store.records[(self.service, collection, key)] = (current + 1, json.dumps(document))
+        if self.cause is not None:
+            self.store.inbox.add((self.inbox, str(self.cause.event_id)))
+        self._committed()
+
+
 class InMemoryBus:
     def __init__(self, store: InMemoryStore | None = None, max_retries: int = 4) -> None:
-        self.store = store or InMemoryStore()
+        self.store: InMemoryStore = store or InMemoryStore()
         self.max_retries = max_retries
         self._subscribers: dict[str, list[tuple[str, BoundHandler]]] = {}
         self._pending: deque[Envelope] = deque()
@@ -50,10 +107,10 @@ class InMemoryBus:
         for type_name, handler in bind_handlers(spec, dependencies).items():
             self._subscribers.setdefault(type_name, []).append((spec.name, handler))
 
-    def unit_of_work(self, service: str, cause: Envelope | None = None) -> InMemoryUnitOfWork:
-        return InMemoryUnitOfWork(self.store, service, cause)
+    def unit_of_work(self, service: str, cause: Envelope | None = None, inbox: str | None = None) -> UnitOfWork:
+        return self.store.unit_of_work(service, cause, inbox)
 
-    def commit(self, uow: InMemoryUnitOfWork) -> None:
+    def commit(self, uow: UnitOfWork) -> None:
         """Commit and dispatch what it published, synchronously, until the process is quiet."""
         with self._lock:
             uow.commit()
@@ -181,7 +238,7 @@ class DispatchingInMemoryBus(InMemoryBus):
             log.warning("stopped with %d deliveries not done: they are lost with this process", left)
         return left
 
-    def commit(self, uow: InMemoryUnitOfWork) -> None:
+    def commit(self, uow: UnitOfWork) -> None:
         """Store the unit of work and queue its events; the dispatcher delivers them."""
         with self._ready:
             uow.commit()

@@ -31,7 +31,7 @@ class ApiSettings(BaseSettings):
 
 
 class Bus(Protocol):
-    """The Redis publisher and the in-process bus both fit: an API needs only units of work and their commit."""
+    """A wiring of stores and broker, or the in-process bus: an API needs only units of work and their commit."""
 
     def unit_of_work(self, service: str) -> UnitOfWork: ...
     def commit(self, uow: UnitOfWork) -> None: ...

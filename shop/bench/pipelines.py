@@ -14,8 +14,8 @@ from uuid import uuid4
 
 import redis
 
-from benchmarks import bare_celery, journey
-from benchmarks.procs import WorkerGroup, python_module
+from shop.bench import bare_celery, journey
+from shop.bench.procs import WorkerGroup, python_module
 from events.settings import BusSettings
 
 PAYMENT = "payment"
@@ -64,23 +64,22 @@ class Pipeline(abc.ABC):
 
 class FullSystem(Pipeline):
     """The shop in microservices mode: one `python -m shop worker <service>` per consuming service, orders placed by
-    the order service's own command on a RedisPublisher unit of work. Done = the order document's `notified_at` is
-    set, read from the order service's store (nothing is added to the services for the benchmark)."""
+    the order service's own command on a unit of work of the same wiring the API uses. Done = the order document's
+    `notified_at` is set, read from the order service's store (nothing is added to the services for the benchmark)."""
 
     mode = "full"
 
     def __init__(self, settings: BusSettings, workers: WorkerGroup) -> None:
         super().__init__(settings, workers)
-        from events.keys import Keys
-        from events.redis_bus import RedisPublisher, declare_topology
+        from events.adapters.redis.keys import Keys
         from order_service import handlers
         from order_service.store import COLLECTION
-        from shop.services import SERVICES
+        from shop.bootstrap import bootstrap, declare_topology
 
         self.roles = tuple(PAYMENT if name == "payment_service" else name for name in journey.consumers())
         self.description = f"shop microservices: {len(self.roles)} x `shop worker`"
-        declare_topology(settings, list(SERVICES.values()))
-        self._publisher = RedisPublisher(settings)
+        declare_topology(settings)
+        self._wiring = bootstrap(settings)
         self._place_order = handlers.place_order
         self._items = journey.order_items()
         self._key = lambda order_id: Keys.document("order_service", COLLECTION, order_id)
@@ -92,10 +91,10 @@ class FullSystem(Pipeline):
 
     def _stock_the_catalogue(self, timeout: float) -> None:
         """Create the benchmark's product and wait until the order service's catalogue projection knows it."""
-        from events.keys import Keys
+        from events.adapters.redis.keys import Keys
         from order_service.store import CATALOGUE
 
-        journey.create_product(self._publisher.unit_of_work, self._publisher.commit)
+        journey.create_product(self._wiring.unit_of_work, self._wiring.commit)
         key = Keys.document("order_service", CATALOGUE, journey.BENCH_PRODUCT)
         deadline = time.monotonic() + timeout
         while not self.redis.exists(key):
@@ -110,9 +109,9 @@ class FullSystem(Pipeline):
         return shop_command("worker", "payment_service" if role == PAYMENT else role)
 
     def place(self) -> str:
-        uow = self._publisher.unit_of_work("order_service")
+        uow = self._wiring.unit_of_work("order_service")
         order = self._place_order(uow, customer_id="bench", items=self._items, payment_method="card")
-        self._publisher.commit(uow)
+        self._wiring.commit(uow)
         return str(order.id)
 
     def done(self, order_ids: list[str]) -> list[str]:
@@ -153,7 +152,7 @@ class BareCelery(Pipeline):
         )
 
     def worker_argv(self, role: str) -> list[str]:
-        return python_module("benchmarks.bare_celery", self._queues[role])
+        return python_module("shop.bench.bare_celery", self._queues[role])
 
     def place(self) -> str:
         order_id = uuid4().hex
@@ -168,7 +167,7 @@ class BareCelery(Pipeline):
 
 
 class Monolith(Pipeline):
-    """`shop.monolith`'s wiring in one process (benchmarks/monolith_process.py): one process does every hop, so
+    """`shop.monolith`'s wiring in one process (shop/bench/monolith_process.py): one process does every hop, so
     "same number of worker processes" does not apply; its CPU per order is the comparable figure."""
 
     mode = "monolith"
@@ -176,17 +175,17 @@ class Monolith(Pipeline):
     roles = ("monolith",)
 
     def worker_argv(self, role: str) -> list[str]:
-        return python_module("benchmarks.monolith_process")
+        return python_module("shop.bench.monolith_process")
 
     def place(self) -> str:
-        from benchmarks.monolith_process import ORDERS_KEY
+        from shop.bench.monolith_process import ORDERS_KEY
 
         token = uuid4().hex
         self.redis.lpush(ORDERS_KEY, token)
         return token
 
     def done(self, order_ids: list[str]) -> list[str]:
-        from benchmarks.monolith_process import DONE_KEY
+        from shop.bench.monolith_process import DONE_KEY
 
         if not order_ids:
             return []

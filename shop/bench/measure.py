@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 
 from hdrh.histogram import HdrHistogram
 
-from benchmarks.pipelines import Pipeline
-from benchmarks.procs import cpu_seconds, machine_busy_seconds, own_cpu_seconds
+from shop.bench.pipelines import Pipeline
+from shop.bench.procs import cpu_seconds, machine_busy_seconds, own_cpu_seconds
 
 HISTOGRAM_MAX_US = 120_000_000
 

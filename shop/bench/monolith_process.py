@@ -7,7 +7,7 @@ generator makes. Observed: when the order service has handled NotificationSent, 
 into one Redis hash, like the bare pipeline's last hop. That is one Redis round trip in and one out per order,
 the minimum needed to drive a process from outside, and the same two the bare pipeline pays.
 
-Run: `python -m benchmarks.monolith_process` with REDIS_URL set (the benchmark does it). Stops on SIGTERM.
+Run: `python -m shop.bench.monolith_process` with REDIS_URL set (the benchmark does it). Stops on SIGTERM.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ DONE_KEY = "bench:monolith:done"
 
 
 def main() -> None:
-    from benchmarks import journey
+    from shop.bench import journey
     from events.settings import BusSettings
     from order_service import handlers
     from shop.monolith import build_bus

@@ -4,16 +4,15 @@ The outcome (handled, duplicate, dead-lettered, retried, requeued) is only known
 that is where `MessageObserver.record` is called, once per message whatever its fate; celery's task signals would
 not see a message dead-lettered before it became a task, nor tell a duplicate from a handled one.
 
-This runs on the hot path, so it must stay cheap (see the README's Observability section for measured numbers):
+This runs on the hot path, so it stays cheap:
 
 * The log line goes through the stdlib `logging` (the JSON formatter is configured by the process, `shop/worker.py`);
   the envelope's ids are read only when the `shop.messages` logger is enabled.
-* Metrics: counters in process, flushed to one Redis hash per service by a background thread (`MetricsFlusher`)
-  every second or so. Per message that is a few dict increments under a lock, no I/O. Redis holds the totals, so
-  they add up across every worker of a service (compose `--scale`), survive a worker restart, and one endpoint
-  (`shop metrics`, `GET /metrics` on the order API) can serve them all; a per-worker HTTP endpoint would need
-  service discovery for scaled workers that publish no ports. The price: a worker killed with SIGKILL loses at most
-  one flush interval of counts, which is acceptable for metrics (never for events).
+* Metrics: counters in process, handed to a sink (one Redis hash per service, events/adapters/redis/worker.py) by a
+  background thread (`MetricsFlusher`) every second or so. Per message that is a few dict increments under a lock,
+  no I/O. The totals add up across every worker of a service and survive a worker restart, so one endpoint
+  (`shop metrics`) serves them all (see shop/metrics.py for why). The price: a worker killed with SIGKILL loses at
+  most one flush interval of counts, which is acceptable for metrics (never for events).
 """
 
 from __future__ import annotations
@@ -24,18 +23,20 @@ import threading
 import time
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
-import redis
-
 from events.envelope import Envelope
+
+MetricsSink = Callable[[Counter[str], float], None]
+"""Adds one flush (counts by field, seconds) to the service's totals; raises when the totals cannot be reached."""
 
 MESSAGE_LOG = logging.getLogger("shop.messages")
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("handled", "duplicate", "dead-lettered", "retried", "requeued", "error")
-"""`error`: an exception the runtime did not expect escaped `handle` (celery then logs it; the message stays
-unacknowledged and returns after the visibility timeout)."""
+"""`error`: an exception the runtime did not expect escaped `handle` (celery then logs it; the message stays in the
+worker's taken list until the worker reconnects)."""
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Upper bounds in seconds (Prometheus' `le`); a handler is a few Redis round trips, a slow gateway adds seconds."""
 
@@ -70,39 +71,37 @@ class ServiceMetrics:
             self._counts.update(counts)
             self._seconds += seconds
 
-    def flush(self, client: redis.Redis, key: str) -> int:
-        """One pipelined round trip with everything counted since the last flush; returns how many fields moved."""
+    def flush(self, sink: MetricsSink) -> int:
+        """Everything counted since the last flush, in one call to the sink; returns how many fields moved. When the
+        sink fails the counts are kept for the next flush."""
         counts, seconds = self.take()
         if not counts:
             return 0
         try:
-            with client.pipeline(transaction=True) as pipe:
-                for field, amount in counts.items():
-                    pipe.hincrby(key, field, amount)
-                pipe.hincrbyfloat(key, "seconds_sum", seconds)
-                pipe.execute()
-        except redis.RedisError:
+            sink(counts, seconds)
+        except Exception:
             self.give_back(counts, seconds)
             raise
         return len(counts)
 
 
 class MetricsFlusher:
-    """Moves a worker's counters to Redis every `interval` seconds, on a daemon thread (as `OutboxRelay` runs)."""
+    """Hands a worker's counters to its sink every `interval` seconds, on a daemon thread."""
 
-    def __init__(self, metrics: ServiceMetrics, client: redis.Redis, key: str, interval: float = 1.0) -> None:
-        self.metrics, self.client, self.key, self.interval = metrics, client, key, interval
+    def __init__(self, metrics: ServiceMetrics, sink: MetricsSink, interval: float = 1.0,
+                 errors: tuple[type[BaseException], ...] = (OSError,)) -> None:
+        self.metrics, self.sink, self.interval, self.errors = metrics, sink, interval, errors
         self._stop = threading.Event()
 
     def run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.metrics.flush(self.client, self.key)
-            except redis.RedisError as exc:
-                log.warning("metrics flush to %s failed (%s); kept for the next one", self.key, exc)
+                self.metrics.flush(self.sink)
+            except self.errors as exc:
+                log.warning("metrics flush failed (%s); kept for the next one", exc)
 
     def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name=f"metrics-{self.key}", daemon=True)
+        thread = threading.Thread(target=self.run, name="metrics-flusher", daemon=True)
         thread.start()
         return thread
 
@@ -110,8 +109,8 @@ class MetricsFlusher:
         """Stop and flush what is left (a clean shutdown loses nothing)."""
         self._stop.set()
         try:
-            self.metrics.flush(self.client, self.key)
-        except redis.RedisError:
+            self.metrics.flush(self.sink)
+        except self.errors:
             pass
 
 

@@ -1,0 +1,25 @@
+"""Connections to Redis, with TLS certificate checks on whenever the URL says rediss://."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import redis
+
+from events.settings import BusSettings
+
+
+def redis_client(settings: BusSettings, url: str | None = None) -> redis.Redis:
+    options: dict[str, Any] = {"health_check_interval": 30}
+    url = url or settings.redis_url
+    if url.startswith("rediss://"):
+        options["ssl_cert_reqs"] = settings.redis_ssl_cert_reqs
+    return redis.Redis.from_url(url, **options)
+
+
+def kombu_ssl(settings: BusSettings) -> dict[str, Any] | None:
+    """rediss:// without explicit `ssl_cert_reqs` would skip certificate checks (kombu's default): always pass it."""
+    if not settings.redis_url.startswith("rediss://"):
+        return None
+    return {"ssl_cert_reqs": getattr(ssl, f"CERT_{settings.redis_ssl_cert_reqs.upper()}")}

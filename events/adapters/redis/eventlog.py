@@ -1,0 +1,68 @@
+"""The event log: every published event, appended by the atomic step to one capped Redis stream.
+
+Read in order, in pages, for `shop replay`; filtered by correlation id inside Redis for `shop trace`, a slice of the
+stream per script call, so a trace transfers only the order's own events and never blocks Redis for long.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+from events.adapters.redis.keys import Keys
+
+PAGE = 500
+
+# KEYS: the event log. ARGV: start id (exclusive form allowed), correlation id, slice length.
+# Returns {last id read or '', matching entries}.
+FILTER_SCRIPT = """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[3]))
+local found = {}
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'correlation_id' then
+      if fields[i + 1] == ARGV[2] then found[#found + 1] = entry end
+      break
+    end
+  end
+end
+local last = ''
+if #entries > 0 then last = entries[#entries][1] end
+return {last, found}
+"""
+
+
+class RedisEventLog:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def history(self, page: int = PAGE) -> Iterator[tuple[str, str, str]]:
+        """(type, envelope, signature) of every logged event, oldest first."""
+        start = "-"
+        while True:
+            entries = self.redis.xrange(Keys.event_log(), min=start, count=page)
+            for _, fields in entries:
+                yield fields[b"type"].decode(), fields[b"envelope"].decode(), fields[b"signature"].decode()
+            if len(entries) < page:
+                return
+            start = "(" + entries[-1][0].decode()
+
+    def of(self, correlation_id: str, slice_length: int = 5000) -> list[dict[str, Any]]:
+        """The envelopes (as dicts) logged under `correlation_id`, oldest first."""
+        script = self.redis.register_script(FILTER_SCRIPT)
+        start, envelopes = "-", []
+        while True:
+            last, found = script(keys=[Keys.event_log()], args=[start, correlation_id, slice_length])
+            for _, fields in found:
+                values = dict(zip(fields[::2], fields[1::2], strict=True))
+                envelopes.append(json.loads(values[b"envelope"]))
+            if not last:
+                return envelopes
+            start = "(" + last.decode()
+
+    def length(self) -> int:
+        return int(self.redis.xlen(Keys.event_log()))

@@ -1,0 +1,337 @@
+"""The ONLY module that touches kombu's private API: the Redis transport a service worker consumes with, and how a
+publisher renders a message exactly as kombu's Redis transport would store it.
+
+It is a kombu transport of its own (`TRANSPORT`, given to celery as `broker_transport`), a subclass of kombu's Redis
+`Transport` whose channel overrides four private methods. At import it checks the kombu version and every private name
+it relies on, and fails loudly if they changed: a kombu upgrade must be re-verified here, never break silently.
+
+Atomic take. kombu BRPOPs a message and records it in the unacked hash in a second command: a worker killed, or a
+Redis killed, between the two loses the message. Here the take is `BLMOVE queue -> taken list` (one list per worker
+node, named by the transport option `TAKEN_KEY_OPTION`), and that list *is* the record of what the node holds
+unacknowledged: the ack removes the message (an LREM, plus the queue's outbox copy; or inside the store's commit, see
+`taken_message`), a reject or a channel close moves it back to its queue in one MULTI. So a message is always in
+exactly one list, and a delivery costs one round trip less than kombu's take-then-record. Whatever a node left in its
+taken list goes back to its queue, flagged redelivered, when the node (re)connects (`put_back`). kombu's visibility
+timeout does not apply to taken messages: a slow handler is never handed its message a second time. Needs Redis 6.2.
+
+Garbage. kombu json-parses each item it takes and builds a Message from it before celery sees it; an item that is not
+JSON, or not a kombu message, raises inside the worker's event loop, the worker exits and the popped item is lost.
+The channel checks every taken item and swaps an unusable one for a well-formed kombu message that carries the
+original bytes and the problem in a header, which celery hands to its decode-error path (dead-lettered with the raw
+item by the runtime).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Callable
+from time import monotonic
+from typing import Any
+from uuid import uuid4
+
+import kombu
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.transport.virtual.base import Empty
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps as kombu_dumps
+from kombu.utils.json import loads as kombu_loads
+
+log = logging.getLogger(__name__)
+
+TESTED_KOMBU = "5.7."
+"""The kombu minor this module was verified against (pyproject pins the same range)."""
+_PRIVATE_NAMES: dict[type, tuple[str, ...]] = {
+    kombu_redis.Channel: ("_brpop_start", "_brpop_read", "_q_for_pri", "_create_client", "_put", "conn_or_acquire",
+                          "_flush_brpop_reauth", "_get_message_priority", "_in_poll", "_brpop_sent_at",
+                          "priority_steps", "global_keyprefix", "QoS"),
+    kombu_redis.Transport: ("_deliver",),
+    kombu_redis.QoS: ("append", "ack", "reject", "restore_by_tag"),
+    virtual.QoS: ("append", "ack"),
+    virtual.Channel: ("basic_publish", "prepare_message"),
+}
+
+
+def _check_kombu() -> None:
+    problems = [f"kombu {kombu.__version__} is not {TESTED_KOMBU}x"] if not kombu.__version__.startswith(
+        TESTED_KOMBU) else []
+    problems += [f"{cls.__module__}.{cls.__name__}.{name} is gone"
+                 for cls, names in _PRIVATE_NAMES.items() for name in names if not hasattr(cls, name)]
+    if problems:
+        raise ImportError(
+            "events.adapters.redis.kombu_channel relies on kombu internals that changed: " + "; ".join(problems)
+            + ". Re-verify this module against the installed kombu before running workers on it."
+        )
+
+
+_check_kombu()
+
+TAKEN_KEY_OPTION = "shop_taken_key"
+"""The transport option that names a worker node's taken list; kombu ignores options it does not know."""
+OUTBOX_KEY_OPTION = "shop_outbox_key"
+"""The transport option with the key pattern of a queue's outbox (`{queue}` is replaced): the ack settles the copy."""
+UNDECODABLE_CONTENT_TYPE = "application/x-shop-undecodable"
+UNDECODABLE_HEADER = "x-shop-undecodable"
+
+_TAKEN: dict[str, tuple[str, bytes] | None] = {}
+"""Delivery tag -> (queue, message as taken) for every message this process's consuming channel took and has not yet
+acknowledged. None once the store's commit removed it from the taken list. One consuming channel per worker process
+(solo pool), so one registry."""
+
+after_take: Callable[[str, bytes], None] | None = None
+"""Fault injection only: called with (queue, item) right after a take (the crash tests kill the worker there)."""
+
+
+def taken_message(delivery_tag: str | None) -> bytes | None:
+    """The message as taken, for a store that acknowledges it inside its own commit (then call `acknowledged`)."""
+    entry = _TAKEN.get(delivery_tag) if delivery_tag else None
+    return entry[1] if entry else None
+
+
+def acknowledged(delivery_tag: str) -> None:
+    """The store's commit removed the message from the taken list: the channel's ack has nothing left to do."""
+    if delivery_tag in _TAKEN:
+        _TAKEN[delivery_tag] = None
+
+
+def forget_taken() -> None:
+    """A (re)connecting node puts back everything its taken list holds: no tag of the old connection is acked."""
+    _TAKEN.clear()
+
+
+def task_id_of(item: bytes | str) -> str | None:
+    try:
+        headers = json.loads(item).get("headers") or {}
+        return str(headers.get("id")) if headers.get("id") else None
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+def settle(pipe: Any, taken_key: str, outbox_pattern: str | None, queue: str, item: bytes) -> None:
+    """Queue the commands that acknowledge one taken message on `pipe`: out of the taken list, and its queue-outbox
+    copy settled (the task id is `<event id>:<queue>`)."""
+    pipe.lrem(taken_key, 1, item)
+    task_id = task_id_of(item)
+    if outbox_pattern and task_id:
+        event_id = task_id.split(":", 1)[0]
+        pipe.hdel(outbox_pattern.format(queue=queue), event_id)
+        pipe.zrem(outbox_pattern.format(queue=queue) + ":due", event_id)
+
+
+def put_back(client: Any, taken_key: str, queue: str, item: bytes, leftmost: bool = False) -> None:
+    """Move one taken message back to its queue, in one MULTI, flagged as redelivered as kombu flags a restored
+    message (the runtime counts redeliveries to stop poison messages). An item that is not a kombu message goes
+    back as it was: the channel dead-letters it when it is taken again."""
+    try:
+        payload = json.loads(item)
+        payload["headers"]["redelivered"] = True
+        payload["properties"]["delivery_info"]["redelivered"] = True
+        restored: bytes | str = json.dumps(payload)
+    except (ValueError, TypeError, KeyError):
+        restored = item
+    with client.pipeline() as pipe:
+        pipe.lrem(taken_key, 1, item)
+        (pipe.lpush if leftmost else pipe.rpush)(queue, restored)
+        pipe.execute()
+
+
+def kombu_payload_problem(item: bytes | str) -> str | None:
+    """Why kombu's Redis transport (and celery's dispatch) could not take this raw queue item, or None if they can."""
+    try:
+        payload = json.loads(item)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        return f"not JSON: {exc}"
+    if not isinstance(payload, dict):
+        return f"not a kombu message: a JSON {type(payload).__name__}"
+    properties = payload.get("properties")
+    if not isinstance(properties, dict):
+        return "not a kombu message: no 'properties' object"
+    if "delivery_tag" not in properties:
+        return "not a kombu message: no 'properties.delivery_tag'"
+    info = properties.get("delivery_info")
+    if not isinstance(info, dict) or "exchange" not in info or "routing_key" not in info:
+        return "not a kombu message: no 'properties.delivery_info' with exchange and routing_key"
+    headers = payload.get("headers")
+    if headers is not None and not isinstance(headers, dict):
+        return "not a kombu message: 'headers' is not an object"
+    if headers and "task" in headers and not isinstance(headers["task"], str):
+        return "not a celery message: the 'task' header is not a string"
+    encoding, body = properties.get("body_encoding"), payload.get("body")
+    if body and encoding is not None:
+        if encoding != "base64":
+            return f"not a kombu message: unknown body_encoding {str(encoding)[:50]!r}"
+        try:
+            base64.b64decode(body)
+        except Exception as exc:  # noqa: BLE001 - binascii.Error, TypeError, ValueError: all mean "unusable"
+            return f"not a kombu message: body is not base64 ({exc})"
+    return None
+
+
+def undecodable_kombu_message(item: bytes | str, queue: str, problem: str) -> str:
+    """A valid kombu message (JSON, as the Redis transport stores it) carrying the unusable `item` unchanged."""
+    raw = item if isinstance(item, bytes) else item.encode(errors="replace")
+    return json.dumps(
+        {
+            "body": base64.b64encode(raw).decode(),
+            "content-encoding": "binary",
+            "content-type": UNDECODABLE_CONTENT_TYPE,
+            "headers": {UNDECODABLE_HEADER: problem},
+            "properties": {
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid4()),
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "delivery_mode": 2,
+                "priority": 0,
+            },
+        }
+    )
+
+
+class TakenListQoS(kombu_redis.QoS):
+    """kombu's ack emulation with the node's taken list as the record of what is unacknowledged: nothing to write
+    when a message arrives (the BLMOVE put it there), one MULTI to ack it (nothing when the commit did)."""
+
+    channel: TakenListChannel
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        taken, self.channel.last_taken = self.channel.last_taken, None
+        if taken is None:
+            return super().append(message, delivery_tag)
+        _TAKEN[delivery_tag] = taken
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        if delivery_tag not in _TAKEN:
+            return super().ack(delivery_tag)
+        taken = _TAKEN.pop(delivery_tag)
+        if taken is not None:  # None: the commit acknowledged it already
+            with self.channel.conn_or_acquire() as client, client.pipeline() as pipe:
+                settle(pipe, self.channel.taken_key, self.channel.outbox_pattern, taken[0], taken[1])
+                pipe.execute()
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if delivery_tag not in _TAKEN:
+            return super().reject(delivery_tag, requeue=requeue)
+        if not requeue:
+            return self.ack(delivery_tag)
+        self.restore_by_tag(delivery_tag, leftmost=True)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+        """What kombu calls for every unacknowledged message when the channel closes, and a reject with requeue."""
+        if tag not in _TAKEN:
+            return super().restore_by_tag(tag, client=client, leftmost=leftmost)
+        taken = _TAKEN.pop(tag)
+        if taken is not None:
+            with self.channel.conn_or_acquire(client) as redis_client:
+                put_back(redis_client, self.channel.taken_key, taken[0], taken[1], leftmost=leftmost)
+
+
+class TakenListChannel(kombu_redis.Channel):
+    QoS = TakenListQoS
+    last_taken: tuple[str, bytes] | None = None
+    _moving_from: str | None = None
+    _sync_client: Any = None
+
+    @property
+    def taken_key(self) -> str:
+        return str(self.connection.client.transport_options.get(TAKEN_KEY_OPTION) or "")
+
+    @property
+    def outbox_pattern(self) -> str | None:
+        return self.connection.client.transport_options.get(OUTBOX_KEY_OPTION)
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        """BLMOVE the queue's oldest message into this node's taken list, where kombu would BRPOP it. Only for one
+        queue with one priority list (a service worker); anything else keeps kombu's BRPOP."""
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps
+                for queue in self._queue_cycle.consume(len(self.active_queues))]
+        if len(keys) != 1 or not self.taken_key or self.global_keyprefix:
+            self._moving_from = None
+            return super()._brpop_start(timeout)
+        self._moving_from = keys[0]
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        wait = self.brpop_timeout if timeout is None else timeout
+        self.client.connection.send_command("BLMOVE", keys[0], self.taken_key, "RIGHT", "LEFT", wait or 0)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        """The reply to the BLMOVE: deliver the message (or its dead-letter stand-in) as kombu delivers a BRPOP's."""
+        source = self._moving_from
+        if source is None:
+            return bool(super()._brpop_read(**options))
+        try:
+            try:
+                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if item is None:
+                raise Empty()
+            if after_take is not None:
+                after_take(source, item)
+            self.last_taken = (source, item)
+            problem = kombu_payload_problem(item)
+            if problem is not None:
+                log.warning("unusable item in queue %s, handing it to the dead-letter path: %s", source, problem)
+                item = undecodable_kombu_message(item, source, problem)
+            self._queue_cycle.rotate(source)
+            self.connection._deliver(kombu_loads(bytes_to_str(item)), source)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        """One synchronous client per channel instead of kombu's new `redis.Redis` per delivery record and per ack
+        (they share one pool anyway, so reusing the client changes nothing else)."""
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        if self._sync_client is None:
+            self._sync_client = super()._create_client()
+        return self._sync_client
+
+
+class Transport(kombu_redis.Transport):
+    Channel = TakenListChannel
+
+
+TRANSPORT = f"{__name__}:Transport"
+"""What celery's `broker_transport` names; the URL stays redis:// (or rediss://)."""
+
+
+class _Rendered(Exception):
+    """Raised by the rendering channel's `_put` to hand back the (list key, payload) it would have pushed."""
+
+    def __init__(self, key: str, payload: str) -> None:
+        self.key, self.payload = key, payload
+
+
+class _RenderingChannel(kombu_redis.Channel):
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        raise _Rendered(self._q_for_pri(queue, self._get_message_priority(message, reverse=False)),
+                        kombu_dumps(message))
+
+
+class _RenderingTransport(kombu_redis.Transport):
+    Channel = _RenderingChannel
+
+
+def rendering_connection(url: str, **options: Any) -> kombu.Connection:
+    """A connection whose channel renders messages instead of sending them (it never talks to Redis for that)."""
+    return kombu.Connection(url, transport=f"{__name__}:_RenderingTransport", **options)
+
+
+def render(channel: Any, queue: str, body: bytes | str, content_type: str, content_encoding: str,
+           headers: dict[str, Any], properties: dict[str, Any]) -> tuple[str, str]:
+    """(Redis list key, payload) of one message addressed to `queue` through the default exchange, byte for byte as
+    kombu's Redis transport would LPUSH it, so the commit script can push it inside its own atomic step."""
+    prepared = channel.prepare_message(body, 0, content_type, content_encoding, headers, properties)
+    try:
+        channel.basic_publish(prepared, "", queue)
+    except _Rendered as rendered:
+        return rendered.key, rendered.payload
+    raise RuntimeError("kombu published instead of rendering: the rendering channel's _put was not called")

@@ -1,0 +1,137 @@
+"""What the core asks of a broker and of a store's outbox, and the loop that joins them.
+
+A store that cannot share a transaction with the broker (a SQL database, or Redis when the messages travel through
+RabbitMQ) commits its outgoing events as outbox entries with the state; `OutboxSender` then hands them to the broker
+and settles the entries the broker accepted. A crash in between leaves the entries, and the relay (`OutboxSender.sweep`
+on a `Periodic` thread) sends them later; a crash after the send and before the settle sends one twice, which the
+consumers' inbox absorbs. Adapters implement `Broker` and `Outbox`; they never see each other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+from events.envelope import Envelope, Sealed, seal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One signed event on its way out. `queue` None: to every subscriber of `type` (and into the event history);
+    a queue name: a copy for that one queue only (a dead letter replayed), not logged again."""
+
+    id: str
+    type: str
+    correlation_id: str
+    envelope: str
+    signature: str
+    queue: str | None = None
+
+    @classmethod
+    def of(cls, envelope: Envelope, key: bytes) -> OutgoingMessage:
+        sealed = seal(envelope, key)
+        return cls(str(envelope.event_id), envelope.type, str(envelope.correlation_id), sealed.envelope,
+                   sealed.signature)
+
+    @classmethod
+    def to_queue(cls, queue: str, sealed: Sealed, event_id: str) -> OutgoingMessage:
+        return cls(f"{event_id}:{queue}", "", "", sealed.envelope, sealed.signature, queue)
+
+    @property
+    def sealed(self) -> Sealed:
+        return Sealed(envelope=self.envelope, signature=self.signature)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> OutgoingMessage:
+        return cls(**json.loads(raw))
+
+
+@dataclass
+class SendResult:
+    sent: list[str] = field(default_factory=list)
+    """ids the broker accepted (for RabbitMQ: confirmed)"""
+    unroutable: list[OutgoingMessage] = field(default_factory=list)
+    """messages no queue is bound to: the caller dead-letters them (they count as settled)"""
+
+
+class Broker(Protocol):
+    def send(self, messages: Sequence[OutgoingMessage]) -> SendResult:
+        """Deliver each message to its queues. May stop early on a broker error: what is not in the result was
+        not sent and stays in the outbox."""
+        ...
+
+    def subscribers(self, event_type: str) -> list[str]:
+        """The queues an event of this type reaches."""
+        ...
+
+
+class Outbox(Protocol):
+    def claim(self, limit: int) -> list[OutgoingMessage]:
+        """Entries due for a (re)send, each claimed so that no other relay sends it in the same period."""
+        ...
+
+    def settle(self, ids: Sequence[str]) -> None:
+        """The broker has these: forget them."""
+        ...
+
+
+class OutboxSender:
+    """Sends committed outbox entries and settles what the broker took; `sweep` is the relay's pass."""
+
+    def __init__(
+        self, outbox: Outbox, broker: Broker, dead_letter_unroutable: Callable[[OutgoingMessage], None]
+    ) -> None:
+        self.outbox, self.broker, self.dead_letter_unroutable = outbox, broker, dead_letter_unroutable
+        self.relayed = 0
+
+    def send(self, messages: Sequence[OutgoingMessage]) -> int:
+        if not messages:
+            return 0
+        result = self.broker.send(messages)
+        for message in result.unroutable:
+            self.dead_letter_unroutable(message)
+        done = [*result.sent, *(message.id for message in result.unroutable)]
+        if done:
+            self.outbox.settle(done)
+        return len(done)
+
+    def sweep(self, limit: int = 500) -> int:
+        sent = self.send(self.outbox.claim(limit))
+        if sent:
+            self.relayed += sent
+            log.warning("outbox relay: sent %d event(s) committed but not yet taken by the broker", sent)
+        return sent
+
+
+class Periodic:
+    """Runs `step` every `interval` seconds on a daemon thread until stopped; an error is logged and the next pass
+    comes as usual (a relay must outlive a broker outage)."""
+
+    def __init__(self, name: str, interval: float, step: Callable[[], object], errors: tuple[type[BaseException], ...]):
+        self.name, self.interval, self.step, self.errors = name, interval, step, errors
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.step()
+            except self.errors as exc:
+                log.warning("%s: %r (next pass in %.1fs)", self.name, exc, self.interval)
+
+    def start(self) -> Periodic:
+        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()

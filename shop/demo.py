@@ -1,0 +1,97 @@
+"""`shop demo`: start everything, register a few users, stock a few products, place sample orders (confirmed; one
+refused for stock; one declined, its stock released) and follow the notification log until each customer is told."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+from uuid import uuid4
+
+import httpx
+
+from events.settings import BusSettings
+from notification_service.notification_log import read_notifications
+from notification_service.service import NotificationSettings
+from shop.client import place_order, stock, wait_for_api
+from shop.processes import start_everything
+from shop.seeding import NewProduct, seed_products_over_http
+from shop.services import APIS
+
+SAMPLE_USERS = {"alice": "Alice Martin", "bob": "Bob Chen", "carol": "Carol Diaz", "dave": "Dave Okafor",
+                "erin": "Erin Walsh"}
+SAMPLE_PRODUCTS = [
+    NewProduct("book", "Book", "12.50", 50),
+    NewProduct("lamp", "Lamp", "49.90", 10),
+    NewProduct("bulb", "Bulb", "2.25", 100),
+    NewProduct("chair", "Chair", "89.00", 5),
+    NewProduct("vase", "Rare vase", "300.00", 1),
+]
+SAMPLE_ORDERS = [
+    ("alice", [("book", 2)], "card"),
+    ("bob", [("lamp", 1), ("bulb", 4)], "card"),
+    ("carol", [("chair", 1)], "card_declined"),  # declined: the chair goes back on the shelf
+    ("dave", [("vase", 2)], "card"),  # one vase in stock: rejected before any charge
+    ("erin", [("book", 3)], "card"),
+]
+
+
+def run_demo(
+    say: Callable[[str], None], show_notification: Callable[[dict[str, Any]], None], timeout: float = 60.0,
+    keep_running: bool = False,
+) -> bool:
+    """Returns False when some sample order was not notified within `timeout` seconds."""
+    settings = BusSettings()
+    os.environ.setdefault("SHOP_LOG_MESSAGES", "false")  # the workers' per-message lines would bury the story
+    supervisor, embedded = start_everything(settings.var_dir, report=lambda text: say(f"[dim]up:[/] {text}"))
+    try:
+        urls = {service: api.settings().base_url for service, api in APIS.items()}
+        for url in urls.values():
+            wait_for_api(url, timeout=30)
+        order_url, product_url = urls["order_service"], urls["product_service"]
+        seed_products_over_http(product_url, order_url, SAMPLE_PRODUCTS)
+        say("products: " + ", ".join(f"{p.name} {p.price} ({stock(product_url, p.id)} in stock)"
+                                     for p in SAMPLE_PRODUCTS))
+        run = uuid4().hex[:4]  # a fresh address per run: a second demo on the same stores registers new users
+        users = {}
+        for handle, name in SAMPLE_USERS.items():
+            response = httpx.post(f"{urls['user_service']}/users",
+                                  json={"name": name, "email": f"{handle}+{run}@example.com"}, timeout=10)
+            response.raise_for_status()
+            users[handle] = response.json()
+        say(f"registered {', '.join(user['name'] for user in users.values())}")
+        placed = {}
+        for handle, lines, method in SAMPLE_ORDERS:
+            order = place_order(order_url, users[handle]["id"], lines, method)
+            placed[order["id"]] = order
+            say(f"placed [bold]{order['id'][:8]}[/] for {users[handle]['name']}: "
+                f"{', '.join(f'{q} x {p}' for p, q in lines)}, total {order['total']} by {method}")
+        log_path = NotificationSettings().notification_log
+        seen: set[str] = set()
+        deadline = time.monotonic() + timeout
+        while len(seen) < len(placed) and time.monotonic() < deadline:
+            supervisor.poll()
+            for line in read_notifications(log_path):
+                if line["order_id"] in placed and line["order_id"] not in seen:
+                    seen.add(line["order_id"])
+                    show_notification(line)
+            time.sleep(0.1)
+        if len(seen) < len(placed):
+            say(f"[red]only {len(seen)} of {len(placed)} orders were notified within {timeout}s[/]")
+            return False
+        for order_id in placed:
+            order = httpx.get(f"{order_url}/orders/{order_id}", timeout=10).json()
+            say(f"order {order_id[:8]} is [bold]{order['status']}[/]"
+                + (f" ({order['reason']})" if order.get("reason") else ""))
+        say("stock now: " + ", ".join(f"{p.name} {stock(product_url, p.id)}" for p in SAMPLE_PRODUCTS)
+            + "  (the declined chair is back on the shelf)")
+        say(f"[green]all {len(placed)} sample orders notified[/]; log: {log_path}")
+        if keep_running:
+            say("still up (Ctrl-C to stop); try `shop order place` or `shop logs -f` in another terminal")
+            supervisor.run_forever()
+        return True
+    finally:
+        supervisor.stop()
+        if embedded:
+            embedded.stop()
