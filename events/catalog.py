@@ -6,24 +6,33 @@ are rejected, and money travels as a decimal string so no float ever rounds a pr
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar
 from uuid import UUID
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+
+MONEY_PATTERN = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?$"
+"""A plain decimal string: ASCII digits, no sign, no exponent, no separators or padding, at most two decimals."""
 
 
-def _decimal_not_float(value: Any) -> Any:
-    if isinstance(value, float):
-        raise ValueError("money must be a decimal string such as '19.99', not a float")
-    return value
+def _money(value: Any) -> Any:
+    """On the wire money is a plain decimal string; in Python code a Decimal may be given directly."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, str) and re.fullmatch(MONEY_PATTERN, value):
+        return Decimal(value)
+    raise ValueError("money must be a decimal string such as '19.99' (ASCII digits, at most two decimals)")
 
 
 Money = Annotated[
     Decimal,
-    BeforeValidator(_decimal_not_float),
+    BeforeValidator(_money),
     Field(ge=0, max_digits=14, decimal_places=2),
     PlainSerializer(lambda amount: f"{amount:.2f}", return_type=str),
+    # Stated, not inherited: the schema must not change with a pydantic release (it did between 2.13 and 2.14).
+    WithJsonSchema({"type": "string", "pattern": MONEY_PATTERN, "examples": ["19.99"]}),
 ]
 
 

@@ -1,9 +1,9 @@
 """The in-process bus: the same ServiceSpecs and handlers, dispatched in one process without a broker.
 
-Used by unit tests (and, with a store of its own, by the monolith). Events committed by a unit of work are queued in process and delivered, one
-handler at a time, to every service subscribed to their type, each with its own inbox, exactly like the Redis bus
-but without serialization or network hops. Payloads still go through the same envelope round trip (`json` ->
-model), so a contract violation fails here as it would on Redis.
+Used by unit tests (and, with a store of its own, by the monolith). Events committed by a unit of work are queued in
+process and delivered, one handler at a time, to every service subscribed to their type, each with its own inbox,
+exactly like the Redis bus but without serialization or network hops. Payloads still go through the same envelope
+round trip (`json` -> model), so a contract violation fails here as it would on Redis.
 
 `InMemoryBus.commit` dispatches synchronously, so a unit test sees the whole saga when commit returns.
 `DispatchingInMemoryBus` (the monolith) queues instead and dispatches on its own thread, so a request is answered
@@ -123,6 +123,14 @@ class InMemoryBus:
             for service, handler in self._route(envelope):
                 self._deliver(service, handler, envelope)
 
+    def redeliver(self, envelope: Envelope) -> None:
+        """Deliver a published event again to every subscriber (what a broker may do after a crash), then dispatch
+        whatever that publishes: a duplicate must have no second effect."""
+        with self._lock:
+            for service, handler in self._subscribers.get(envelope.type, []):
+                self._deliver(service, handler, envelope)
+        self.drain()
+
     def _route(self, envelope: Envelope) -> list[tuple[str, BoundHandler]]:
         """Record the event as published and return its subscribers; an event nobody handles is kept as
         unroutable, as the Redis bus dead-letters it."""
@@ -158,7 +166,7 @@ class InMemoryBus:
         except RejectedMessage as exc:
             self._dead_letter(service, envelope, exc.reason, exc.detail, attempt + 1)
             return None
-        except Exception as exc:  # noqa: BLE001 - a handler bug must not stop the other subscribers
+        except Exception as exc:
             log.exception("%s failed on %s", service, envelope.type)
             self._dead_letter(service, envelope, "handler error", repr(exc), attempt + 1)
             return None
@@ -271,7 +279,7 @@ class DispatchingInMemoryBus(InMemoryBus):
                 retryable = self._attempt(delivery.service, delivery.handler, delivery.envelope, delivery.attempt)
                 if retryable is not None:
                     self._retry_later(delivery, retryable)
-            except Exception:  # noqa: BLE001 - the dispatcher thread must outlive any one delivery
+            except Exception:
                 log.exception("dispatcher failed on %s", delivery.envelope.type)
             finally:
                 with self._ready:

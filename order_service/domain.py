@@ -56,11 +56,11 @@ class UnknownProducts(Exception):
 def price_items(items: list[OrderItem], products: list[CataloguedProduct | None]) -> list[OrderLine]:
     """Each item at the catalogue's current price; all unknown products are reported at once."""
     unknown = [f"items.{index}.product_id: unknown product {item.product_id!r}"
-               for index, (item, product) in enumerate(zip(items, products)) if product is None]
+               for index, (item, product) in enumerate(zip(items, products, strict=False)) if product is None]
     if unknown:
         raise UnknownProducts(unknown)
     return [OrderLine(product_id=item.product_id, quantity=item.quantity, unit_price=product.price)
-            for item, product in zip(items, products)]
+            for item, product in zip(items, products, strict=False)]
 
 
 class Order(BaseModel):

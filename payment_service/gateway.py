@@ -121,7 +121,8 @@ class SimulatedGateway:
             return previous
         if self.settings.delay:
             time.sleep(self.settings.delay)
-        if payment_method == "card_flaky" and self.ledger.count_attempt(idempotency_key) <= self.settings.flaky_failures:
+        if (payment_method == "card_flaky"
+                and self.ledger.count_attempt(idempotency_key) <= self.settings.flaky_failures):
             raise GatewayUnavailable(f"gateway timeout for {idempotency_key}")
         if self.settings.fault_injection:
             if payment_method == "card_slow":

@@ -15,5 +15,6 @@ from product_service import handlers
 SERVICE = ServiceSpec(
     name="product_service",
     handlers={OrderCreated: handlers.reserve_stock, PaymentFailed: handlers.release_stock},
-    publishes=(StockReserved, StockRejected, StockReleased, ProductCreated, ProductPriceChanged),  # the last two from its API
+    # the last two from its API
+    publishes=(StockReserved, StockRejected, StockReleased, ProductCreated, ProductPriceChanged),
 )

@@ -5,9 +5,9 @@ validate against), and each service's `ServiceSpec` says what it handles (`handl
 (`publishes`). A document assembled from those cannot drift from the running system; a test regenerates it and fails
 when the committed docs/asyncapi.yaml is stale (`shop asyncapi` rewrites it).
 
-Topology as the Redis bus builds it (events/redis_bus.py): publishers send to the direct exchange `shop.events` with
-the event type as routing key; each service consumes its own durable queue, bound with exactly the types it handles.
-So there is one channel for the exchange (every `send`) and one per service queue (its `receive`s).
+Topology as the Redis bus builds it (events/adapters/redis/topology.py): publishers send to the direct exchange
+`shop.events` with the event type as routing key; each service consumes its own durable queue, bound with exactly the
+types it handles. So there is one channel for the exchange (every `send`) and one per service queue (its `receive`s).
 """
 
 from __future__ import annotations

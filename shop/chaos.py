@@ -267,7 +267,8 @@ def _audit(
     result.poison_not_dead_lettered = sum(
         not any(reason == "poison message" and o in text for reason, text in dead_text) for o in poison
     ) + sum(not any(reason == "bad signature" and o in text for reason, text in dead_text) for o in tampered)
-    result.unexpected_dead_letters = result.dead_lettered - (len(poison) + len(tampered) - result.poison_not_dead_lettered)
+    result.unexpected_dead_letters = result.dead_lettered - (
+        len(poison) + len(tampered) - result.poison_not_dead_lettered)
     result.stock_mismatches = _audit_stock(wiring, len(placed))
     for name in ("lost", "double_charged", "duplicate_notifications", "missing_notifications",
                  "poison_not_dead_lettered", "unexpected_dead_letters", "outbox_unsettled", "stock_mismatches"):

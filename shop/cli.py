@@ -3,10 +3,11 @@ its body; the wiring of every process is in shop/bootstrap.py."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 from uuid import uuid4
 
 import typer
@@ -55,7 +56,7 @@ def worker(
     service: ServiceName,
     loglevel: Annotated[str, typer.Option(help="celery log level")] = "WARNING",
     name: Annotated[
-        Optional[str], typer.Option(help="node name, unique among live workers (default SERVICE@host)")
+        str | None, typer.Option(help="node name, unique among live workers (default SERVICE@host)")
     ] = None,
 ) -> None:
     """Run one celery worker for SERVICE's queue (what `shop up` and the compose file start)."""
@@ -81,8 +82,10 @@ def up() -> None:
     """Declare the topology and run every worker and every API in the foreground. Ctrl-C stops them all."""
     from shop.processes import start_everything
 
-    supervisor, embedded = start_everything(BusSettings().var_dir, report=lambda text: console.print(f"[dim]up:[/] {text}"))
-    apis = ", ".join(f"{service.removesuffix('_service')}s on {api.settings().base_url}" for service, api in APIS.items())
+    supervisor, embedded = start_everything(
+        BusSettings().var_dir, report=lambda text: console.print(f"[dim]up:[/] {text}"))
+    apis = ", ".join(
+        f"{service.removesuffix('_service')}s on {api.settings().base_url}" for service, api in APIS.items())
     console.print(f"[green]shop is up[/]: {apis}  (Ctrl-C to stop)")
     try:
         supervisor.run_forever()
@@ -125,8 +128,12 @@ def _print_notification(line: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 @order_app.command("place")
 def order_place(
-    customer: Annotated[str, typer.Option(help="customer id (a user id from POST /users addresses them by name)")] = "alice",
-    item: Annotated[Optional[list[str]], typer.Option(help="PRODUCT:QUANTITY, repeatable; priced by the order service")] = None,
+    customer: Annotated[
+        str, typer.Option(help="customer id (a user id from POST /users addresses them by name)")
+    ] = "alice",
+    item: Annotated[
+        list[str] | None, typer.Option(help="PRODUCT:QUANTITY, repeatable; priced by the order service")
+    ] = None,
     payment_method: Annotated[str, typer.Option(help="card | card_declined | card_flaky | ...")] = "card",
     count: Annotated[int, typer.Option(help="how many identical orders")] = 1,
 ) -> None:
@@ -180,7 +187,9 @@ def publish(
 # Watching it
 # ---------------------------------------------------------------------------------------------------------------------
 @app.command()
-def logs(follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new notifications")] = False) -> None:
+def logs(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new notifications")] = False,
+) -> None:
     """Print the notification log, one line per notification."""
     path = NotificationSettings().notification_log
     offset, printed = 0, 0
@@ -244,7 +253,9 @@ def trace(order_id: Annotated[str, typer.Argument(help="the order id (every even
 
 @app.command()
 def metrics(
-    serve: Annotated[bool, typer.Option("--serve", help="answer GET /metrics (SHOP_METRICS_HOST/PORT) until Ctrl-C")] = False,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="answer GET /metrics (SHOP_METRICS_HOST/PORT) until Ctrl-C")
+    ] = False,
 ) -> None:
     """Every service's counters (messages by outcome, failures, handler latency histogram), dead letters and queue
     depths, in Prometheus' text format: printed once, or served for a scraper."""
@@ -258,10 +269,8 @@ def metrics(
         return
     settings = MetricsSettings()
     console.print(f"metrics on http://{settings.host}:{settings.port}/metrics  (Ctrl-C to stop)")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         serve_metrics(client, SERVICES.values(), settings.host, settings.port)
-    except KeyboardInterrupt:
-        pass
 
 
 @app.command()
@@ -285,7 +294,9 @@ def asyncapi(
 # Repairing it
 # ---------------------------------------------------------------------------------------------------------------------
 @dlq_app.command("list")
-def dlq_list(service: Annotated[Optional[str], typer.Argument(help="only this service ('unroutable' too)")] = None) -> None:
+def dlq_list(
+    service: Annotated[str | None, typer.Argument(help="only this service ('unroutable' too)")] = None,
+) -> None:
     """One line per dead letter: id, service, reason, attempts, when."""
     from shop.bootstrap import bootstrap
 
@@ -313,9 +324,9 @@ def dlq_show(record_id: str) -> None:
 
 @dlq_app.command("replay")
 def dlq_replay(
-    record_id: Annotated[Optional[str], typer.Argument(help="the dead letter to replay")] = None,
+    record_id: Annotated[str | None, typer.Argument(help="the dead letter to replay")] = None,
     all_: Annotated[bool, typer.Option("--all", help="replay every replayable dead letter")] = False,
-    service: Annotated[Optional[str], typer.Option(help="with --all: only this service")] = None,
+    service: Annotated[str | None, typer.Option(help="with --all: only this service")] = None,
 ) -> None:
     """Re-inject dead letters into their service's queue (after the cause is fixed). Signatures are kept: a
     tampered message stays rejected."""
@@ -347,7 +358,7 @@ def dlq_replay(
 
 @dlq_app.command("purge")
 def dlq_purge(
-    service: Annotated[Optional[str], typer.Argument(help="only this service")] = None,
+    service: Annotated[str | None, typer.Argument(help="only this service")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
 ) -> None:
     """Delete dead letters for good."""
@@ -360,8 +371,12 @@ def dlq_purge(
 
 @app.command()
 def replay(
-    service: Annotated[str, typer.Argument(help="a service that keeps projections (order_service, notification_service)")],
-    rebuild: Annotated[bool, typer.Option(help="first delete the projections' documents: rebuild from history alone")] = False,
+    service: Annotated[
+        str, typer.Argument(help="a service that keeps projections (order_service, notification_service)")
+    ],
+    rebuild: Annotated[
+        bool, typer.Option(help="first delete the projections' documents: rebuild from history alone")
+    ] = False,
 ) -> None:
     """Feed SERVICE's projections (its local copies of other services' data) the history in the event log. Only
     projection handlers run: nothing is charged, notified or published again. A second replay skips what the first
@@ -410,10 +425,16 @@ def chaos(
 
 @app.command()
 def bench(
-    quick: Annotated[bool, typer.Option("--quick", help="short runs (< 1 min): a smoke test, not a measurement")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="directory for bench.json and bench.png [default: var/bench]")] = None,
-    runs: Annotated[Optional[int], typer.Option(help="alternating saturation runs per pipeline (>= 3 for a headline)")] = None,
-    rates: Annotated[Optional[str], typer.Option(help="offered loads for latency, e.g. '50,100,200' orders/s "
+    quick: Annotated[
+        bool, typer.Option("--quick", help="short runs (< 1 min): a smoke test, not a measurement")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="directory for bench.json and bench.png [default: var/bench]")
+    ] = None,
+    runs: Annotated[
+        int | None, typer.Option(help="alternating saturation runs per pipeline (>= 3 for a headline)")
+    ] = None,
+    rates: Annotated[str | None, typer.Option(help="offered loads for latency, e.g. '50,100,200' orders/s "
                                                       "[default: fractions of the slowest saturation]")] = None,
 ) -> None:
     """Measure the full system against a bare celery pipeline of the same shape (and the monolith): throughput,
@@ -438,8 +459,12 @@ def bench(
 
 @app.command()
 def compare(
-    quick: Annotated[bool, typer.Option("--quick", help="a small workload (for tests): every scenario, few orders")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="where compare.md and compare.json go (default: var/compare)")] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="a small workload (for tests): every scenario, few orders")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="where compare.md and compare.json go (default: var/compare)")
+    ] = None,
 ) -> None:
     """Run the same workload against the microservices and the monolith; print and write the comparison table
     (latency, throughput, failure impact, scaling, deployment) beside the classic claims."""

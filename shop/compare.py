@@ -508,12 +508,13 @@ def rows(results: dict[str, Any], workload: Workload) -> list[Row]:
     micro, mono, retries = results["microservices"], results["monolith"], results["retry_policy"]
 
     def latency(r: dict[str, Any]) -> str:
-        l = r["latency"]
-        return f"{_ms(l['p50_ms'])} / {_ms(l['p95_ms'])} / {_ms(l['p99_ms'])}"
+        lat = r["latency"]
+        return f"{_ms(lat['p50_ms'])} / {_ms(lat['p95_ms'])} / {_ms(lat['p99_ms'])}"
 
     def outage(r: dict[str, Any]) -> str:
         o = r["outage"]
-        text = f"{o['accepted']} accepted, {o['finished']} finished, {o['lost']} lost; recovered in {_value(o['recovered_in_s'])} s"
+        text = (f"{o['accepted']} accepted, {o['finished']} finished, {o['lost']} lost; "
+                f"recovered in {_value(o['recovered_in_s'])} s")
         return text + (f"; {o['dead_letters']} dead letters" if "dead_letters" in o else "")
 
     def scaling(r: dict[str, Any]) -> str:
@@ -529,7 +530,8 @@ def rows(results: dict[str, Any], workload: Workload) -> list[Row]:
 
     return [
         Row(
-            "Direct calls are faster", "latency placed -> notified, p50 / p95 / p99 (ms)", latency(micro), latency(mono),
+            "Direct calls are faster", "latency placed -> notified, p50 / p95 / p99 (ms)",
+            latency(micro), latency(mono),
             f"{workload.latency_orders} orders paced at {workload.latency_rate:g}/s; POST sent -> log line sent_at; "
             "HDR histogram",
         ),
@@ -546,8 +548,8 @@ def rows(results: dict[str, Any], workload: Workload) -> list[Row]:
             f"{workload.outage_rate:g} orders/s during the window; microservices: payment worker stopped, then "
             "started; monolith: fault switch makes payment raise a transient error, retried by the bus policy "
             f"({retries['max_retries']} retries from {retries['retry_backoff']:g} s doubling: "
-            f"{retries['budget_s']:g} s budget; its dead letters live in memory, with no replay); lost = accepted, never "
-            f"notified within {workload.recovery_timeout:g} s",
+            f"{retries['budget_s']:g} s budget; its dead letters live in memory, with no replay); "
+            f"lost = accepted, never notified within {workload.recovery_timeout:g} s",
         ),
         Row(
             "Services scale independently", "throughput with a slow gateway, 1 -> 2 payment workers (orders/s)",

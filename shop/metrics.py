@@ -6,8 +6,8 @@ scaled freely (`docker compose up --scale payment_service=3`) and publish no por
 service discovery, and prometheus_client's multiprocess mode only covers processes sharing one directory on one
 host. Flower sees celery tasks, not our outcomes (a duplicate or a dead letter is a successful task to celery), and
 needs task events on the hot path. Workers count in process and flush to Redis about once a second
-(events/runtime/observability.py), so the hot path does no I/O for metrics; the totals add up over every worker and survive
-restarts. Gauges (queue depth, stored dead letters) are read at scrape time.
+(events/runtime/observability.py), so the hot path does no I/O for metrics; the totals add up over every worker and
+survive restarts. Gauges (queue depth, stored dead letters) are read at scrape time.
 """
 
 from __future__ import annotations

@@ -10,11 +10,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from events.settings import BusSettings
 from shop.bootstrap import declare_topology
 from shop.embedded_redis import EmbeddedRedis, choose_broker
 from shop.services import APIS, CONSUMERS
 from shop.supervisor import Supervisor, shop_command
-from events.settings import BusSettings
 
 
 def shop_processes() -> dict[str, list[str]]:

@@ -76,6 +76,6 @@ def seed_products_over_http(
             if response.status_code == 201:
                 created.append(response.json())
         for product in products:
-            _wait(lambda: http.get(f"{order_api}/catalogue/{product.id}").status_code == 200,
+            _wait(lambda product=product: http.get(f"{order_api}/catalogue/{product.id}").status_code == 200,
                   f"product {product.id} in the order service's catalogue", timeout)
     return created

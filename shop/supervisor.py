@@ -106,18 +106,19 @@ class Supervisor:
 
     def stop(self, timeout: float = 10.0) -> None:
         self.stopping = True
-        running = [c for c in self.children.values() if c.process is not None and c.process.poll() is None]
-        for child in running:
-            os.killpg(child.process.pid, signal.SIGTERM)
+        running = [(c.name, c.process) for c in self.children.values()
+                   if c.process is not None and c.process.poll() is None]
+        for _, process in running:
+            os.killpg(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for child in running:
+        for _, process in running:
             try:
-                child.process.wait(max(0.1, deadline - time.monotonic()))
+                process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(child.process.pid, signal.SIGKILL)
-                child.process.wait()
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
         if running:
-            self.report(f"stopped {', '.join(child.name for child in running)}")
+            self.report(f"stopped {', '.join(name for name, _ in running)}")
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:

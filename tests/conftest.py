@@ -14,16 +14,17 @@ import pytest
 import redis
 
 from events.settings import BusSettings
-from tests.brokers import (
+from shop.bootstrap import Wiring, bootstrap
+from tests.support.brokers import (
     BROKERS,
+    TEST_REDIS_URL,
     Broker,
     broker_env,
     delete_rabbitmq_topology,
     rabbitmq_missing,
 )
-from tests.helpers import stop_process
+from tests.support.waiting import stop_process
 
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 
 
 @pytest.fixture
@@ -52,6 +53,20 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def settings(redis_url: str) -> BusSettings:
+    return BusSettings()
+
+
+@pytest.fixture
+def wiring(redis_url: str) -> Iterator[Wiring]:
+    """Stores, broker and dead letters as every process of the shop gets them (shop/bootstrap.py), on the test's
+    Redis (and on RabbitMQ when the test also asks for `bus` first)."""
+    wiring = bootstrap(BusSettings())
+    yield wiring
+    wiring.close()
 
 
 @pytest.fixture

@@ -44,7 +44,8 @@ def create_app(bus: Bus) -> FastAPI:
     def register(request: RegisterUser) -> dict[str, Any]:
         # A concurrent registration of the same address wins the claim; the retry of this one sees it (409).
         try:
-            user = run_command(bus, SERVICE_NAME, lambda uow: register_user(uow, name=request.name, email=request.email))
+            user = run_command(
+                bus, SERVICE_NAME, lambda uow: register_user(uow, name=request.name, email=request.email))
         except EmailTaken as taken:
             raise HTTPException(status_code=409, detail=str(taken)) from None
         return user_view(user)

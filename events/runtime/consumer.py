@@ -164,7 +164,7 @@ class ServiceRuntime:
             return Decision("retried", countdown=self.settings.retry_backoff * 2**delivery.retries, error=exc)
         except self.unavailable:
             raise
-        except Exception as exc:  # noqa: BLE001 - a bug in a handler: keep the message, keep the worker
+        except Exception as exc:
             log.exception("%s: handler for %s failed", self.spec.name, envelope.type)
             self.counter.forget(self.spec.name, event_id)
             self.dead_letters.add(self.spec.name, "handler error", "".join(traceback.format_exception(exc)),

@@ -17,6 +17,7 @@ This runs on the hot path, so it stays cheap:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -108,10 +109,8 @@ class MetricsFlusher:
     def stop(self) -> None:
         """Stop and flush what is left (a clean shutdown loses nothing)."""
         self._stop.set()
-        try:
+        with contextlib.suppress(self.errors):
             self.metrics.flush(self.sink)
-        except self.errors:
-            pass
 
 
 class MessageObserver:
@@ -133,7 +132,7 @@ class MessageObserver:
                     "%s %s", outcome, ids["event_type"] or "?",
                     extra={"service": self.service, "outcome": outcome, "duration_ms": round(seconds * 1000, 3), **ids},
                 )
-        except Exception:  # noqa: BLE001 - see the class docstring
+        except Exception:
             log.exception("telemetry failed for a %s message", outcome)
 
 

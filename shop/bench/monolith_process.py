@@ -23,9 +23,9 @@ DONE_KEY = "bench:monolith:done"
 
 
 def main() -> None:
-    from shop.bench import journey
     from events.settings import BusSettings
     from order_service import handlers
+    from shop.bench import journey
     from shop.monolith import build_bus
 
     settings = BusSettings()

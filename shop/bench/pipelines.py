@@ -14,9 +14,9 @@ from uuid import uuid4
 
 import redis
 
+from events.settings import BusSettings
 from shop.bench import bare_celery, journey
 from shop.bench.procs import WorkerGroup, python_module
-from events.settings import BusSettings
 
 PAYMENT = "payment"
 """Role name of the first hop's worker: the one the scaling table multiplies."""
@@ -121,7 +121,7 @@ class FullSystem(Pipeline):
             documents = pipe.execute()
         return [
             order_id
-            for order_id, raw in zip(order_ids, documents)
+            for order_id, raw in zip(order_ids, documents, strict=False)
             if raw is not None and json.loads(raw).get("notified_at") is not None
         ]
 
@@ -163,7 +163,7 @@ class BareCelery(Pipeline):
         if not order_ids:
             return []
         stamps = self.redis.hmget(bare_celery.DONE_KEY, order_ids)
-        return [order_id for order_id, stamp in zip(order_ids, stamps) if stamp is not None]
+        return [order_id for order_id, stamp in zip(order_ids, stamps, strict=False) if stamp is not None]
 
 
 class Monolith(Pipeline):
@@ -190,7 +190,7 @@ class Monolith(Pipeline):
         if not order_ids:
             return []
         stamps = self.redis.hmget(DONE_KEY, order_ids)
-        return [order_id for order_id, stamp in zip(order_ids, stamps) if stamp is not None]
+        return [order_id for order_id, stamp in zip(order_ids, stamps, strict=False) if stamp is not None]
 
 
 def monolith_available() -> tuple[bool, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 COLOURS = {"full": "tab:blue", "bare": "tab:orange", "monolith": "tab:green"}
 
@@ -43,7 +43,7 @@ def plot(result: dict, path: Path) -> None:
         values = [modes[name].get(part, 0.0) for name in names]
         cpu.bar(range(len(names)), values, bottom=bottom, label=part.replace("_cpu_ms_per_order", "").replace(
             "cpu_ms_per_order", "workers"))
-        bottom = [b + v for b, v in zip(bottom, values)]
+        bottom = [b + v for b, v in zip(bottom, values, strict=False)]
     cpu.set_xticks(range(len(names)), names)
     cpu.set_ylabel("CPU ms per order")
     cpu.legend(fontsize=8)

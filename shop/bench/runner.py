@@ -13,10 +13,10 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlparse
 
 import redis
@@ -141,24 +141,29 @@ def run(
                 outcome = saturate(pipeline)
                 result["modes"][pipeline.mode]["runs"].append(outcome.as_dict())
                 report(f"run {index + 1}/{settings.runs} {pipeline.mode:5}: {outcome.throughput:7.1f} orders/s, "
-                       f"{outcome.cpu_ms_per_order:.2f} worker-CPU ms/order, noise {outcome.foreign_cpu_share:.2f} cores")
+                       f"{outcome.cpu_ms_per_order:.2f} worker-CPU ms/order, "
+                       f"noise {outcome.foreign_cpu_share:.2f} cores")
         for pipeline in pipelines:
             mode = result["modes"][pipeline.mode]
             runs = mode["runs"]
             mode["throughput"] = round(measure.median([r["throughput"] for r in runs]), 1)
             mode["cpu_ms_per_order"] = round(measure.median([r["cpu_ms_per_order"] for r in runs]), 3)
-            mode["generator_cpu_ms_per_order"] = round(measure.median([r["generator_cpu_ms_per_order"] for r in runs]), 3)
+            mode["generator_cpu_ms_per_order"] = round(
+                measure.median([r["generator_cpu_ms_per_order"] for r in runs]), 3)
             mode["redis_cpu_ms_per_order"] = round(measure.median([r["redis_cpu_ms_per_order"] for r in runs]), 3)
         full_runs = [r["throughput"] for r in result["modes"]["full"]["runs"]]
         bare_runs = [r["throughput"] for r in result["modes"]["bare"]["runs"]]
-        pair_ratios = [f / b for f, b in zip(full_runs, bare_runs) if b > 0]
+        pair_ratios = [f / b for f, b in zip(full_runs, bare_runs, strict=False) if b > 0]
         result["ratio_full_over_bare"] = round(measure.median(pair_ratios), 3)
         result["ratio_runs"] = [round(r, 3) for r in pair_ratios]
-        result["ratio_of_medians"] = round(result["modes"]["full"]["throughput"] / result["modes"]["bare"]["throughput"], 3)
+        result["ratio_of_medians"] = round(
+            result["modes"]["full"]["throughput"] / result["modes"]["bare"]["throughput"], 3)
         if "runs" in result["modes"].get("monolith", {}):
             mono_runs = [r["throughput"] for r in result["modes"]["monolith"]["runs"]]
-            result["ratio_monolith_over_bare"] = round(measure.median([m / b for m, b in zip(mono_runs, bare_runs)]), 3)
-        report(f"ratio full / bare throughput: {result['ratio_full_over_bare']:.3f} (median of {len(pair_ratios)} pairs)")
+            result["ratio_monolith_over_bare"] = round(
+                measure.median([m / b for m, b in zip(mono_runs, bare_runs, strict=False)]), 3)
+        report(f"ratio full / bare throughput: {result['ratio_full_over_bare']:.3f} "
+               f"(median of {len(pair_ratios)} pairs)")
 
         slowest = min(result["modes"][p.mode]["throughput"] for p in pipelines)
         offered = rates or [round(fraction * slowest, 1) for fraction in settings.latency_fractions]

@@ -53,10 +53,7 @@ def command_of(service: dict[str, Any]) -> list[str]:
 
 def started_by_shop_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str]]:
     """The children `shop up` hands its supervisor, captured without starting Redis or any process."""
-    import events.redis_bus
-    import shop.cli
-    import shop.embedded_redis
-    import shop.supervisor
+    import shop.processes
 
     captured: dict[str, list[str]] = {}
 
@@ -68,10 +65,10 @@ def started_by_shop_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[
             pass
 
     monkeypatch.setenv("REDIS_URL", "redis://unused.invalid:6379/0")  # restored afterwards; `shop up` overwrites it
-    monkeypatch.setattr(shop.embedded_redis, "choose_broker", lambda var_dir: ("redis://unused.invalid:6379/0", None))
-    monkeypatch.setattr(events.redis_bus, "declare_topology", lambda *args, **kwargs: None)
-    monkeypatch.setattr(shop.supervisor, "Supervisor", RecordingSupervisor)
-    shop.cli._start_everything(tmp_path)
+    monkeypatch.setattr(shop.processes, "choose_broker", lambda var_dir: ("redis://unused.invalid:6379/0", None))
+    monkeypatch.setattr(shop.processes, "declare_topology", lambda *args, **kwargs: None)
+    monkeypatch.setattr(shop.processes, "Supervisor", RecordingSupervisor)
+    shop.processes.start_everything(tmp_path, report=lambda text: None)
     return captured
 
 

@@ -28,9 +28,8 @@ import redis
 from notification_service.notification_log import read_notifications
 from shop.embedded_redis import free_port
 from shop.seeding import NewProduct, seed_products_over_http
-from tests.brokers import broker_env, delete_rabbitmq_topology, rabbitmq_missing
-from tests.conftest import TEST_REDIS_URL
-from tests.helpers import stop_process, wait_until
+from tests.support.brokers import TEST_REDIS_URL, broker_env, delete_rabbitmq_topology, rabbitmq_missing
+from tests.support.waiting import stop_process, wait_until
 
 MODES = {"microservices": "up", "microservices-rabbitmq": "up", "monolith": "monolith"}
 """mode -> `shop` command. "microservices-rabbitmq" is `shop up` with BROKER_URL=amqp://... (stores still in Redis)."""

@@ -30,24 +30,24 @@ from uuid import uuid4
 
 import pytest
 import redis
+from celery import Celery
 from fastapi.testclient import TestClient
 from kombu import Producer
 
+from events.adapters.redis.messages import task_name
+from events.adapters.redis.topology import kombu_connection
+from events.adapters.redis.worker import in_flight
 from events.catalog import OrderCreated, PaymentProcessed
-from events.consumer import in_flight
-from events.deadletters import DeadLetterStore
 from events.envelope import Envelope, Sealed, sign
-from events.redis_bus import (
-    RedisPublisher,
-    declare_topology,
-    kombu_connection,
-    scan_documents,
-)
+from events.messaging import OutgoingMessage
+from events.runtime.celery_worker import make_celery_app
 from events.settings import BusSettings
 from order_service.api import create_app
 from product_service.domain import ReservationStatus
+from shop.bootstrap import Wiring, declare_topology
 from shop.services import SERVICES
-from tests.helpers import stock_product, wait_until
+from tests.support.builders import stock_product
+from tests.support.waiting import wait_until
 
 SERVICE = "product_service"
 QUEUE = SERVICES[SERVICE].queue
@@ -89,21 +89,11 @@ def signed(raw: str, key: bytes) -> Sealed:
     return Sealed(envelope=raw, signature=sign(raw, key))
 
 
-class Kwargs:
-    """Stands in for `Sealed` where MessageFactory.build needs any kwargs (it only calls `model_dump()`)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
-
-    def model_dump(self) -> dict[str, Any]:
-        return self.kwargs
-
-
 def celery_task(
-    publisher: RedisPublisher, task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    app: Celery, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """(body, headers, properties) of a protocol-2 celery task message, as MessageFactory builds them."""
-    message = publisher.app.amqp.as_task_v2(str(uuid4()), task_name, args=args, kwargs=kwargs, ignore_result=True)
+    message = app.amqp.as_task_v2(str(uuid4()), name, args=args, kwargs=kwargs, ignore_result=True)
     return message.body, message.headers, message.properties
 
 
@@ -117,10 +107,11 @@ class BadMessage:
 class Injector:
     """Puts one message into the product queue, at the level each case needs."""
 
-    def __init__(self, publisher: RedisPublisher, client: redis.Redis) -> None:
-        self.publisher = publisher
+    def __init__(self, wiring: Wiring, client: redis.Redis) -> None:
+        self.wiring = wiring
         self.client = client
-        self.settings = publisher.settings
+        self.settings = wiring.settings
+        self.app = make_celery_app("tests.bad_input", self.settings)
         self._connection = kombu_connection(self.settings)
         self._producer = Producer(self._connection.default_channel)
 
@@ -138,28 +129,31 @@ class Injector:
             body, exchange="", routing_key=QUEUE, serializer=serializer, headers=headers or {}, **properties
         )
 
-    def task(self, kwargs: Sealed | Kwargs) -> None:
-        """A well-formed celery task for the product service's task, built by the production MessageFactory."""
-        key, payload = self.publisher.messages.build(QUEUE, kwargs, f"bad-input:{uuid4()}")  # type: ignore[arg-type]
-        self.client.lpush(key, payload)
+    def sealed(self, sealed: Sealed) -> None:
+        """A signed envelope (whatever it holds) for the product service's task, sent by the production broker to
+        the product queue only, as a replayed dead letter is."""
+        message = OutgoingMessage.to_queue(QUEUE, sealed, f"bad-input-{uuid4()}")
+        assert self.wiring.broker.send([message]).sent == [message.id]
 
-    def task_with_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        body, headers, properties = celery_task(self.publisher, self.publisher.messages.task_name(QUEUE), args, kwargs)
+    def task(self, kwargs: dict[str, Any], args: tuple[Any, ...] = ()) -> None:
+        """A well-formed celery task for the product service's task, with any arguments (the broker only ever sends
+        an envelope and a signature, so these are published with kombu)."""
+        body, headers, properties = celery_task(self.app, task_name(QUEUE), args, kwargs)
         self.kombu(body, headers, **properties)
 
     def envelope(self, envelope: dict[str, Any]) -> None:
-        self.task(signed(json.dumps(envelope), self.settings.key))
+        self.sealed(signed(json.dumps(envelope), self.settings.key))
 
 
 def tampered(injector: Injector) -> None:
     envelope = envelope_dict("tampered-after-signing")
     sealed = signed(json.dumps(envelope), injector.settings.key)
     envelope["payload"]["total"] = "0.01"  # the attacker's edit, after the signature was made
-    injector.task(Sealed(envelope=json.dumps(envelope), signature=sealed.signature))
+    injector.sealed(Sealed(envelope=json.dumps(envelope), signature=sealed.signature))
 
 
 def wrong_key(injector: Injector) -> None:
-    injector.task(signed(json.dumps(envelope_dict("signed-with-another-key")), b"not-the-shared-key"))
+    injector.sealed(signed(json.dumps(envelope_dict("signed-with-another-key")), b"not-the-shared-key"))
 
 
 def oversized(injector: Injector) -> None:
@@ -203,30 +197,30 @@ BAD_MESSAGES: list[BadMessage] = [
                lambda i: i.kombu({}, {"task": [marker("kombu-task-header-not-a-string")]})),
     BadMessage("celery-body-not-args-kwargs-embed", "invalid task message",
                lambda i: i.kombu(marker("celery-body-not-args-kwargs-embed"), celery_task(
-                   i.publisher, i.publisher.messages.task_name(QUEUE), (), {})[1])),
+                   i.app, task_name(QUEUE), (), {})[1])),
     BadMessage("kombu-message-not-a-celery-task", "not a task message",
                lambda i: i.kombu({"hello": marker("kombu-message-not-a-celery-task")})),
     BadMessage("celery-task-unknown-name", "unknown task",
-               lambda i: i.kombu(*celery_task(i.publisher, f"{marker('celery-task-unknown-name')}.nope", (), {})[:2])),
+               lambda i: i.kombu(*celery_task(i.app, f"{marker('celery-task-unknown-name')}.nope", (), {})[:2])),
     BadMessage("celery-body-not-json-content", "invalid task message",
                lambda i: i.kombu(f"{marker('celery-body-not-json-content')}", celery_task(
-                   i.publisher, i.publisher.messages.task_name(QUEUE), (), {})[1], serializer="pickle")),
+                   i.app, task_name(QUEUE), (), {})[1], serializer="pickle")),
     # ---- the service's task, with arguments it cannot use ----
     BadMessage("positional-args", "malformed message",
-               lambda i: i.task_with_args((marker("positional-args"), "sig"), {})),
+               lambda i: i.task({}, args=(marker("positional-args"), "sig"))),
     BadMessage("signature-missing", "malformed message",
-               lambda i: i.task(Kwargs(envelope=json.dumps(envelope_dict("signature-missing"))))),
+               lambda i: i.task({"envelope": json.dumps(envelope_dict("signature-missing"))})),
     BadMessage("unexpected-kwarg", "malformed message",
-               lambda i: i.task(Kwargs(**valid_sealed("x", i.settings.key).model_dump(),
-                                       priority=marker("unexpected-kwarg")))),
+               lambda i: i.task({**valid_sealed("x", i.settings.key).model_dump(),
+                                 "priority": marker("unexpected-kwarg")})),
     BadMessage("signature-not-a-string", "malformed message",
-               lambda i: i.task(Kwargs(envelope=json.dumps(envelope_dict("signature-not-a-string")), signature=42))),
+               lambda i: i.task({"envelope": json.dumps(envelope_dict("signature-not-a-string")), "signature": 42})),
     # ---- the signed envelope ----
     BadMessage("larger-than-max-message-bytes", "message too large", oversized),
     BadMessage("tampered-after-signing", "bad signature", tampered),
     BadMessage("signed-with-another-key", "bad signature", wrong_key),
     BadMessage("envelope-not-json", "invalid JSON",
-               lambda i: i.task(signed(f"{marker('envelope-not-json')} {{ not JSON", i.settings.key))),
+               lambda i: i.sealed(signed(f"{marker('envelope-not-json')} {{ not JSON", i.settings.key))),
     BadMessage("envelope-missing-field", "invalid envelope",
                lambda i: i.envelope(envelope_dict("envelope-missing-field", event_id=...))),
     BadMessage("envelope-extra-field", "invalid envelope",
@@ -295,21 +289,23 @@ def dead_letter_kind(record: dict[str, Any], kinds: list[str]) -> list[str]:
 @pytest.mark.timeout(300)
 def test_every_bad_input_gets_its_reason_and_good_orders_still_flow(
     redis_client: redis.Redis,
+    wiring: Wiring,
     start_worker: Callable[..., subprocess.Popen],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("SHOP_MAX_MESSAGE_BYTES", str(MAX_MESSAGE_BYTES))
-    settings = BusSettings()
-    assert settings.max_message_bytes == MAX_MESSAGE_BYTES
-    declare_topology(settings, list(SERVICES.values()))  # good orders must find the product queue bound
-    publisher = RedisPublisher(settings)
-    stock_product(publisher, price="12.50")
-    injector = Injector(publisher, redis_client)
-    dead_letters = DeadLetterStore(redis_client)
+    assert BusSettings().max_message_bytes == MAX_MESSAGE_BYTES  # what the worker started below reads
+    declare_topology(wiring.settings)  # good orders must find the product queue bound
+    stock_product(wiring, price="12.50")
+    injector = Injector(wiring, redis_client)
+    dead_letters = wiring.dead_letters
     worker = start_worker(SERVICE)
 
+    def documents(service: str, collection: str) -> dict[str, dict[str, Any]]:
+        return wiring.store(service).documents(service, collection)
+
     good_orders: list[str] = []
-    with TestClient(create_app(publisher)) as http:
+    with TestClient(create_app(wiring)) as http:
 
         def place_good_order() -> None:
             response = http.post("/orders", json=GOOD_ORDER)
@@ -333,7 +329,7 @@ def test_every_bad_input_gets_its_reason_and_good_orders_still_flow(
     injector.close()
 
     def settled() -> bool:
-        paid = scan_documents(redis_client, SERVICE, "reservation")
+        paid = documents(SERVICE, "reservation")
         return (
             all(order_id in paid for order_id in good_orders)
             and len(dead_letters.list(SERVICE)) >= len(BAD_MESSAGES)
@@ -346,10 +342,10 @@ def test_every_bad_input_gets_its_reason_and_good_orders_still_flow(
     assert worker.poll() is None, f"the product worker died (exit code {worker.returncode})"
 
     # Every good order, and only those, had its stock reserved; no bad HTTP request created an order.
-    reserved = scan_documents(redis_client, SERVICE, "reservation")
+    reserved = documents(SERVICE, "reservation")
     assert sorted(reserved) == sorted(good_orders)
     assert {reserved[order_id]["status"] for order_id in good_orders} == {ReservationStatus.RESERVED}, reserved
-    assert sorted(scan_documents(redis_client, "order_service", "order")) == sorted(good_orders)
+    assert sorted(documents("order_service", "order")) == sorted(good_orders)
 
     # Every bad message is exactly one dead letter, with its reason.
     kinds = [case.kind for case in BAD_MESSAGES]

@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from events.catalog import OrderItem
-from events.keys import Keys
-from events.redis_bus import RedisPublisher, declare_topology
-from events.settings import BusSettings
 from order_service.handlers import place_order
-from shop.services import SERVICES
-from tests.helpers import stock_product
+from shop.bootstrap import Wiring, declare_topology
+from tests.support.builders import stock_product
 
 
-@pytest.mark.usefixtures("redis_url")
-def test_placing_an_order_logs_its_order_created_with_the_signed_envelope(redis_client) -> None:
-    settings = BusSettings()
-    declare_topology(settings, list(SERVICES.values()))
-    publisher = RedisPublisher(settings)
-    stock_product(publisher, price="3.00")
-    uow = publisher.unit_of_work("order_service")
+def test_placing_an_order_logs_its_order_created_with_the_signed_envelope(wiring: Wiring) -> None:
+    declare_topology(wiring.settings)
+    stock_product(wiring, price="3.00")
+    uow = wiring.unit_of_work("order_service")
     order = place_order(uow, customer_id="kim", payment_method="card", items=[OrderItem(product_id="book", quantity=1)])
     uow.commit()
 
-    [(_, fields)] = redis_client.xrange(Keys.event_log())
-    assert fields[b"type"] == b"OrderCreated"
-    assert fields[b"correlation_id"] == str(order.id).encode()
-    envelope = json.loads(fields[b"envelope"])
+    [(type_name, raw, signature)] = list(wiring.event_log.history())
+    assert type_name == "OrderCreated"
+    envelope = json.loads(raw)
+    assert envelope["correlation_id"] == str(order.id)
     assert envelope["payload"]["order_id"] == str(order.id)
-    assert len(fields[b"signature"]) == 64
+    assert len(signature) == 64
+    assert wiring.event_log.of(str(order.id)) == [envelope]

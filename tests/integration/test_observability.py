@@ -11,33 +11,34 @@ import sys
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from types import SimpleNamespace
+from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
 
 import pytest
 import redis
-from celery.exceptions import Reject, Retry
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
+from events.adapters.redis.eventlog import RedisEventLog
+from events.adapters.redis.keys import Keys
+from events.adapters.redis.worker import metrics_sink
 from events.bus import TransientError
 from events.catalog import OrderItem, PaymentProcessed
-from events.consumer import ServiceRuntime
 from events.envelope import Envelope, seal
-from events.keys import Keys
-from events.observability import MESSAGE_LOG
-from events.redis_bus import RedisPublisher, declare_topology
+from events.runtime.consumer import Delivery, ServiceRuntime
+from events.runtime.observability import MESSAGE_LOG
 from events.settings import BusSettings
 from order_service.handlers import place_order
-from order_service.store import Catalogue, Orders
+from order_service.store import catalogue, orders
 from product_service.handlers import create_product
 from shop import metrics
+from shop.bootstrap import Wiring, bootstrap_worker, declare_topology
 from shop.cli import app as cli_app
 from shop.services import SERVICES
-from shop.trace import journey, logged_events
+from shop.trace import journey
 from shop.worker import log_formatter
-from tests.helpers import stop_process, wait_until
+from tests.support.waiting import stop_process, wait_until
 
 pytestmark = pytest.mark.usefixtures("redis_url")
 
@@ -57,10 +58,13 @@ def sample(metric_text: str, name: str, **labels: str) -> float:
 # ServiceRuntime.handle: every outcome is logged and counted
 # ---------------------------------------------------------------------------------------------------------------------
 @pytest.fixture
-def runtime() -> ServiceRuntime:
+def runtime() -> Iterator[ServiceRuntime]:
+    """The order service's runtime exactly as its worker gets it (no celery, no broker involved)."""
     settings = BusSettings()
-    declare_topology(settings, list(SERVICES.values()))
-    return ServiceRuntime(SERVICES["order_service"], settings)
+    declare_topology(settings)
+    worker = bootstrap_worker("order_service", settings)
+    yield worker.runtime
+    worker.wiring.close()
 
 
 def payment_processed(settings: BusSettings) -> tuple[Envelope, Any]:
@@ -69,15 +73,6 @@ def payment_processed(settings: BusSettings) -> tuple[Envelope, Any]:
     envelope = Envelope.wrap(PaymentProcessed(order_id=order_id, payment_id=uuid4(), amount=Decimal("1.00")),
                              producer="payment_service", correlation_id=order_id, causation_id=uuid4())
     return envelope, seal(envelope, settings.key)
-
-
-class FakeTask:
-    """What `handle` needs of a celery task to ask for a retry."""
-
-    request = SimpleNamespace(retries=0, delivery_info={"redelivered": False})
-
-    def retry(self, exc: Exception, **_: Any) -> Retry:
-        return Retry(exc=exc)
 
 
 def test_every_outcome_gets_one_json_log_line_with_the_envelope_ids_and_is_counted(
@@ -93,17 +88,18 @@ def test_every_outcome_gets_one_json_log_line_with_the_envelope_ids_and_is_count
         return handle
 
     with caplog.at_level(logging.INFO, logger=MESSAGE_LOG.name):
-        assert runtime.handle(sealed.envelope, sealed.signature) == "handled"
-        assert runtime.handle(sealed.envelope, sealed.signature) == "duplicate"
-        assert runtime.handle(sealed.envelope, "0" * 64) == "dead-lettered"
+        assert runtime.handle(Delivery(sealed.envelope, sealed.signature)).outcome == "handled"
+        assert runtime.handle(Delivery(sealed.envelope, sealed.signature)).outcome == "duplicate"
+        assert runtime.handle(Delivery(sealed.envelope, "0" * 64)).outcome == "dead-lettered"
         runtime.handlers["PaymentProcessed"] = fail_with(TransientError("gateway timeout"))
-        with pytest.raises(Retry):
-            runtime.handle(failing_sealed.envelope, failing_sealed.signature, task=FakeTask())
+        retried = runtime.handle(Delivery(failing_sealed.envelope, failing_sealed.signature, retries=0))
+        assert retried.outcome == "retried" and isinstance(retried.error, TransientError)
+        assert retried.countdown == pytest.approx(runtime.settings.retry_backoff)
         runtime.handlers["PaymentProcessed"] = fail_with(redis.ConnectionError("Redis went away"))
-        with pytest.raises(Reject):
-            runtime.handle(failing_sealed.envelope, failing_sealed.signature)
+        requeued = runtime.handle(Delivery(failing_sealed.envelope, failing_sealed.signature))
+        assert requeued.outcome == "requeued" and isinstance(requeued.error, redis.ConnectionError)
         runtime.handlers["PaymentProcessed"] = handler
-        assert runtime.handle("not json", "nor a signature") == "dead-lettered"
+        assert runtime.handle(Delivery("not json", "nor a signature")).outcome == "dead-lettered"
 
     records = [record for record in caplog.records if record.name == MESSAGE_LOG.name]
     assert [record.outcome for record in records] == [
@@ -117,7 +113,7 @@ def test_every_outcome_gets_one_json_log_line_with_the_envelope_ids_and_is_count
     assert 0 < line["duration_ms"] < 10_000
     assert json.loads(log_formatter("order_service").format(records[-1]))["event_id"] is None
 
-    runtime.observer.metrics.flush(redis_client, Keys.metrics("order_service"))
+    runtime.observer.metrics.flush(metrics_sink(redis_client, "order_service"))
     text = metrics.render(redis_client, SERVICES.values())
     for outcome, count in (("handled", 1), ("duplicate", 1), ("dead-lettered", 2), ("retried", 1), ("requeued", 1)):
         assert sample(text, "shop_messages_total", service="order_service", outcome=outcome) == count, outcome
@@ -131,15 +127,15 @@ def test_every_outcome_gets_one_json_log_line_with_the_envelope_ids_and_is_count
 def test_counters_add_up_over_flushes_and_survive_a_failed_one(runtime: ServiceRuntime,
                                                                redis_client: redis.Redis) -> None:
     counters = runtime.observer.metrics
-    key = Keys.metrics("order_service")
+    sink = metrics_sink(redis_client, "order_service")
     counters.observe("handled", 0.002)
     broken = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)  # nothing listens on port 1
     with pytest.raises(redis.RedisError):
-        counters.flush(broken, key)
+        counters.flush(metrics_sink(broken, "order_service"))
     counters.observe("handled", 0.003)
-    counters.flush(redis_client, key)
+    counters.flush(sink)
     counters.observe("handled", 20.0)
-    counters.flush(redis_client, key)
+    counters.flush(sink)
 
     text = metrics.render(redis_client, SERVICES.values())
     assert sample(text, "shop_messages_total", service="order_service", outcome="handled") == 3
@@ -153,11 +149,9 @@ def test_counters_add_up_over_flushes_and_survive_a_failed_one(runtime: ServiceR
 # A real run: workers, an order, its trace, their metrics and logs
 # ---------------------------------------------------------------------------------------------------------------------
 def test_trace_follows_an_order_across_the_workers_and_metrics_count_it(
-    redis_client: redis.Redis, start_worker: Callable[..., subprocess.Popen], tmp_path: Path
+    redis_client: redis.Redis, wiring: Wiring, start_worker: Callable[..., subprocess.Popen], tmp_path: Path
 ) -> None:
-    settings = BusSettings()
-    declare_topology(settings, list(SERVICES.values()))
-    publisher = RedisPublisher(settings)
+    declare_topology(wiring.settings)
     log_path = tmp_path / "order_service.log"
     with log_path.open("w") as log_file:  # this one worker's stderr: its JSON lines
         order_worker = subprocess.Popen([sys.executable, "-m", "shop", "worker", "order_service"], env=os.environ,
@@ -166,19 +160,19 @@ def test_trace_follows_an_order_across_the_workers_and_metrics_count_it(
         for service in CONSUMERS:
             if service != "order_service":
                 start_worker(service)
-        uow = publisher.unit_of_work("product_service")
+        uow = wiring.unit_of_work("product_service")
         create_product(uow, product_id="lamp", name="Lamp", price=Decimal("49.90"), stock=10)
-        uow.commit()
-        wait_until(lambda: Catalogue(publisher.unit_of_work("order_service")).get("lamp"), DEADLINE,
+        wiring.commit(uow)
+        wait_until(lambda: catalogue(wiring.unit_of_work("order_service")).get("lamp"), DEADLINE,
                    message="the lamp in the order service's catalogue")
-        uow = publisher.unit_of_work("order_service")
+        uow = wiring.unit_of_work("order_service")
         order = place_order(uow, customer_id="kim", items=[OrderItem(product_id="lamp", quantity=1)],
                             payment_method="card")
-        uow.commit()
-        wait_until(lambda: (o := Orders(publisher.unit_of_work("order_service")).get(order.id)) and o.notified_at,
+        wiring.commit(uow)
+        wait_until(lambda: (o := orders(wiring.unit_of_work("order_service")).get(order.id)) and o.notified_at,
                    DEADLINE, message="the order notified")
 
-        hops = journey(redis_client, str(order.id))
+        hops = journey(wiring.event_log, str(order.id))
         path = [(hop.type, hop.producer) for hop in hops]
         expected = [("OrderCreated", "order_service"), ("PaymentProcessed", "payment_service"),
                     ("OrderConfirmed", "order_service"), ("NotificationSent", "notification_service")]
@@ -214,8 +208,6 @@ def test_trace_follows_an_order_across_the_workers_and_metrics_count_it(
         assert all(line["service"] == "order_service" and line["outcome"] == "handled" for line in lines)
     finally:
         stop_process(order_worker)
-        publisher.messages._connection.release()
-        publisher.redis.close()
 
 
 def test_the_trace_filter_reads_the_whole_log_slice_by_slice(redis_client: redis.Redis) -> None:
@@ -226,5 +218,6 @@ def test_the_trace_filter_reads_the_whole_log_slice_by_slice(redis_client: redis
         redis_client.xadd(Keys.event_log(), {"type": envelope["type"], "correlation_id": correlation_id,
                                              "envelope": json.dumps(envelope), "signature": ""})
 
-    assert [e["type"] for e in logged_events(redis_client, wanted, slice_length=2)] == ["E0", "E3", "E6"]
-    assert logged_events(redis_client, str(uuid4()), slice_length=2) == []
+    event_log = RedisEventLog(redis_client)
+    assert [e["type"] for e in event_log.of(wanted, slice_length=2)] == ["E0", "E3", "E6"]
+    assert event_log.of(str(uuid4()), slice_length=2) == []

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from events.catalog import OrderItem
-from events.redis_bus import RedisPublisher, declare_topology, scan_documents
 from events.settings import BusSettings
 from notification_service.notification_log import read_notifications
 from order_service.handlers import place_order
 from payment_service.gateway import RedisLedger
+from shop.bootstrap import Wiring, bootstrap, declare_topology
 from shop.redis_server import RedisServer
-from shop.services import CONSUMERS, SERVICES
-from tests.helpers import stock_product, wait_until
+from shop.services import CONSUMERS
+from tests.support.builders import stock_product
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -29,53 +31,70 @@ def private_redis(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     server.stop()
 
 
-def place_orders(publisher: RedisPublisher, count: int) -> list[str]:
+@pytest.fixture
+def new_wiring(private_redis: RedisServer) -> Iterator[Callable[[], Wiring]]:
+    """`bootstrap` on the private Redis (after its REDIS_URL is set), as many times as a test needs (a wiring from
+    before a restart is not reused after it); every one is closed afterwards."""
+    made: list[Wiring] = []
+
+    def new() -> Wiring:
+        made.append(bootstrap(BusSettings()))
+        return made[-1]
+
+    yield new
+    for wiring in made:
+        wiring.close()
+
+
+def place_orders(wiring: Wiring, count: int) -> list[str]:
     ids = []
-    stock_product(publisher, price="5.00")
+    stock_product(wiring, price="5.00")
     for n in range(count):
-        uow = publisher.unit_of_work("order_service")
+        uow = wiring.unit_of_work("order_service")
         method = "card_declined" if n % 5 == 0 else "card"
         order = place_order(uow, customer_id=f"c{n}", payment_method=method,
                             items=[OrderItem(product_id="book", quantity=1)])
-        uow.commit()
+        wiring.commit(uow)
         ids.append(str(order.id))
     return ids
 
 
-def test_password_protected_redis_works_and_a_wrong_password_is_refused(private_redis, start_worker):
+def documents(wiring: Wiring, service: str, collection: str) -> dict[str, dict]:
+    return wiring.store(service).documents(service, collection)
+
+
+def test_password_protected_redis_works_and_a_wrong_password_is_refused(private_redis, new_wiring, start_worker):
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(port=private_redis.port, password="wrong").ping()
-    settings = BusSettings()
-    declare_topology(settings, list(SERVICES.values()))
-    [order_id] = place_orders(RedisPublisher(settings), 1)
+    wiring = new_wiring()
+    declare_topology(wiring.settings)
+    [order_id] = place_orders(wiring, 1)
     start_worker("product_service")
     start_worker("payment_service")
-    client = redis.Redis.from_url(private_redis.url)
-    wait_until(lambda: order_id in scan_documents(client, "payment_service", "payment"), timeout=30)
+    wait_until(lambda: order_id in documents(wiring, "payment_service", "payment"), timeout=30)
 
 
-def test_redis_restart_mid_run_loses_nothing_and_workers_reconnect(private_redis, start_worker, tmp_path):
-    settings = BusSettings()
-    declare_topology(settings, list(SERVICES.values()))
-    client = redis.Redis.from_url(private_redis.url)
-    first = place_orders(RedisPublisher(settings), 40)
+def test_redis_restart_mid_run_loses_nothing_and_workers_reconnect(private_redis, new_wiring, start_worker, tmp_path):
+    wiring = new_wiring()
+    declare_topology(wiring.settings)
+    first = place_orders(wiring, 40)
     for service in CONSUMERS:
         start_worker(service)
-    wait_until(lambda: len(scan_documents(client, "payment_service", "payment")) >= 5, timeout=30)
+    wait_until(lambda: len(documents(wiring, "payment_service", "payment")) >= 5, timeout=30)
 
     private_redis.restart()  # kill -9 and start again on the same AOF file
-    client = redis.Redis.from_url(private_redis.url)
-    second = place_orders(RedisPublisher(BusSettings()), 20)
+    wiring = new_wiring()
+    second = place_orders(wiring, 20)
 
     def all_notified() -> bool:
-        orders = scan_documents(client, "order_service", "order")
+        orders = documents(wiring, "order_service", "order")
         return all(orders.get(order_id, {}).get("notified_at") for order_id in first + second)
 
     wait_until(all_notified, timeout=90, interval=0.25, message="every order to be notified after the restart")
-    orders = scan_documents(client, "order_service", "order")
+    orders = documents(wiring, "order_service", "order")
     assert {orders[o]["status"] for o in first + second} == {"CONFIRMED", "CANCELLED"}
     lines = read_notifications(tmp_path / "notifications.log")
     per_order = [line["order_id"] for line in lines]
     assert sorted(per_order) == sorted(first + second), "exactly one notification per order"
-    charges = [c.decode() for c in client.lrange(RedisLedger.CHARGES, 0, -1)]
+    charges = [c.decode() for c in wiring.redis.lrange(RedisLedger.CHARGES, 0, -1)]
     assert len(charges) == len(set(charges)) == sum(orders[o]["status"] == "CONFIRMED" for o in first + second)

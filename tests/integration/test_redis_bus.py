@@ -1,120 +1,54 @@
-"""The Redis bus without workers: topology, routing, the atomic commit, redelivery, dead letters and their replay.
-
-Also holds the small helpers the worker tests share (reading what waits in a queue, placing an order)."""
+"""The Redis bus without workers: topology, routing, the atomic commit, redelivery, dead letters and their replay,
+and the consuming channel a worker takes messages with."""
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
 import redis
 from kombu import Connection
 from typer.testing import CliRunner
 
+from events.adapters.redis.keys import Keys
+from events.adapters.redis.topology import consumer_queue
+from events.adapters.redis.worker import RedisWorkerHooks
 from events.bus import ServiceSpec
-from events.catalog import NotificationSent, OrderItem, StockReserved
-from events.consumer import ServiceRuntime, guard_transport
-from events.deadletters import UNROUTABLE, DeadLetterStore
-from events.envelope import Envelope, open_envelope, seal
-from events.keys import Keys
-from events.redis_bus import (
-    RedisPublisher,
-    consumer_queue,
-    declare_topology,
-    make_celery_app,
-)
-from events.settings import BusSettings
+from events.catalog import NotificationSent, StockReserved
+from events.deadletters import UNROUTABLE, replay
+from events.envelope import open_envelope, seal
+from events.runtime.celery_worker import make_celery_app
 from events.unit_of_work import AlreadyHandled, ConcurrentUpdate
-from order_service.domain import Order
-from order_service.handlers import place_order
-from order_service.store import Orders
+from shop.bootstrap import Wiring, bootstrap, declare_topology
 from shop.services import SERVICES
-from tests.helpers import stock_product, stock_reserved
-
-pytestmark = pytest.mark.usefixtures("redis_url")
+from tests.support.brokers import queued, queued_envelopes
+from tests.support.builders import place, stock_reserved, stored_order, wrap
 
 QUEUES = [spec.queue for spec in SERVICES.values()]
 
 AUDIT = ServiceSpec(name="audit", handlers={StockReserved: lambda event, uow: None})
-"""A second subscriber of StockReserved (the event the payment service charges on), so that a redelivery or retry that went back through the exchange would show
-up as an extra copy in its queue."""
+"""A second subscriber of StockReserved (the event the payment service charges on), so that a redelivery or retry that
+went back through the exchange would show up as an extra copy in its queue."""
 
 
-# -- helpers (shared with test_workers.py) ----------------------------------------------------------------------------
-def queued(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
-    """The celery messages waiting in `queue`, oldest first: {'task', 'delivery_info', 'redelivered', 'kwargs'}."""
-    messages = []
-    for raw in reversed(client.lrange(queue, 0, -1)):
-        message = json.loads(raw)
-        body = message["body"]
-        if message["properties"].get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        _args, kwargs, _embed = json.loads(body)
-        messages.append(
-            {
-                "task": message["headers"].get("task"),
-                "delivery_info": message["properties"].get("delivery_info"),
-                "redelivered": message["headers"].get("redelivered", False),
-                "kwargs": kwargs,
-            }
-        )
-    return messages
-
-
-def queued_envelopes(client: redis.Redis, queue: str, settings: BusSettings) -> list[Envelope]:
-    """The envelopes waiting in `queue`, each verified as a worker would."""
-    return [
-        open_envelope(m["kwargs"]["envelope"], m["kwargs"]["signature"], key=settings.key,
-                      max_bytes=settings.max_message_bytes)[0]
-        for m in queued(client, queue)
-    ]
-
-
-def wrap(event) -> Envelope:
-    return Envelope.wrap(event, producer="tests", correlation_id=getattr(event, "order_id", None) or uuid4())
-
-
-def place(publisher: RedisPublisher, payment_method: str = "card", price: str = "25.00") -> Order:
-    """What POST /orders does: the order document and its OrderCreated, committed in one step (for a product
-    stocked at `price`)."""
-    stock_product(publisher, price=price)
-    uow = publisher.unit_of_work("order_service")
-    order = place_order(uow, customer_id="alice", items=[OrderItem(product_id="book", quantity=1)],
-                        payment_method=payment_method)
-    publisher.commit(uow)
-    return order
-
-
-def stored_order(publisher: RedisPublisher, order_id: UUID) -> Order | None:
-    return Orders(publisher.unit_of_work("order_service")).get(order_id)
-
-
-@pytest.fixture
-def settings() -> BusSettings:
-    return BusSettings()
-
-
-@pytest.fixture
-def publisher(settings: BusSettings) -> Iterator[RedisPublisher]:
-    publisher = RedisPublisher(settings)
-    yield publisher
-    publisher.messages._connection.release()
-    publisher.redis.close()
+def unsettled(wiring: Wiring, service: str) -> int:
+    """Messages pushed to `service`'s queue that its consumer has not settled yet (the queue's outbox copies)."""
+    return int(wiring.queues()[service]["unsettled"])
 
 
 # -- topology and routing ---------------------------------------------------------------------------------------------
 def test_an_event_published_before_any_worker_ever_ran_waits_in_its_queue(
-    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis
+    wiring: Wiring, redis_client: redis.Redis
 ):
-    declare_topology(settings, list(SERVICES.values()))
+    settings = wiring.settings
+    declare_topology(settings)
     envelope = wrap(stock_reserved())
 
-    publisher.publish(envelope)
+    wiring.publish(envelope)
 
     [waiting] = queued(redis_client, "payment_service")
     assert waiting["task"] == "payment_service.handle_event"
@@ -123,13 +57,11 @@ def test_an_event_published_before_any_worker_ever_ran_waits_in_its_queue(
     # Its other subscriber (the order service's catalogue) got its own copy; nobody else got one.
     assert [e.event_id for e in queued_envelopes(redis_client, "order_service", settings)] == [envelope.event_id]
     assert redis_client.llen("notification_service") == 0
-    assert DeadLetterStore(redis_client).list() == []
+    assert wiring.dead_letters.list() == []
 
 
-def test_each_service_queue_is_bound_to_exactly_the_events_it_handles(
-    settings: BusSettings, publisher: RedisPublisher
-):
-    declare_topology(settings, list(SERVICES.values()))
+def test_each_service_queue_is_bound_to_exactly_the_events_it_handles(wiring: Wiring):
+    declare_topology(wiring.settings)
 
     expected = {
         "OrderCreated": ["product_service"],
@@ -145,45 +77,45 @@ def test_each_service_queue_is_bound_to_exactly_the_events_it_handles(
         "ProductPriceChanged": ["order_service"],
         "UserRegistered": ["notification_service"],
     }
-    assert {name: publisher.router.queues_for(name) for name in expected} == expected
+    assert {name: wiring.broker.subscribers(name) for name in expected} == expected
 
 
-def test_declaring_the_topology_twice_changes_nothing(settings: BusSettings, publisher: RedisPublisher,
-                                                       redis_client: redis.Redis):
-    declare_topology(settings, list(SERVICES.values()))
-    declare_topology(settings, list(SERVICES.values()))
+def test_declaring_the_topology_twice_changes_nothing(wiring: Wiring, redis_client: redis.Redis):
+    declare_topology(wiring.settings)
+    declare_topology(wiring.settings)
 
-    publisher.publish(wrap(stock_reserved()))
+    wiring.publish(wrap(stock_reserved()))
 
     assert redis_client.llen("payment_service") == 1
 
 
 def test_an_event_with_several_subscribers_gets_one_copy_per_queue_each_addressed_to_that_queue(
-    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis
+    wiring: Wiring, redis_client: redis.Redis
 ):
-    declare_topology(settings, [*SERVICES.values(), AUDIT])
+    declare_topology(wiring.settings, [*SERVICES.values(), AUDIT])
     envelope = wrap(stock_reserved())
 
-    publisher.publish(envelope)
+    wiring.publish(envelope)
 
     for queue in ("payment_service", "audit"):
         [message] = queued(redis_client, queue)
         assert message["delivery_info"] == {"exchange": "", "routing_key": queue}
         assert message["task"] == f"{queue}.handle_event"
-        assert queued_envelopes(redis_client, queue, settings)[0].event_id == envelope.event_id
+        assert queued_envelopes(redis_client, queue, wiring.settings)[0].event_id == envelope.event_id
 
 
 @pytest.mark.parametrize("declared", [["payment_service"], []], ids=["other queues declared", "nothing declared"])
 def test_an_event_nobody_is_bound_to_is_dead_lettered_as_unroutable_and_nowhere_else(
-    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis, declared: list[str]
+    wiring: Wiring, redis_client: redis.Redis, declared: list[str]
 ):
+    settings = wiring.settings
     declare_topology(settings, [SERVICES[name] for name in declared])
     event = NotificationSent(notification_id=uuid4(), order_id=uuid4(), customer_id="alice", about="OrderConfirmed")
     envelope = wrap(event)
 
-    publisher.publish(envelope)
+    wiring.publish(envelope)
 
-    store = DeadLetterStore(redis_client)
+    store = wiring.dead_letters
     [record] = store.list()
     assert record["service"] == UNROUTABLE
     assert "NotificationSent" in record["reason"]
@@ -194,38 +126,36 @@ def test_an_event_nobody_is_bound_to_is_dead_lettered_as_unroutable_and_nowhere_
     assert all(redis_client.llen(queue) == 0 for queue in QUEUES)
 
 
-def test_a_publish_of_several_events_is_one_step(settings: BusSettings, publisher: RedisPublisher,
-                                                 redis_client: redis.Redis):
-    declare_topology(settings, [SERVICES["payment_service"]])
+def test_a_publish_of_several_events_is_one_step(wiring: Wiring, redis_client: redis.Redis):
+    declare_topology(wiring.settings, [SERVICES["payment_service"]])
     routable, unroutable = wrap(stock_reserved()), wrap(
         NotificationSent(notification_id=uuid4(), order_id=uuid4(), customer_id="a", about="OrderConfirmed"))
 
-    publisher.publish(routable, unroutable)
+    wiring.publish(routable, unroutable)
 
-    assert [e.event_id for e in queued_envelopes(redis_client, "payment_service", settings)] == [routable.event_id]
-    assert len(DeadLetterStore(redis_client).list(UNROUTABLE)) == 1
+    assert [e.event_id for e in queued_envelopes(redis_client, "payment_service", wiring.settings)] == [
+        routable.event_id]
+    assert len(wiring.dead_letters.list(UNROUTABLE)) == 1
 
 
 # -- the atomic commit ------------------------------------------------------------------------------------------------
 def test_a_unit_of_work_commits_document_inbox_mark_and_outgoing_events_together(
-    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis
+    wiring: Wiring, redis_client: redis.Redis
 ):
-    declare_topology(settings, list(SERVICES.values()))
+    declare_topology(wiring.settings)
 
-    order = place(publisher)
+    order = place(wiring)
 
-    assert stored_order(publisher, order.id) == order
-    [envelope] = queued_envelopes(redis_client, "product_service", settings)
+    assert stored_order(wiring, order.id) == order
+    [envelope] = queued_envelopes(redis_client, "product_service", wiring.settings)
     assert envelope.type == "OrderCreated" and envelope.payload["order_id"] == str(order.id)
     assert envelope.correlation_id == order.id
 
 
-def test_a_second_unit_of_work_for_the_same_cause_commits_nothing(
-    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis
-):
-    declare_topology(settings, list(SERVICES.values()))
+def test_a_second_unit_of_work_for_the_same_cause_commits_nothing(wiring: Wiring, redis_client: redis.Redis):
+    declare_topology(wiring.settings)
     cause = wrap(stock_reserved())
-    first, second = (publisher.unit_of_work("payment_service", cause) for _ in range(2))
+    first, second = (wiring.unit_of_work("payment_service", cause) for _ in range(2))
     for uow in (first, second):
         uow.put("payment", "x", {"by": id(uow)})
         uow.publish(NotificationSent(notification_id=uuid4(), order_id=uuid4(), customer_id="a", about="x"))
@@ -234,16 +164,14 @@ def test_a_second_unit_of_work_for_the_same_cause_commits_nothing(
     with pytest.raises(AlreadyHandled):
         second.commit()
 
-    assert publisher.unit_of_work("payment_service", cause).already_handled()
-    assert publisher.unit_of_work("payment_service").get("payment", "x") == {"by": id(first)}
+    assert wiring.unit_of_work("payment_service", cause).already_handled()
+    assert wiring.unit_of_work("payment_service").get("payment", "x") == {"by": id(first)}
     assert redis_client.llen("order_service") == 1  # only the first one's event
 
 
-def test_a_unit_of_work_that_read_a_stale_document_commits_nothing(
-    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis
-):
-    declare_topology(settings, list(SERVICES.values()))
-    first, second = publisher.unit_of_work("order_service"), publisher.unit_of_work("order_service")
+def test_a_unit_of_work_that_read_a_stale_document_commits_nothing(wiring: Wiring, redis_client: redis.Redis):
+    declare_topology(wiring.settings)
+    first, second = wiring.unit_of_work("order_service"), wiring.unit_of_work("order_service")
     assert first.get("order", "x") is None and second.get("order", "x") is None
     first.put("order", "x", {"by": "first"})
     second.put("order", "x", {"by": "second"})
@@ -253,21 +181,23 @@ def test_a_unit_of_work_that_read_a_stale_document_commits_nothing(
     with pytest.raises(ConcurrentUpdate):
         second.commit()
 
-    assert publisher.unit_of_work("order_service").get("order", "x") == {"by": "first"}
+    assert wiring.unit_of_work("order_service").get("order", "x") == {"by": "first"}
     assert redis_client.llen("payment_service") == 0
 
 
 # -- redelivery -------------------------------------------------------------------------------------------------------
 def test_a_redelivered_message_comes_back_to_its_own_queue_only(
-    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis, redis_url: str
+    wiring: Wiring, redis_client: redis.Redis, redis_url: str
 ):
-    """A worker takes the message (kombu moves it to the service's unacked hash), dies without acknowledging, and
-    after the visibility timeout another worker's restore sweep puts it back. It must come back to payment_service
-    only: the audit queue, also bound to OrderCreated, keeps its single copy."""
+    """A consumer without a taken list takes the message (kombu moves it to the service's unacked hash), dies without
+    acknowledging, and after the visibility timeout another consumer's restore sweep puts it back. It must come back
+    to payment_service only: the audit queue, also bound to StockReserved, keeps its single copy."""
+    settings = wiring.settings
     declare_topology(settings, [*SERVICES.values(), AUDIT])
     envelope = wrap(stock_reserved())
-    publisher.publish(envelope)
-    transport_options = {**Keys.unacked("payment_service", "doomed@test"), "visibility_timeout": settings.visibility_timeout}
+    wiring.publish(envelope)
+    transport_options = {**Keys.unacked("payment_service", "doomed@test"),
+                         "visibility_timeout": settings.visibility_timeout}
 
     with Connection(redis_url, transport_options=transport_options) as doomed_worker:
         taken = doomed_worker.default_channel.basic_get("payment_service", no_ack=False)
@@ -292,34 +222,36 @@ def test_a_redelivered_message_comes_back_to_its_own_queue_only(
 
 
 # -- dead letters -----------------------------------------------------------------------------------------------------
-def test_an_unroutable_dead_letter_is_replayed_once_a_subscriber_exists(
-    settings: BusSettings, publisher: RedisPublisher, redis_client: redis.Redis
-):
+def test_an_unroutable_dead_letter_is_replayed_once_a_subscriber_exists(wiring: Wiring, redis_client: redis.Redis):
+    settings = wiring.settings
     envelope = wrap(NotificationSent(notification_id=uuid4(), order_id=uuid4(), customer_id="a", about="x"))
-    publisher.publish(envelope)
-    store = DeadLetterStore(redis_client)
+    wiring.publish(envelope)
+    store = wiring.dead_letters
     [record] = store.list(UNROUTABLE)
 
     with pytest.raises(ValueError, match="still no subscriber"):
-        store.replay(record, RedisPublisher(settings))
+        replay(record, store, wiring.broker, wiring.fresh_count)
     assert store.list(UNROUTABLE) == [record]
 
-    declare_topology(settings, list(SERVICES.values()))
-    assert store.replay(record, RedisPublisher(settings)) == "order_service"
+    declare_topology(settings)
+    # A process started after the declaration (as `shop dlq replay` is): its router reads the new bindings at once.
+    with closing(bootstrap(settings)) as later:
+        assert replay(record, later.dead_letters, later.broker, later.fresh_count) == "order_service"
 
     assert [e.event_id for e in queued_envelopes(redis_client, "order_service", settings)] == [envelope.event_id]
     assert store.list() == []
 
 
 def test_shop_dlq_replay_puts_a_service_dead_letter_back_into_that_service_queue(
-    settings: BusSettings, redis_client: redis.Redis
+    wiring: Wiring, redis_client: redis.Redis
 ):
     from shop.cli import app
 
-    declare_topology(settings, list(SERVICES.values()))
+    settings = wiring.settings
+    declare_topology(settings)
     envelope = wrap(stock_reserved())
     sealed = seal(envelope, settings.key)
-    store = DeadLetterStore(redis_client)
+    store = wiring.dead_letters
     record = store.add("payment_service", "retries exhausted", "gateway down", sealed.model_dump(), attempts=5)
     redis_client.set(Keys.deliveries("payment_service", envelope.event_id), 5)
 
@@ -327,16 +259,17 @@ def test_shop_dlq_replay_puts_a_service_dead_letter_back_into_that_service_queue
 
     assert result.exit_code == 0, result.output
     assert [e.event_id for e in queued_envelopes(redis_client, "payment_service", settings)] == [envelope.event_id]
+    assert redis_client.llen("order_service") == 0  # its queue only, not every subscriber of StockReserved
     assert store.list() == []
     assert not redis_client.exists(Keys.deliveries("payment_service", envelope.event_id))  # a fresh count
 
 
-def test_a_dead_letter_without_an_envelope_is_kept_not_replayed(settings: BusSettings, redis_client: redis.Redis):
-    store = DeadLetterStore(redis_client)
+def test_a_dead_letter_without_an_envelope_is_kept_not_replayed(wiring: Wiring, redis_client: redis.Redis):
+    store = wiring.dead_letters
     record = store.add("payment_service", "not a task message", "", {"raw_body": "garbage"}, attempts=1)
 
     with pytest.raises(ValueError, match="no replayable envelope"):
-        store.replay(record, RedisPublisher(settings))
+        replay(record, store, wiring.broker, wiring.fresh_count)
 
     assert store.list() == [record]
     assert redis_client.llen("payment_service") == 0
@@ -344,22 +277,27 @@ def test_a_dead_letter_without_an_envelope_is_kept_not_replayed(settings: BusSet
 
 # -- the consuming channel: atomic take, the taken list as the record of what is unacknowledged -----------------------
 TAKING_NODE = "probe@test"
+PAYMENT = SERVICES["payment_service"]
 
 
 @pytest.fixture
-def take(settings: BusSettings) -> Iterator[Any]:
-    """Takes one message off payment_service the way a worker does (its consuming connection, guarded as in
-    events/consumer.py); returns (connection, kombu message)."""
-    app = make_celery_app("probe", settings, service="payment_service", node=TAKING_NODE)
+def hooks(wiring: Wiring) -> RedisWorkerHooks:
+    return RedisWorkerHooks(PAYMENT, wiring.settings, wiring.redis, TAKING_NODE)
+
+
+@pytest.fixture
+def take(wiring: Wiring, hooks: RedisWorkerHooks) -> Iterator[Any]:
+    """Takes one message off payment_service the way a worker does (its consuming connection, configured by the
+    worker's broker hooks: the taken-list transport); returns (connection, kombu message)."""
+    app = make_celery_app("probe", wiring.settings, hooks)
     opened: list[Connection] = []
 
     def take_one() -> tuple[Connection, Any]:
         connection = app.connection_for_read()
-        guard_transport(connection)
         opened.append(connection)
         received: list[Any] = []
         consumer = connection.Consumer(
-            [consumer_queue(SERVICES["payment_service"], settings)], accept=["json"],
+            [consumer_queue(PAYMENT)], accept=["json"],
             callbacks=[lambda body, message: received.append(message)],
         )
         consumer.qos(prefetch_count=1)
@@ -374,43 +312,48 @@ def take(settings: BusSettings) -> Iterator[Any]:
 
 
 def test_a_taken_message_is_recorded_in_the_taken_list_only_until_acknowledged(
-    settings, publisher, redis_client, take
+    wiring: Wiring, redis_client: redis.Redis, take
 ):
-    declare_topology(settings, list(SERVICES.values()))
-    publisher.publish(wrap(stock_reserved()))
+    declare_topology(wiring.settings)
+    wiring.publish(wrap(stock_reserved()))
+    assert unsettled(wiring, "payment_service") == 1
     _, message = take()
     taken = Keys.taken("payment_service", TAKING_NODE)
     assert redis_client.llen("payment_service") == 0
     assert redis_client.llen(taken) == 1, "the take moved it into the node's taken list, in the same command"
     assert redis_client.hlen(Keys.unacked("payment_service", TAKING_NODE)["unacked_key"]) == 0, "no second record"
+    assert unsettled(wiring, "payment_service") == 1, "taken is not settled"
     message.ack()
     assert redis_client.llen(taken) == 0 and redis_client.llen("payment_service") == 0
+    assert unsettled(wiring, "payment_service") == 0, "the ack settles the queue's outbox copy too"
 
 
-def test_a_rejected_message_goes_back_to_its_queue_flagged_redelivered(settings, publisher, redis_client, take):
-    declare_topology(settings, list(SERVICES.values()))
+def test_a_rejected_message_goes_back_to_its_queue_flagged_redelivered(
+    wiring: Wiring, redis_client: redis.Redis, take
+):
+    declare_topology(wiring.settings)
     envelope = wrap(stock_reserved())
-    publisher.publish(envelope)
+    wiring.publish(envelope)
     _, message = take()
     message.reject(requeue=True)
     [back] = queued(redis_client, "payment_service")
     assert back["redelivered"] is True, "the runtime counts redeliveries to stop poison messages"
-    assert queued_envelopes(redis_client, "payment_service", settings)[0].event_id == envelope.event_id
+    assert queued_envelopes(redis_client, "payment_service", wiring.settings)[0].event_id == envelope.event_id
     assert redis_client.llen(Keys.taken("payment_service", TAKING_NODE)) == 0
 
 
 def test_what_a_closing_channel_held_goes_back_and_a_reconnecting_node_puts_back_the_rest(
-    settings, publisher, redis_client, take
+    wiring: Wiring, redis_client: redis.Redis, take, hooks: RedisWorkerHooks
 ):
-    declare_topology(settings, list(SERVICES.values()))
-    publisher.publish(wrap(stock_reserved()))
+    declare_topology(wiring.settings)
+    wiring.publish(wrap(stock_reserved()))
     connection, _ = take()
     connection.release()  # closes the channel without an ack: kombu restores what it held
     assert [m["redelivered"] for m in queued(redis_client, "payment_service")] == [True]
 
     taken = Keys.taken("payment_service", TAKING_NODE)
     redis_client.lmove("payment_service", taken)  # as a worker killed right after its take leaves it
-    runtime = ServiceRuntime(SERVICES["payment_service"], settings, node=TAKING_NODE)
-    assert runtime.put_back_taken() == 1
+    assert redis_client.llen(taken) == 1 and redis_client.llen("payment_service") == 0
+    hooks.on_connected()  # what the node runs when it (re)connects
     assert redis_client.llen(taken) == 0
     assert [m["redelivered"] for m in queued(redis_client, "payment_service")] == [True]

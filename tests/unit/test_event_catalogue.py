@@ -14,7 +14,7 @@ import yaml
 from events.catalog import EVENT_TYPES
 from shop.asyncapi import DOCUMENT_PATH, asyncapi_document, message_name, render
 from shop.services import SERVICES
-from tests.unit.test_handlers import Shop
+from tests.support.shop import Shop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,26 +77,6 @@ def test_operations_say_who_receives_and_who_sends_each_event(document: dict[str
 # ---------------------------------------------------------------------------------------------------------------------
 # `publishes` is true
 # ---------------------------------------------------------------------------------------------------------------------
-def published_in_source(module_path: Path) -> set[str]:
-    """Names of the events constructed in `....publish(Event(...))` calls: every code path, run or not."""
-    names = set()
-    for node in ast.walk(ast.parse(module_path.read_text())):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "publish"
-                and node.args and isinstance(node.args[0], ast.Call) and isinstance(node.args[0].func, ast.Name)):
-            names.add(node.args[0].func.id)
-    return names
-
-
-@pytest.mark.parametrize("name", list(SERVICES))
-def test_a_handler_module_publishes_only_events_its_service_declares(name: str) -> None:
-    spec = importlib.util.find_spec(f"{name}.handlers")
-    if spec is None or spec.origin is None:
-        pytest.skip(f"{name} has no handlers module")
-    declared = {model.type_name for model in SERVICES[name].publishes}
-    undeclared = published_in_source(Path(spec.origin)) - declared
-    assert not undeclared, f"{name}/handlers.py publishes {sorted(undeclared)}: add them to its ServiceSpec.publishes"
-
-
 def test_on_the_in_memory_bus_every_event_comes_from_a_service_that_declares_it(tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOP_NOTIFICATION_LOG", str(tmp_path / "notifications.log"))

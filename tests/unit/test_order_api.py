@@ -8,11 +8,12 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from events.memory_bus import InMemoryBus
+from events.memory import InMemoryBus
 from order_service.api import create_app
 from order_service.domain import CataloguedProduct
-from order_service.store import Catalogue
+from order_service.store import catalogue as catalogue_of
 from shop.monolith import create_monolith_app
+from tests.support.shop import in_process_bus
 from shop.services import SERVICES
 
 with warnings.catch_warnings():  # starlette's TestClient warns about its httpx dependency; not ours to fix
@@ -33,8 +34,8 @@ def catalogue(bus: InMemoryBus, **prices: str) -> None:
     """Put products straight into the order service's catalogue (what its projection makes of ProductCreated)."""
     uow = bus.unit_of_work("order_service")
     for product_id, price in prices.items():
-        Catalogue(uow).get(product_id)  # read first: the commit checks the version it read
-        Catalogue(uow).save(CataloguedProduct(product_id=product_id, name=product_id, price=price, price_revision=1,
+        catalogue_of(uow).get(product_id)  # read first: the commit checks the version it read
+        catalogue_of(uow).save(CataloguedProduct(product_id=product_id, name=product_id, price=price, price_revision=1,
                                               stock=10, stock_revision=1))
     bus.commit(uow)
 
@@ -117,10 +118,7 @@ def test_the_catalogue_shows_what_the_order_service_knows(client: TestClient):
 
 def test_with_every_service_in_process_a_placed_order_reads_back_confirmed(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("SHOP_NOTIFICATION_LOG", str(tmp_path / "notifications.log"))
-    bus = InMemoryBus()
-    for spec in SERVICES.values():
-        bus.subscribe(spec, spec.dependencies(None))
-    client = TestClient(create_monolith_app(bus))
+    client = TestClient(create_monolith_app(in_process_bus()))
     assert client.post("/products", json={"id": "book", "name": "Book", "price": "12.50", "stock": 5}).status_code == 201
     assert client.post("/products", json={"id": "pen", "name": "Pen", "price": "0.99", "stock": 5}).status_code == 201
 
@@ -167,7 +165,7 @@ def test_an_invalid_order_is_refused_with_readable_problems(
     payload = response.json()
     assert payload["error"] == "invalid request"
     assert any(problem.startswith(expected_problem) for problem in payload["problems"]), payload["problems"]
-    assert bus.published == [] and bus.store.collection("order_service", "order") == {}
+    assert bus.published == [] and bus.store.documents("order_service", "order") == {}
 
 
 def test_every_problem_is_listed_at_once(client: TestClient):

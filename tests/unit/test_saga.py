@@ -18,14 +18,14 @@ from events.catalog import (
     StockLevel,
     StockReleased,
 )
-from events.memory_bus import InMemoryBus
+from events.memory import InMemoryBus
 from order_service.domain import OrderStatus
 from order_service.handlers import place_order
-from order_service.store import Catalogue
+from order_service.store import catalogue
 from product_service.domain import ReservationStatus
-from product_service.store import Reservations
+from product_service.store import reservations
 from shop.monolith import create_monolith_app
-from tests.unit.test_handlers import Shop
+from tests.support.shop import Shop, in_process_bus
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -45,11 +45,11 @@ def shop(log_path: Path) -> Shop:
 
 
 def reservation(shop: Shop, order_id):
-    return Reservations(shop.bus.unit_of_work("product_service")).for_order(order_id)
+    return reservations(shop.bus.unit_of_work("product_service")).get(order_id)
 
 
 def catalogued(shop: Shop, product_id: str):
-    return Catalogue(shop.bus.unit_of_work("order_service")).get(product_id)
+    return catalogue(shop.bus.unit_of_work("order_service")).get(product_id)
 
 
 def replay_as_new_message(shop: Shop, type_name: str) -> None:
@@ -171,11 +171,7 @@ def test_a_price_that_overtakes_its_product_is_retried_not_dropped(log_path: Pat
 
 # -- notifications addressed to the customer --------------------------------------------------------------------------
 def monolith(log_path: Path) -> tuple[InMemoryBus, TestClient]:
-    from shop.services import SERVICES
-
-    bus = InMemoryBus()
-    for spec in SERVICES.values():
-        bus.subscribe(spec, spec.dependencies(None))
+    bus = in_process_bus()
     client = TestClient(create_monolith_app(bus))
     assert client.post("/products", json={"id": "book", "name": "Book", "price": "12.50", "stock": 5}).status_code == 201
     return bus, client

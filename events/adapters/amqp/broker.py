@@ -22,6 +22,7 @@ What differs from Redis, and why:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -196,10 +197,8 @@ class AmqpBroker:
         """Drop a connection that failed; the next send connects again."""
         with self._lock:
             self._producer = None
-            try:
+            with contextlib.suppress(Exception):  # already broken
                 self._connection.release()
-            except Exception:  # noqa: BLE001 - already broken
-                pass
             self._connection = broker_connection(self.settings)
 
     def move_dead_letters(self, spec: ServiceSpec, add: Callable[..., object], limit: int = 100) -> int:

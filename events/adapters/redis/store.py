@@ -71,7 +71,9 @@ class RedisStore:
 
 
 class RedisUnitOfWork(UnitOfWork):
-    def __init__(self, store: RedisStore, service: str, cause: Envelope | None = None, inbox: str | None = None) -> None:
+    def __init__(
+        self, store: RedisStore, service: str, cause: Envelope | None = None, inbox: str | None = None
+    ) -> None:
         super().__init__(service, cause, inbox)
         self._store = store
         self._versions: dict[tuple[str, str], str] = {}

@@ -11,14 +11,19 @@ import json
 import os
 from dataclasses import dataclass, field
 
+import base64
+from typing import Any
+
 import redis
 from kombu import Connection
 
-from events.amqp_bus import Topology
+from events.adapters.amqp.broker import Topology
 from events.bus import ServiceSpec
 from events.envelope import Envelope, open_envelope
 from events.settings import BusSettings
 
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+"""Tests that touch Redis use this database (flushed before each test), never the demo's."""
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 BROKERS = ["redis", "rabbitmq"]
 
@@ -60,7 +65,7 @@ class Broker:
 
     def declare(self, specs: list[ServiceSpec]) -> None:
         """`declare_topology`, remembering what to delete from RabbitMQ afterwards."""
-        from events.redis_bus import declare_topology
+        from shop.bootstrap import declare_topology
 
         self.declared += [spec for spec in specs if spec not in self.declared]
         declare_topology(self.settings, specs)
@@ -91,8 +96,6 @@ class Broker:
     def tasks(self, queue: str) -> list[tuple[str, dict]]:
         """(task name, kwargs) of each message waiting in `queue`, oldest first; they stay queued."""
         if not self.is_amqp:
-            from tests.integration.test_redis_bus import queued
-
             return [(message["task"], message["kwargs"]) for message in queued(self.client, queue)]
         # Take every message without acknowledging, then close the channel: RabbitMQ puts them all back, in order.
         found = []
@@ -102,3 +105,33 @@ class Broker:
                 found.append((message.headers.get("task"), json.loads(message.body)[1]))
             channel.close()
         return found
+
+
+def queued(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    """The celery messages waiting in a Redis `queue`, oldest first: {'task', 'delivery_info', 'redelivered',
+    'kwargs'}; they stay queued."""
+    messages = []
+    for raw in reversed(client.lrange(queue, 0, -1)):
+        message = json.loads(raw)
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        _args, kwargs, _embed = json.loads(body)
+        messages.append(
+            {
+                "task": message["headers"].get("task"),
+                "delivery_info": message["properties"].get("delivery_info"),
+                "redelivered": message["headers"].get("redelivered", False),
+                "kwargs": kwargs,
+            }
+        )
+    return messages
+
+
+def queued_envelopes(client: redis.Redis, queue: str, settings: BusSettings) -> list[Envelope]:
+    """The envelopes waiting in a Redis `queue`, each verified as a worker would."""
+    return [
+        open_envelope(m["kwargs"]["envelope"], m["kwargs"]["signature"], key=settings.key,
+                      max_bytes=settings.max_message_bytes)[0]
+        for m in queued(client, queue)
+    ]
