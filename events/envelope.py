@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any
 from uuid import UUID, uuid4
 
 from pydantic import (
@@ -55,7 +55,7 @@ class Envelope(BaseModel):
         return value.astimezone(UTC)
 
     @classmethod
-    def wrap(cls, event: Event, *, producer: str, correlation_id: UUID, causation_id: UUID | None = None) -> Self:
+    def wrap(cls, event: Event, *, producer: str, correlation_id: UUID, causation_id: UUID | None = None) -> Envelope:
         return cls.model_construct(
             event_id=uuid4(),
             type=event.type_name,

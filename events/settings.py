@@ -17,13 +17,14 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 class BusSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHOP_", extra="ignore")
 
-    redis_url: str = Field(
+    # The field has a default: the pydantic plugin flags any non-literal alias as required (pydantic#11717).
+    redis_url: str = Field(  # type: ignore[pydantic-alias]
         DEFAULT_REDIS_URL,
         validation_alias=AliasChoices("REDIS_URL", "SHOP_REDIS_URL"),
         description="Broker and stores. Password/ACL user go in the URL (redis://user:pass@host:port/db); "
         "rediss:// enables TLS with certificate checks on (see `redis_ssl_cert_reqs`).",
     )
-    broker_url: str = Field(
+    broker_url: str = Field(  # type: ignore[pydantic-alias]  # has a default, as above
         "",
         validation_alias=AliasChoices("BROKER_URL", "SHOP_BROKER_URL"),
         description="Where messages travel; empty = `redis_url`. amqp://user:pass@host:5672/vhost runs on RabbitMQ "

@@ -60,7 +60,7 @@ def price_items(items: list[OrderItem], products: list[CataloguedProduct | None]
     if unknown:
         raise UnknownProducts(unknown)
     return [OrderLine(product_id=item.product_id, quantity=item.quantity, unit_price=product.price)
-            for item, product in zip(items, products, strict=False)]
+            for item, product in zip(items, products, strict=False) if product is not None]
 
 
 class Order(BaseModel):

@@ -83,6 +83,7 @@ def reserve_stock(event: OrderCreated, uow: UnitOfWork) -> None:
     levels = []
     for product_id, quantity in quantities.items():
         product = stocked[product_id]
+        assert product is not None  # shortage() returned None: every product was found
         levels.append(product.take(quantity))
         products.save(product)
     reservations.save(Reservation(order_id=event.order_id, status=ReservationStatus.RESERVED, quantities=quantities))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from events.bus import ServiceSpec
@@ -34,7 +35,7 @@ def message_name(model: type[Event]) -> str:
 
 def _schemas() -> dict[str, Any]:
     """Every event model, the envelope and the sealed wire form, with shared definitions hoisted to one namespace."""
-    models = [*EVENT_TYPES.values(), Envelope, Sealed]
+    models: list[type[BaseModel]] = [*EVENT_TYPES.values(), Envelope, Sealed]
     _, top = models_json_schema([(model, "validation") for model in models], ref_template=SCHEMAS)
     return dict(sorted(top["$defs"].items()))
 

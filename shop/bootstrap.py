@@ -130,6 +130,7 @@ def bootstrap(settings: BusSettings | None = None) -> Wiring:
     client = redis_client(settings)
     dead_letters = RedisDeadLetters(client)
     broker: Broker
+    closers: list[Callable[[], object]]
     if broker_is_amqp(settings):
         amqp_broker = amqp.AmqpBroker(settings, SERVICES.values())
         outbox = OutboxSender(RedisOutbox(client, settings), amqp_broker,

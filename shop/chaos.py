@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -86,7 +87,7 @@ def run_chaos(
     rate: float = 100.0,
     work_dir: Path = Path("var/chaos"),
     quiesce_timeout: float = 600.0,
-    report=print,
+    report: Callable[[str], None] = print,
 ) -> ChaosReport:
     started = time.monotonic()
     run_dir = Path(work_dir) / time.strftime("%Y%m%d-%H%M%S")
@@ -121,11 +122,11 @@ def run_chaos(
 
     def killer() -> None:
         while not stop_killing.wait(kill_every * rng.uniform(0.5, 1.5)):
-            alive = [c for c in supervisor.children.values() if c.process and c.process.poll() is None]
+            alive = [c.process for c in supervisor.children.values() if c.process and c.process.poll() is None]
             if alive:
                 victim = rng.choice(alive)
                 try:
-                    os.killpg(victim.process.pid, signal.SIGKILL)
+                    os.killpg(victim.pid, signal.SIGKILL)
                     result.kills += 1
                 except ProcessLookupError:
                     pass

@@ -443,7 +443,8 @@ def bench(
     from shop.bench.report import print_report
     from shop.bench.runner import BenchSettings, run
 
-    overrides = {key: value for key, value in {"out_dir": out, "runs": runs}.items() if value is not None}
+    overrides: dict[str, Any] = {
+        key: value for key, value in {"out_dir": out, "runs": runs}.items() if value is not None}
     settings = BenchSettings.quick(**overrides) if quick else BenchSettings(**overrides)
     offered = [float(rate) for rate in rates.split(",")] if rates else None
     try:

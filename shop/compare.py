@@ -25,6 +25,7 @@ import platform
 import subprocess
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -195,7 +196,7 @@ def _start(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
         return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-class Deployment:
+class Deployment(ABC):
     """One running mode: its processes, its port and its notification log."""
 
     mode: str
@@ -245,10 +246,15 @@ class Deployment:
                                 timeout=max(1.0, deadline - time.monotonic()))
 
     # The scenarios' levers, one per mode.
+    @abstractmethod
     def start(self, gateway_delay: float = 0.0) -> None: ...
+    @abstractmethod
     def payment_down(self) -> None: ...
+    @abstractmethod
     def payment_up(self) -> None: ...
+    @abstractmethod
     def redeploy(self) -> str: ...
+    @abstractmethod
     def scale_payment(self, workers: int, gateway_delay: float) -> bool: ...
 
 
@@ -616,7 +622,8 @@ def compare(out_dir: Path, quick: bool = False, report: Callable[[str], None] = 
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     table = rows(results, workload)
     results["table"] = [asdict(row) for row in table]
-    comparison = Comparison(results, table, out_dir / "compare.md", out_dir / "compare.json")
-    comparison.markdown_path.write_text(markdown(results, table))
-    comparison.json_path.write_text(json.dumps(results, indent=2))
+    markdown_path, json_path = out_dir / "compare.md", out_dir / "compare.json"
+    comparison = Comparison(results, table, markdown_path, json_path)
+    markdown_path.write_text(markdown(results, table))
+    json_path.write_text(json.dumps(results, indent=2))
     return comparison

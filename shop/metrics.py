@@ -77,7 +77,8 @@ class RedisMetricsCollector:
 
 
 def _cumulative(fields: dict[str, Any]) -> list[tuple[str, float]]:
-    buckets, total = [], 0
+    buckets: list[tuple[str, float]] = []
+    total = 0
     for bound in (*(str(bound) for bound in LATENCY_BUCKETS), "+Inf"):
         total += int(fields.get(f"le:{bound}", 0))
         buckets.append((bound, total))

@@ -75,7 +75,10 @@ def seed_products_over_http(
                 raise RuntimeError(f"POST /products answered {response.status_code}: {response.text}")
             if response.status_code == 201:
                 created.append(response.json())
+
+        def catalogued(product_id: str) -> Callable[[], bool]:
+            return lambda: http.get(f"{order_api}/catalogue/{product_id}").status_code == 200
+
         for product in products:
-            _wait(lambda product=product: http.get(f"{order_api}/catalogue/{product.id}").status_code == 200,
-                  f"product {product.id} in the order service's catalogue", timeout)
+            _wait(catalogued(product.id), f"product {product.id} in the order service's catalogue", timeout)
     return created

@@ -46,7 +46,7 @@ def journey(event_log: RedisEventLog, correlation_id: str) -> list[Hop]:
                 producer=envelope["producer"],
                 occurred_at=datetime.fromisoformat(envelope["occurred_at"]),
                 causation_id=causation_id,
-                cause=hop(causation_id) if causation_id in envelopes else None,
+                cause=hop(causation_id) if causation_id is not None and causation_id in envelopes else None,
             )
         return hops[event_id]
 

@@ -80,8 +80,8 @@ def worker_app(runtime: ServiceRuntime, hooks: BrokerHooks, settings: BusSetting
     app.conf.task_queues = [queue]
     app.conf.task_default_queue = queue.name
     app.conf.worker_consumer = CONSUMER_CLASS
-    app.shop_runtime = runtime  # type: ignore[attr-defined]  # read back by DeadLetteringConsumer
-    app.shop_hooks = hooks  # type: ignore[attr-defined]
+    app.shop_runtime = runtime  # read back by DeadLetteringConsumer
+    app.shop_hooks = hooks
 
     def handle_event(task: Any, *args: Any, **kwargs: Any) -> str:
         envelope, signature = kwargs.pop("envelope", None), kwargs.pop("signature", None)
@@ -103,7 +103,7 @@ def worker_app(runtime: ServiceRuntime, hooks: BrokerHooks, settings: BusSetting
             raise Reject(decision.error, requeue=True)
         return decision.outcome
 
-    app.task(name=hooks.task_name(spec), bind=True)(handle_event)
+    app.task(name=hooks.task_name(spec), bind=True, shared=False)(handle_event)
     return app, queue
 
 

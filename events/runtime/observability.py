@@ -109,7 +109,7 @@ class MetricsFlusher:
     def stop(self) -> None:
         """Stop and flush what is left (a clean shutdown loses nothing)."""
         self._stop.set()
-        with contextlib.suppress(self.errors):
+        with contextlib.suppress(*self.errors):
             self.metrics.flush(self.sink)
 
 

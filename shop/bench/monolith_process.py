@@ -23,6 +23,7 @@ DONE_KEY = "bench:monolith:done"
 
 
 def main() -> None:
+    from events.envelope import Envelope
     from events.settings import BusSettings
     from order_service import handlers
     from shop.bench import journey
@@ -34,7 +35,7 @@ def main() -> None:
     tokens: dict[str, str] = {}
     items = journey.order_items()
 
-    def on_handled(service: str, envelope) -> None:
+    def on_handled(service: str, envelope: Envelope) -> None:
         if service == "order_service" and envelope.type == "NotificationSent":
             token = tokens.pop(str(envelope.payload["order_id"]), None)
             if token is not None:

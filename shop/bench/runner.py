@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import redis
@@ -57,7 +58,7 @@ class BenchSettings(BaseSettings):
     scaling: bool = True
 
     @classmethod
-    def quick(cls, **overrides) -> BenchSettings:
+    def quick(cls, **overrides: Any) -> BenchSettings:
         base = dict(runs=3, warmup_s=0.5, measure_s=1.5, latency_fractions=(0.5,), latency_s=1.5, settle_s=20.0,
                     scaling=False)
         return cls(**{**base, **overrides})

@@ -101,7 +101,7 @@ def celery_task(
 class BadMessage:
     kind: str
     reason: str
-    inject: Callable[["Injector"], None]
+    inject: Callable[[Injector], None]
 
 
 class Injector:

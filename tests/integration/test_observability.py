@@ -8,10 +8,9 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
 
@@ -79,7 +78,7 @@ def test_every_outcome_gets_one_json_log_line_with_the_envelope_ids_and_is_count
     runtime: ServiceRuntime, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     envelope, sealed = payment_processed(runtime.settings)
-    failing, failing_sealed = payment_processed(runtime.settings)
+    _, failing_sealed = payment_processed(runtime.settings)
     handler = runtime.handlers["PaymentProcessed"]
 
     def fail_with(exc: Exception) -> Callable[..., None]:

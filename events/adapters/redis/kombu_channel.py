@@ -254,7 +254,9 @@ class TakenListChannel(kombu_redis.Channel):
             return super()._brpop_start(timeout)
         self._moving_from = keys[0]
         self._in_poll = self.client.connection
-        self._brpop_sent_at = monotonic()
+        # kombu declares `_brpop_sent_at = None` and `_in_poll = False`, so mypy infers None and bool; kombu itself
+        # stores a float and a connection or None in them.
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]
         wait = self.brpop_timeout if timeout is None else timeout
         self.client.connection.send_command("BLMOVE", keys[0], self.taken_key, "RIGHT", "LEFT", wait or 0)
 
@@ -282,7 +284,7 @@ class TakenListChannel(kombu_redis.Channel):
             self.connection._deliver(kombu_loads(bytes_to_str(item)), source)
             return True
         finally:
-            self._in_poll = None
+            self._in_poll = None  # type: ignore[assignment]  # kombu's untyped `_in_poll = False`, see above
             self._flush_brpop_reauth()
 
     def _create_client(self, asynchronous: bool = False) -> Any:

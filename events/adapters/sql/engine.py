@@ -1,0 +1,75 @@
+"""Engines for a store's URL, tuned per database.
+
+SQLite: WAL (readers never block the writer, several worker processes may share the file), a busy timeout instead
+of an immediate "database is locked", and `BEGIN IMMEDIATE` for every write transaction, so two processes never
+deadlock upgrading a read lock to a write lock. `synchronous=NORMAL` in WAL mode keeps every committed transaction
+across a process crash (not across a power loss: the last transactions before it may be lost). Reads go through a
+second engine in autocommit mode, so they take no lock at all.
+
+PostgreSQL: psycopg 3; `postgresql://` URLs are read as `postgresql+psycopg://`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+
+@dataclass(frozen=True)
+class Engines:
+    url: str
+    write: Engine
+    """transactions: BEGIN IMMEDIATE on SQLite"""
+    read: Engine
+    """single statements in autocommit mode"""
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.write.dialect.name == "sqlite"
+
+    def dispose(self) -> None:
+        self.write.dispose()
+        self.read.dispose()
+
+
+def normalise(url: str) -> str:
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def engines(url: str, busy_timeout_ms: int = 30_000) -> Engines:
+    url = normalise(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 5}
+        return Engines(url, create_engine(url, **options), create_engine(url, isolation_level="AUTOCOMMIT", **options))
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    write = create_engine(url)
+    read = create_engine(url)
+
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # transactions are begun explicitly, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    def begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def begin_deferred(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    event.listen(write, "connect", pragmas)
+    event.listen(write, "begin", begin_immediate)
+    event.listen(read, "connect", pragmas)
+    event.listen(read, "begin", begin_deferred)
+    return Engines(url, write, read)
