@@ -7,9 +7,11 @@ result and never charges again. Its ledger of real charges is what the chaos run
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Protocol
 from uuid import uuid4
 
@@ -28,6 +30,8 @@ class GatewaySettings(BaseSettings):
     delay: float = Field(0.0, description="seconds every charge takes (a slow gateway, to study scaling)")
     slow_seconds: float = Field(3.0, description="card_slow (fault injection only): seconds the charge hangs")
     fault_injection: bool = Field(False, validation_alias="SHOP_FAULT_INJECTION")
+    ledger_path: Path = Field(Path("var/db/gateway.sqlite3"), description="the gateway's own books, when they are "
+                              "kept in a file (the monolith: no Redis)")
 
 
 class GatewayUnavailable(TransientError):
@@ -99,6 +103,45 @@ class RedisLedger:
 
     def count_attempt(self, idempotency_key: str) -> int:
         return int(self.redis.hincrby(self.ATTEMPTS, idempotency_key, 1))
+
+
+class SqliteLedger:
+    """The gateway's books in a file of its own (the monolith has no Redis): the standard library's sqlite3, one
+    short transaction per call, so several processes can share the file."""
+
+    def __init__(self, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, result TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS charges (key TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS attempts (key TEXT PRIMARY KEY, count INTEGER NOT NULL)")
+
+    def recall(self, idempotency_key: str) -> ChargeResult | None:
+        row = self._db.execute("SELECT result FROM results WHERE key = ?", (idempotency_key,)).fetchone()
+        return None if row is None else _decode(row[0].encode())
+
+    def record(self, idempotency_key: str, result: ChargeResult) -> ChargeResult:
+        """First answer wins, and a real charge is booked in the same transaction."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute("SELECT result FROM results WHERE key = ?", (idempotency_key,)).fetchone()
+            if row is not None:
+                return _decode(row[0].encode())
+            self._db.execute("INSERT INTO results VALUES (?, ?)", (idempotency_key, _encode(result)))
+            if result.approved:
+                self._db.execute("INSERT INTO charges VALUES (?)", (idempotency_key,))
+            return result
+
+    def count_attempt(self, idempotency_key: str) -> int:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT INTO attempts VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET count = count + 1",
+                             (idempotency_key,))
+            return int(self._db.execute("SELECT count FROM attempts WHERE key = ?", (idempotency_key,)).fetchone()[0])
+
+    def charges(self) -> list[str]:
+        return [row[0] for row in self._db.execute("SELECT key FROM charges ORDER BY rowid")]
 
 
 def _encode(result: ChargeResult) -> str:

@@ -26,7 +26,6 @@ from tests.support.brokers import (
 from tests.support.waiting import stop_process
 
 
-
 @pytest.fixture
 def redis_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     client = redis.Redis.from_url(TEST_REDIS_URL)

@@ -4,11 +4,13 @@ uses. One test function per promise, run once per store."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
 
 from events.adapters.redis.store import RedisStore
+from events.adapters.sql.store import SqlStore
 from events.catalog import OrderCreated, OrderLine, PaymentFailed
 from events.envelope import Envelope
 from events.memory import InMemoryStore
@@ -16,16 +18,26 @@ from events.messaging import OutgoingMessage
 from events.settings import BusSettings
 from events.unit_of_work import AlreadyHandled, ConcurrentUpdate, Store
 from shop.bootstrap import bootstrap
+from tests.support.databases import emptied, postgres_database, postgres_missing
 
-STORES = ["memory", "redis", "redis-outbox"]
+STORES = ["memory", "redis", "redis-outbox", "sqlite", "postgres"]
 
 
 @pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """memory: the in-process store; redis: beside the Redis broker (the commit pushes the messages); redis-outbox:
-    for a broker elsewhere (the commit writes outbox entries, handed over after the commit)."""
+    for a broker elsewhere (the commit writes outbox entries, handed over after the commit); sqlite and postgres: a
+    service's own database (outbox rows, handed over after the commit)."""
     if request.param == "memory":
         yield InMemoryStore()
+        return
+    if request.param in ("sqlite", "postgres"):
+        if request.param == "postgres" and (missing := postgres_missing()):
+            pytest.skip(missing)
+        url = f"sqlite:///{tmp_path}/store.sqlite3" if request.param == "sqlite" else postgres_database("contract")
+        sql = emptied(url)
+        yield SqlStore(sql, BusSettings(), on_commit=lambda messages: None)
+        sql.dispose()
         return
     request.getfixturevalue("redis_url")
     wiring = bootstrap(BusSettings())

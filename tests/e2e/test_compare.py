@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from tests.support.brokers import TEST_REDIS_URL
 
+from tests.support.brokers import TEST_REDIS_URL
 
 CLAIMS = ("Direct calls are faster", "Failure is isolated", "Services scale independently", "Independent deployment")
 

@@ -6,12 +6,11 @@ its own prefix (SHOP_AMQP_PREFIX) and deletes exactly those afterwards; nothing 
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
 from dataclasses import dataclass, field
-
-import base64
 from typing import Any
 
 import redis

@@ -3,6 +3,7 @@ of an order without a broker."""
 
 from __future__ import annotations
 
+import itertools
 from decimal import Decimal
 from pathlib import Path
 from uuid import uuid4
@@ -56,7 +57,7 @@ def test_every_event_of_an_order_shares_its_correlation_id_and_names_its_cause(s
     envelopes = shop.bus.published
     assert {envelope.correlation_id for envelope in envelopes} == {order.id}
     assert envelopes[0].causation_id is None
-    for cause, effect in zip(envelopes, envelopes[1:]):
+    for cause, effect in itertools.pairwise(envelopes):
         assert effect.causation_id == cause.event_id
     assert [envelope.producer for envelope in envelopes] == [
         "order_service", "product_service", "payment_service", "order_service", "notification_service",

@@ -14,7 +14,6 @@ from order_service.domain import CataloguedProduct
 from order_service.store import catalogue as catalogue_of
 from shop.monolith import create_monolith_app
 from tests.support.shop import in_process_bus
-from shop.services import SERVICES
 
 with warnings.catch_warnings():  # starlette's TestClient warns about its httpx dependency; not ours to fix
     warnings.simplefilter("ignore")
@@ -107,7 +106,8 @@ def test_an_order_for_an_unknown_product_is_refused_at_the_door(client: TestClie
     response = client.post("/orders", json=body)
 
     assert response.status_code == 422
-    assert response.json() == {"error": "invalid request", "problems": ["items.1.product_id: unknown product 'unicorn'"]}
+    problems = ["items.1.product_id: unknown product 'unicorn'"]
+    assert response.json() == {"error": "invalid request", "problems": problems}
     assert bus.published == []
 
 
@@ -119,7 +119,8 @@ def test_the_catalogue_shows_what_the_order_service_knows(client: TestClient):
 def test_with_every_service_in_process_a_placed_order_reads_back_confirmed(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("SHOP_NOTIFICATION_LOG", str(tmp_path / "notifications.log"))
     client = TestClient(create_monolith_app(in_process_bus()))
-    assert client.post("/products", json={"id": "book", "name": "Book", "price": "12.50", "stock": 5}).status_code == 201
+    book = {"id": "book", "name": "Book", "price": "12.50", "stock": 5}
+    assert client.post("/products", json=book).status_code == 201
     assert client.post("/products", json={"id": "pen", "name": "Pen", "price": "0.99", "stock": 5}).status_code == 201
 
     placed = client.post("/orders", json=order_request()).json()

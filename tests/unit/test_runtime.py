@@ -90,7 +90,7 @@ def test_an_event_the_service_does_not_handle_is_dead_lettered_as_such() -> None
 
 def test_a_redelivery_of_a_handled_event_is_a_duplicate_and_changes_nothing() -> None:
     harness = Harness(record_payment)
-    envelope, delivery = harness.message()
+    _envelope, delivery = harness.message()
     harness.handle(delivery)
     before = dict(harness.store.records)
 

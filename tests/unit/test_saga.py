@@ -173,7 +173,8 @@ def test_a_price_that_overtakes_its_product_is_retried_not_dropped(log_path: Pat
 def monolith(log_path: Path) -> tuple[InMemoryBus, TestClient]:
     bus = in_process_bus()
     client = TestClient(create_monolith_app(bus))
-    assert client.post("/products", json={"id": "book", "name": "Book", "price": "12.50", "stock": 5}).status_code == 201
+    book = {"id": "book", "name": "Book", "price": "12.50", "stock": 5}
+    assert client.post("/products", json=book).status_code == 201
     return bus, client
 
 

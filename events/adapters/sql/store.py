@@ -36,8 +36,11 @@ class SqlStore:
         engines: Engines,
         settings: BusSettings,
         on_commit: Callable[[list[OutgoingMessage]], object] | None = None,
+        outbox: bool = True,
     ) -> None:
         self.engines, self.settings, self.on_commit = engines, settings, on_commit
+        self.outbox = outbox
+        """False for a store whose events are dispatched in process (the monolith): no outbox rows, no broker"""
 
     def unit_of_work(
         self, service: str, cause: Envelope | None = None, inbox: str | None = None,
@@ -65,7 +68,7 @@ class SqlStore:
             return int(result.rowcount or 0)
 
     def insert_new(self, table: Table) -> Insert:
-        """INSERT that does nothing when the key exists (rowcount 0), instead of failing the transaction."""
+        """INSERT that does nothing when the key exists (no row RETURNED), instead of failing the transaction."""
         dialect = postgresql if not self.engines.is_sqlite else sqlite
         return dialect.insert(table).on_conflict_do_nothing()
 
@@ -78,6 +81,7 @@ class SqlUnitOfWork(UnitOfWork):
         super().__init__(service, cause, inbox_name)
         self._store, self._connection = store, connection
         self._versions: dict[tuple[str, str], int] = {}
+        self._written: tuple[dict[tuple[str, str], dict[str, Any]], list[Envelope]] = ({}, [])
         self.messages: list[OutgoingMessage] = []
         """what the last commit wrote to the outbox (attached units of work leave sending to their owner)"""
 
@@ -103,33 +107,49 @@ class SqlUnitOfWork(UnitOfWork):
             return connection.execute(query).first() is not None
 
     def commit(self) -> None:
-        messages = [OutgoingMessage.of(envelope, self._store.settings.key) for envelope in self.outbox]
         if self._connection is not None:
-            self.write(self._connection, messages)
-        else:
-            with self._store.engines.write.begin() as connection:
-                self.write(connection, messages)
-        self.messages = messages
-        self._committed()
-        if self._connection is None and messages and self._store.on_commit is not None:
-            self._store.on_commit(messages)
+            self.commit_in(self._connection)
+            return
+        with self._store.engines.write.begin() as connection:
+            self.commit_in(connection)
+        if self.messages and self._store.on_commit is not None:
+            self._store.on_commit(self.messages)
 
-    def write(self, connection: Connection, messages: Sequence[OutgoingMessage], outbox_rows: bool = True) -> None:
+    def commit_in(self, connection: Connection) -> list[Envelope]:
+        """Write everything inside `connection`'s open transaction (the caller commits it); returns the published
+        events. Raises AlreadyHandled or ConcurrentUpdate, after which the caller must roll back."""
+        store = self._store
+        messages = [OutgoingMessage.of(envelope, store.settings.key) for envelope in self.outbox] \
+            if store.outbox else []
+        self.write(connection, messages)
+        self.messages = messages
+        self._written = (dict(self._writes), list(self.outbox))
+        self._committed()
+        return self.committed
+
+    def reopen(self) -> None:
+        """The transaction `commit_in` wrote into was rolled back: stage the same writes and events again."""
+        writes, outbox = self._written
+        self._writes, self.outbox, self.committed, self.messages = dict(writes), list(outbox), [], []
+
+    def write(self, connection: Connection, messages: Sequence[OutgoingMessage]) -> None:
         """Everything this unit of work changes, inside `connection`'s transaction."""
         now = time.time()
         store = self._store
         if self.cause is not None:
             marked = connection.execute(store.insert_new(inbox_table).values(
-                consumer=self.inbox, event_id=str(self.cause.event_id), handled_at=now)).rowcount
-            if marked != 1:
+                consumer=self.inbox, event_id=str(self.cause.event_id), handled_at=now,
+            ).returning(inbox_table.c.event_id)).first()
+            if marked is None:
                 raise AlreadyHandled(str(self.cause.event_id))
         for (collection, key), document in self._writes.items():
             body = json.dumps(document, separators=(",", ":"))
             read = self._versions.get((collection, key), 0)
             if read == 0:
                 created = connection.execute(store.insert_new(documents).values(
-                    service=self.service, collection=collection, key=key, version=1, body=body)).rowcount
-                if created != 1:
+                    service=self.service, collection=collection, key=key, version=1, body=body,
+                ).returning(documents.c.key)).first()
+                if created is None:
                     raise ConcurrentUpdate(f"{collection}/{key}")
             else:
                 changed = connection.execute(update(documents).where(and_(
@@ -138,7 +158,7 @@ class SqlUnitOfWork(UnitOfWork):
                 )).values(version=read + 1, body=body)).rowcount
                 if changed != 1:
                     raise ConcurrentUpdate(f"{collection}/{key}")
-        if outbox_rows and messages:
+        if messages:
             due = now + self._store.settings.redeliver_after
             connection.execute(insert(outbox), [
                 {"id": message.id, "message": message.to_json(), "created_at": now, "due_at": due}
