@@ -50,6 +50,9 @@ class ServiceSpec:
     projections: tuple[Projection, ...] = ()
     """The local read models among `handlers` (their handlers are in `handlers` too: one map says what reacts to
     what); named here so they can be rebuilt from history."""
+    calls_out: tuple[type[Event], ...] = ()
+    """The event types whose handler calls a system outside the process (a card gateway): a monolith must not hold a
+    database transaction open across such a call (events/adapters/sql/inprocess.py)."""
     publishes: tuple[type[Event], ...] = ()
     """The event types this service publishes (from its handlers or its HTTP edge). Declared, not inferred, so the
     event catalogue (`shop asyncapi`) can say who sends what; a unit test holds it to what the handlers really do."""

@@ -31,7 +31,8 @@ class ApiSettings(BaseSettings):
 
 
 class Bus(Protocol):
-    """A wiring of stores and broker, or the in-process bus: an API needs only units of work and their commit."""
+    """A wiring of stores and broker, or an in-process bus: an API needs only units of work and their commit. A bus
+    whose commit runs the whole saga before it returns says so with `settles_on_commit = True`."""
 
     def unit_of_work(self, service: str) -> UnitOfWork: ...
     def commit(self, uow: UnitOfWork) -> None: ...

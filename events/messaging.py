@@ -83,14 +83,21 @@ class Outbox(Protocol):
         """The broker has these: forget them."""
         ...
 
+    def pending(self) -> int:
+        """Entries not settled yet."""
+        ...
+
 
 class OutboxSender:
     """Sends committed outbox entries and settles what the broker took; `sweep` is the relay's pass."""
 
     def __init__(
-        self, outbox: Outbox, broker: Broker, dead_letter_unroutable: Callable[[OutgoingMessage], None]
+        self, outbox: Outbox, broker: Broker, dead_letter_unroutable: Callable[[OutgoingMessage], object],
+        after_send: Callable[[list[OutgoingMessage]], object] | None = None,
     ) -> None:
         self.outbox, self.broker, self.dead_letter_unroutable = outbox, broker, dead_letter_unroutable
+        self.after_send = after_send
+        """what to do with the messages the broker took (the event history, when the broker keeps none)"""
         self.relayed = 0
 
     def send(self, messages: Sequence[OutgoingMessage]) -> int:
@@ -99,6 +106,9 @@ class OutboxSender:
         result = self.broker.send(messages)
         for message in result.unroutable:
             self.dead_letter_unroutable(message)
+        if self.after_send is not None and result.sent:
+            sent = set(result.sent)
+            self.after_send([message for message in messages if message.id in sent and message.queue is None])
         done = [*result.sent, *(message.id for message in result.unroutable)]
         if done:
             self.outbox.settle(done)

@@ -76,3 +76,39 @@ class BusSettings(BaseSettings):
     @property
     def key(self) -> bytes:
         return self.signing_key.get_secret_value().encode()
+
+
+BESIDE_THE_BROKER = "redis"
+"""A store URL meaning "the Redis store in REDIS_URL", whose commit script pushes the messages itself."""
+
+
+class StoreSettings(BaseSettings):
+    """Where each service keeps its documents, inbox, outbox and dead letters: one URL per service
+    (`SHOP_ORDER_DATABASE_URL`, ...), else `SHOP_DATABASE_URL`, in which `{service}` and `{var_dir}` are filled in.
+
+    `sqlite:///...` a file per service (the default: five files under `var/db/`); `postgresql://...` a database per
+    service; `redis` the store beside the Redis broker (REDIS_URL), the fast option with its atomic commit; any other
+    `redis://` URL a Redis of the service's own (then with an outbox, like a SQL database)."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOP_", extra="ignore")
+
+    database_url: str = Field("sqlite:///{var_dir}/db/{service}.sqlite3",
+                              description="every service's store, unless its own URL is set")
+    order_database_url: str | None = None
+    payment_database_url: str | None = None
+    notification_database_url: str | None = None
+    user_database_url: str | None = None
+    product_database_url: str | None = None
+    monolith_database_url: str = Field("sqlite:///{var_dir}/db/monolith.sqlite3",
+                                       description="the monolith's one database (`shop monolith`)")
+
+    def url_for(self, service: str, var_dir: Path) -> str:
+        own = getattr(self, f"{service.removesuffix('_service')}_database_url", None)
+        return _fill(own or self.database_url, service, var_dir)
+
+    def monolith_url(self, var_dir: Path) -> str:
+        return _fill(self.monolith_database_url, "monolith", var_dir)
+
+
+def _fill(url: str, service: str, var_dir: Path) -> str:
+    return url.replace("{service}", service).replace("{var_dir}", str(var_dir))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
@@ -15,7 +15,7 @@ from events import http
 from events.catalog import OrderItem
 from events.http import Bus, answer_validation_errors_readably, health, invalid_request
 from order_service import handlers
-from order_service.domain import Order, UnknownProducts
+from order_service.domain import Order, OrderStatus, UnknownProducts
 from order_service.store import catalogue, orders
 
 SERVICE_NAME = "order_service"
@@ -44,9 +44,10 @@ def create_app(bus: Bus) -> FastAPI:
     answer_validation_errors_readably(app)
     health(app)
 
-    @app.post("/orders", status_code=202, response_model=None)
-    def place_order(request: PlaceOrder) -> dict[str, Any] | JSONResponse:
-        """Accepted, not done: stock, payment and notification follow as events. An unknown product is refused
+    @app.post("/orders", status_code=202, response_model=None, responses={201: {"description": "placed and settled"}})
+    def place_order(request: PlaceOrder, response: Response) -> dict[str, Any] | JSONResponse:
+        """202 Accepted, not done: stock, payment and notification follow as events. Where the bus settles the order
+        before it answers (the monolith's direct calls), 201 with its final status. An unknown product is refused
         here, from this service's own catalogue: no call to the product service."""
         uow = bus.unit_of_work(SERVICE_NAME)
         try:
@@ -56,6 +57,10 @@ def create_app(bus: Bus) -> FastAPI:
         except UnknownProducts as unknown:
             return invalid_request(unknown.problems)
         bus.commit(uow)
+        if getattr(bus, "settles_on_commit", False):
+            order = orders(bus.unit_of_work(SERVICE_NAME)).get(order.id) or order
+            if order.status is not OrderStatus.PENDING:
+                response.status_code = 201
         return order_view(order)
 
     @app.get("/catalogue/{product_id}")

@@ -30,8 +30,8 @@ class GatewaySettings(BaseSettings):
     delay: float = Field(0.0, description="seconds every charge takes (a slow gateway, to study scaling)")
     slow_seconds: float = Field(3.0, description="card_slow (fault injection only): seconds the charge hangs")
     fault_injection: bool = Field(False, validation_alias="SHOP_FAULT_INJECTION")
-    ledger_path: Path = Field(Path("var/db/gateway.sqlite3"), description="the gateway's own books, when they are "
-                              "kept in a file (the monolith: no Redis)")
+    ledger_path: Path | None = Field(None, description="the gateway's own books, when they are kept in a file (the "
+                                     "monolith: no Redis); default <SHOP_VAR_DIR>/db/gateway.sqlite3")
 
 
 class GatewayUnavailable(TransientError):

@@ -19,5 +19,6 @@ SERVICE = ServiceSpec(
     name="payment_service",
     handlers={StockReserved: handlers.charge_payment},
     dependencies=dependencies,
+    calls_out=(StockReserved,),  # the card gateway
     publishes=(PaymentProcessed, PaymentFailed),
 )

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+import sqlalchemy.exc
 from celery import Celery
 from fastapi import FastAPI
 from kombu import Queue
@@ -36,21 +38,25 @@ from events.adapters.redis.worker import (
     in_flight,
     metrics_sink,
 )
+from events.adapters.sql import migrate
+from events.adapters.sql.deadletters import SqlDeadLetters
+from events.adapters.sql.engine import Engines, engines
+from events.adapters.sql.inprocess import SqlInProcessBus
+from events.adapters.sql.store import SqlOutbox, SqlStore
 from events.bus import ServiceSpec, bind_handlers, build_dependencies
-from events.deadletters import CombinedDeadLetters, unroutable_record
+from events.deadletters import CombinedDeadLetters, DeadLetters, unroutable_record
 from events.envelope import Envelope
-from events.memory import DispatchingInMemoryBus
-from events.messaging import Broker, OutboxSender, Periodic
+from events.messaging import Broker, Outbox, OutboxSender, Periodic
 from events.runtime.celery_worker import BrokerHooks, make_celery_app, worker_app
 from events.runtime.consumer import ServiceRuntime
 from events.runtime.observability import MetricsFlusher
-from events.settings import BusSettings
+from events.settings import BESIDE_THE_BROKER, BusSettings, StoreSettings
 from events.unit_of_work import Store, UnitOfWork
-from payment_service.gateway import InMemoryLedger, RedisLedger
+from payment_service.gateway import GatewaySettings, RedisLedger, SqliteLedger
 from shop.services import APIS, SERVICES
 
 UNAVAILABLE: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OperationalError,
-                                                *amqp.BROKER_ERRORS)
+                                                sqlalchemy.exc.OperationalError, *amqp.BROKER_ERRORS)
 """Errors that mean "a store or the broker cannot be reached now": retried later, never a dead letter."""
 
 
@@ -77,11 +83,16 @@ class Wiring:
     """the broker-side Redis: event log, delivery counters, metrics, the gateway's books, unroutable dead letters"""
     broker: Broker
     stores: dict[str, Store]
+    """each service's own store (services may share one store object when their URLs are the same)"""
     dead_letters: CombinedDeadLetters
     event_log: RedisEventLog
-    outbox: OutboxSender | None = None
-    """set when the stores commit to an outbox that is sent after the commit (RabbitMQ)"""
+    outboxes: dict[str, OutboxSender] = field(default_factory=dict)
+    """the services whose store commits to an outbox sent after the commit (a SQL database; any store on RabbitMQ)"""
+    sql: dict[str, Engines] = field(default_factory=dict)
+    """the SQL databases of the services that have one"""
     _closers: list[Callable[[], object]] = field(default_factory=list)
+    settles_on_commit = False
+    """a command's commit only starts the saga: the API answers 202 and the order settles later"""
 
     def store(self, service: str) -> Store:
         return self.stores[service]
@@ -102,7 +113,8 @@ class Wiring:
         RedisDeliveryCounter(self.redis, self.settings).forget(service, event_id)
 
     def queues(self) -> dict[str, dict[str, Any]]:
-        """Per consuming service: messages waiting, in flight, in its outbox, relayed and retried (`shop status`)."""
+        """Per consuming service: messages waiting, in flight, unsettled queue copies, relayed, retried, and events
+        its store committed that the broker has not taken yet (`shop status`)."""
         consumers = [spec for spec in SERVICES.values() if spec.handlers]
         waiting = amqp.waiting_counts(self.settings, consumers) if broker_is_amqp(self.settings) else None
         return {
@@ -112,13 +124,28 @@ class Wiring:
                 "unsettled": int(self.redis.hlen(Keys.outbox(spec.queue))),
                 "relayed": int(self.redis.get(Keys.relayed(spec.queue)) or 0),
                 "retries": int(self.redis.get(Keys.retries(spec.name)) or 0),
+                "outbox": self.outboxes[spec.name].outbox.pending() if spec.name in self.outboxes else "-",
             }
             for spec in consumers
         }
 
     def outbox_pending(self) -> int | None:
-        """Committed events not yet taken by the broker (RabbitMQ), or None when the commit itself publishes."""
-        return RedisOutbox(self.redis, self.settings).pending() if self.outbox is not None else None
+        """Committed events not yet taken by the broker, over every store with an outbox; None when every commit
+        publishes by itself (the Redis store beside the Redis broker)."""
+        senders = list({id(sender): sender for sender in self.outboxes.values()}.values())
+        return sum(sender.outbox.pending() for sender in senders) if senders else None
+
+    def relay(self, service: str) -> Callable[[], int]:
+        """One pass of the relay of `service`'s store: send what a crash left in its outbox, forget old inbox rows."""
+        sender, store = self.outboxes.get(service), self.stores[service]
+
+        def sweep() -> int:
+            sent = sender.sweep() if sender is not None else 0
+            if isinstance(store, SqlStore):
+                store.purge_inbox(time.time() - self.settings.inbox_ttl)
+            return sent
+
+        return sweep
 
     def close(self) -> None:
         for close in reversed(self._closers):
@@ -126,26 +153,61 @@ class Wiring:
 
 
 def bootstrap(settings: BusSettings | None = None) -> Wiring:
+    """Stores, broker and dead letters as `settings` and `StoreSettings` say; SQL databases are migrated to the
+    current schema first (safe from several processes at once: see events/adapters/sql/migrate.py)."""
     settings = settings or BusSettings()
     client = redis_client(settings)
-    dead_letters = RedisDeadLetters(client)
+    broker_dead_letters = RedisDeadLetters(client)
+    event_log = RedisEventLog(client)
+    closers: list[Callable[[], object]] = [client.close]
     broker: Broker
-    closers: list[Callable[[], object]]
+    redis_broker: RedisBroker | None = None
     if broker_is_amqp(settings):
-        amqp_broker = amqp.AmqpBroker(settings, SERVICES.values())
-        outbox = OutboxSender(RedisOutbox(client, settings), amqp_broker,
-                              lambda message: dead_letters.store(unroutable_record(message)))
-        store = RedisStore(client, settings, on_commit=outbox.send)
-        broker, closers = amqp_broker, [client.close, amqp_broker.close]
+        broker = amqp.AmqpBroker(settings, SERVICES.values())
+        closers.append(broker.close)
     else:
-        redis_broker = RedisBroker(client, settings)
-        store, outbox = RedisStore(client, settings, broker=redis_broker), None
-        broker, closers = redis_broker, [client.close, redis_broker.close]
-    return Wiring(
-        settings=settings, redis=client, broker=broker, stores={name: store for name in SERVICES},
-        dead_letters=CombinedDeadLetters({name: dead_letters for name in SERVICES}, dead_letters),
-        event_log=RedisEventLog(client), outbox=outbox, _closers=closers,
-    )
+        broker = redis_broker = RedisBroker(client, settings)
+        closers.append(redis_broker.close)
+
+    def sender(outbox: Outbox) -> OutboxSender:
+        """Events are logged by the Redis broker as it queues them; on RabbitMQ, once it has them."""
+        return OutboxSender(outbox, broker, lambda message: broker_dead_letters.store(unroutable_record(message)),
+                            after_send=None if redis_broker is not None else event_log.append)
+
+    wiring = Wiring(settings, client, broker, {}, CombinedDeadLetters({}, broker_dead_letters), event_log,
+                    _closers=closers)
+    built: dict[str, tuple[Store, DeadLetters, OutboxSender | None, Engines | None]] = {}
+    urls = StoreSettings()
+    for name in SERVICES:
+        url = urls.url_for(name, settings.var_dir)
+        if url not in built:
+            if url == BESIDE_THE_BROKER or (url == settings.redis_url and redis_broker is not None):
+                if redis_broker is not None:
+                    built[url] = RedisStore(client, settings, broker=redis_broker), broker_dead_letters, None, None
+                else:  # on RabbitMQ the Redis store commits to an outbox, as any store does
+                    relay = sender(RedisOutbox(client, settings))
+                    built[url] = RedisStore(client, settings, on_commit=relay.send), broker_dead_letters, relay, None
+            elif url.startswith(("redis://", "rediss://")):
+                own = redis_client(settings, url)
+                closers.append(own.close)
+                relay = sender(RedisOutbox(own, settings))
+                built[url] = RedisStore(own, settings, on_commit=relay.send), RedisDeadLetters(own), relay, None
+            else:
+                database = engines(url)
+                migrate.upgrade(database)
+                closers.append(database.dispose)
+                relay = sender(SqlOutbox(database, settings))
+                built[url] = (SqlStore(database, settings, on_commit=relay.send), SqlDeadLetters(database), relay,
+                              database)
+        store, dead, relay_of, database_of = built[url]
+        wiring.stores[name] = store
+        wiring.dead_letters.owners[name] = dead
+        if relay_of is not None:
+            wiring.outboxes[name] = relay_of
+        if database_of is not None:
+            wiring.sql[name] = database_of
+    wiring.dead_letters = CombinedDeadLetters(wiring.dead_letters.owners, broker_dead_letters)
+    return wiring
 
 
 def resources(wiring: Wiring) -> dict[str, Any]:
@@ -180,20 +242,26 @@ def bootstrap_worker(service: str, settings: BusSettings | None = None, node: st
     hooks: BrokerHooks
     relay_interval = max(0.5, settings.redeliver_after / 4)
     background: list[Periodic | MetricsFlusher] = []
+    store_relay = wiring.relay(service)
     if broker_is_amqp(settings):
         hooks = amqp.AmqpWorkerHooks(settings)
-        amqp_broker, outbox = wiring.broker, wiring.outbox
-        assert isinstance(amqp_broker, amqp.AmqpBroker) and outbox is not None
+        amqp_broker = wiring.broker
+        assert isinstance(amqp_broker, amqp.AmqpBroker)
 
         def relay() -> None:
-            outbox.sweep()
+            store_relay()
             amqp_broker.move_dead_letters(spec, wiring.dead_letters.of(service).add)
 
         background.append(Periodic(f"relay-{service}", relay_interval, relay, UNAVAILABLE))
     else:
         hooks = RedisWorkerHooks(spec, settings, wiring.redis, node)
         queue_relay = QueueRelay(spec.queue, wiring.redis, settings)
-        background.append(Periodic(f"relay-{service}", relay_interval, queue_relay.sweep, UNAVAILABLE))
+
+        def relay_both() -> None:
+            queue_relay.sweep()
+            store_relay()
+
+        background.append(Periodic(f"relay-{service}", relay_interval, relay_both, UNAVAILABLE))
         if fault:
             kombu_channel.after_take = lambda queue, item: fault("after_take", queue, hashlib.sha1(item).hexdigest())
     app, queue = worker_app(runtime, hooks, settings)
@@ -212,20 +280,27 @@ def control_app(settings: BusSettings | None = None) -> Celery:
 
 
 def bootstrap_api(service: str, settings: BusSettings | None = None) -> FastAPI:
+    """A service's HTTP app over its store, with the relay of its store's outbox (an API commits events too: the
+    user service has no worker to relay them)."""
     settings = settings or BusSettings()
     declare_topology(settings)
-    return APIS[service].create_app(bootstrap(settings))
+    wiring = bootstrap(settings)
+    Periodic(f"relay-{service}", max(0.5, settings.redeliver_after / 4), wiring.relay(service), UNAVAILABLE).start()
+    return APIS[service].create_app(wiring)
 
 
-def bootstrap_monolith(settings: BusSettings | None = None,
-                       wrap: Callable[[ServiceSpec], ServiceSpec] = lambda spec: spec) -> DispatchingInMemoryBus:
-    """Every service subscribed to one in-process bus, with in-process resources and the workers' retry policy (the
-    same settings), so a transient failure is retried alike in both modes. `wrap` lets the monolith put its fault
-    switches around the handlers."""
+def bootstrap_monolith(settings: BusSettings | None = None, dispatch: str = "sync") -> SqlInProcessBus:
+    """Every service in one process over ONE database (`SHOP_MONOLITH_DATABASE_URL`, a SQLite file by default), the
+    gateway's books in a file of their own, and the workers' retry policy (the same settings), so a transient failure
+    is retried alike in both architectures."""
     settings = settings or BusSettings()
-    bus = DispatchingInMemoryBus(max_retries=settings.max_retries, retry_backoff=settings.retry_backoff)
-    offered = {"ledger": InMemoryLedger()}
+    database = engines(StoreSettings().monolith_url(settings.var_dir))
+    migrate.upgrade(database)
+    bus = SqlInProcessBus(
+        SqlStore(database, settings, outbox=False), SqlDeadLetters(database), settings, dispatch=dispatch,
+        external={model.type_name for spec in SERVICES.values() for model in spec.calls_out},
+    )
+    ledger = SqliteLedger(GatewaySettings().ledger_path or settings.var_dir / "db" / "gateway.sqlite3")
     for spec in SERVICES.values():
-        spec = wrap(spec)
-        bus.subscribe(spec, build_dependencies(spec, offered))
+        bus.subscribe(spec, build_dependencies(spec, {"ledger": ledger}))
     return bus

@@ -25,8 +25,10 @@ from shop.services import APIS, CONSUMERS, SERVICES
 app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode="rich")
 order_app = typer.Typer(help="Place orders through the order service's HTTP API.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Inspect, replay and purge dead letters.", no_args_is_help=True)
+db_app = typer.Typer(help="The services' databases (and the monolith's).", no_args_is_help=True)
 app.add_typer(order_app, name="order")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(db_app, name="db")
 console = Console()
 
 ServiceName = Annotated[str, typer.Argument(help=f"one of: {', '.join(CONSUMERS)}")]
@@ -43,12 +45,34 @@ def _check(name: str, choices: dict[str, Any], what: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 @app.command()
 def declare() -> None:
-    """Declare every service's queue and bindings (idempotent). Events published afterwards wait for their
-    subscribers even if those have never run."""
-    from shop.bootstrap import declare_topology
+    """Declare every service's queue and bindings, and bring every service's database to the current schema
+    (idempotent). Events published afterwards wait for their subscribers even if those have never run."""
+    from shop.processes import prepare
 
-    declare_topology(BusSettings())
+    stores = prepare(BusSettings())
     console.print(f"declared queues: {', '.join(spec.queue for spec in CONSUMERS.values())}")
+    for line in stores:
+        console.print(f"store of {line}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    monolith: Annotated[bool, typer.Option("--monolith", help="the monolith's one database instead")] = False,
+) -> None:
+    """Create (PostgreSQL) and migrate to the current schema every service's database (SHOP_DATABASE_URL,
+    SHOP_<SERVICE>_DATABASE_URL), or the monolith's (SHOP_MONOLITH_DATABASE_URL)."""
+    from events.adapters.sql import migrate
+    from events.adapters.sql.engine import engines
+    from events.settings import StoreSettings
+    from shop.processes import prepare
+
+    settings = BusSettings()
+    if monolith:
+        url = StoreSettings().monolith_url(settings.var_dir)
+        console.print(f"monolith: {url.split('@')[-1]} at schema revision {migrate.upgrade(engines(url))}")
+        return
+    for line in prepare(settings):
+        console.print(f"store of {line}")
 
 
 @app.command()
@@ -108,13 +132,20 @@ def demo(
 
 
 @app.command()
-def monolith() -> None:
-    """Run every service in ONE process over the in-process bus, behind the same HTTP APIs (all on port 5001 unless
-    SHOP_ORDER_API_PORT says otherwise) and notification log. No Redis needed. Ctrl-C drains and stops."""
+def monolith(
+    dispatch: Annotated[str | None, typer.Option(
+        help="sync: the whole saga in the request, in one transaction (default); queued: answered at once, the saga "
+        "runs on a dispatcher thread [default: SHOP_MONOLITH_DISPATCH or sync]")] = None,
+) -> None:
+    """Run every service in ONE process over ONE database (SHOP_MONOLITH_DATABASE_URL, a SQLite file by default),
+    behind the same HTTP APIs (all on port 5001 unless SHOP_ORDER_API_PORT says otherwise) and notification log. No
+    Redis needed. Ctrl-C finishes what is due and stops; anything left is taken at the next start."""
     from shop.monolith import run_monolith
 
+    if dispatch not in (None, "sync", "queued"):
+        raise typer.BadParameter("--dispatch is sync or queued")
     console.print(f"[green]shop monolith[/]: APIs on {ApiSettings().base_url}  (Ctrl-C to stop)")
-    run_monolith()
+    run_monolith(dispatch=dispatch)
 
 
 def _print_notification(line: dict[str, Any]) -> None:

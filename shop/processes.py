@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from events.settings import BusSettings
-from shop.bootstrap import declare_topology
+from shop.bootstrap import bootstrap, declare_topology
 from shop.embedded_redis import EmbeddedRedis, choose_broker
 from shop.services import APIS, CONSUMERS
 from shop.supervisor import Supervisor, shop_command
@@ -32,12 +33,31 @@ def supervised_commands() -> dict[str, list[str]]:
 
 
 def start_everything(var_dir: Path, report: Callable[[str], None]) -> tuple[Supervisor, EmbeddedRedis | None]:
-    """Find (or start) a Redis, declare the topology, start every worker and API under a supervisor."""
+    """Find (or start) a Redis, declare the topology, bring every service's database to the current schema, start every
+    worker and API under a supervisor."""
     url, embedded = choose_broker(var_dir)
     if embedded:
         report(f"no Redis configured or running: started an embedded one at {url}")
     os.environ["REDIS_URL"] = url
-    declare_topology(BusSettings())
+    prepare(BusSettings())
     supervisor = Supervisor(supervised_commands(), env={"REDIS_URL": url}, report=report)
     supervisor.start()
     return supervisor, embedded
+
+
+def prepare(settings: BusSettings) -> list[str]:
+    """Declare the topology and migrate every service's database (what `shop declare`, `shop up` and the compose
+    declare step do before anything else runs); returns where each service keeps its data."""
+    declare_topology(settings)
+    wiring = bootstrap(settings)
+    try:
+        return [f"{service}: {store_location(wiring, service)}" for service in wiring.stores]
+    finally:
+        wiring.close()
+
+
+def store_location(wiring: Any, service: str) -> str:
+    database = wiring.sql.get(service)
+    if database is not None:
+        return str(database.write.url.render_as_string(hide_password=True))
+    return "the Redis store" + (" beside the broker" if service not in wiring.outboxes else "")

@@ -6,11 +6,11 @@ from __future__ import annotations
 from events.settings import BusSettings
 from shop.bootstrap import bootstrap, control_app
 
-COLUMNS = ("queue", "waiting", "in flight", "unsettled", "relayed", "retries", "dead letters", "workers")
+COLUMNS = ("queue", "waiting", "in flight", "unsettled", "relayed", "retries", "outbox", "dead letters", "workers")
 
 
 def status_rows(settings: BusSettings) -> list[tuple[str, ...]]:
-    """The header, then one row per consuming service, the unroutable dead letters, and (RabbitMQ) the outbox."""
+    """The header, then one row per consuming service, then the unroutable dead letters."""
     wiring = bootstrap(settings)
     try:
         try:
@@ -22,13 +22,9 @@ def status_rows(settings: BusSettings) -> list[tuple[str, ...]]:
         for name, queue in wiring.queues().items():
             workers = sorted(host for host in replies if host.startswith(f"{name}@"))
             rows.append((name, str(queue["waiting"]), str(queue["in_flight"]), str(queue["unsettled"]),
-                         str(queue["relayed"]), str(queue["retries"]), str(dead.get(name, 0)),
+                         str(queue["relayed"]), str(queue["retries"]), str(queue["outbox"]), str(dead.get(name, 0)),
                          str(len(workers)) if workers else "[red]0[/]"))
-        rows.append(("(unroutable)", "-", "-", "-", "-", "-", str(dead.get("unroutable", 0)), "-"))
-        pending = wiring.outbox_pending()
-        if pending is not None:
-            relayed = wiring.outbox.relayed if wiring.outbox else 0
-            rows.append(("(outbox to the broker)", "-", "-", str(pending), str(relayed), "-", "-", "-"))
+        rows.append(("(unroutable)", "-", "-", "-", "-", "-", "-", str(dead.get("unroutable", 0)), "-"))
         return rows
     finally:
         wiring.close()

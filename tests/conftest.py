@@ -35,6 +35,8 @@ def redis_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
         pytest.fail(f"these tests need Redis at {TEST_REDIS_URL} (.ci/run starts one)")
     client.flushdb()
     monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
+    # The store beside the broker, unless a test chooses another (tests/e2e and tests/contract run every store).
+    monkeypatch.setenv("SHOP_DATABASE_URL", "redis")
     for name in ("BROKER_URL", "SHOP_BROKER_URL", "SHOP_AMQP_PREFIX"):  # Redis unless a test asks for `bus`
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SHOP_NOTIFICATION_LOG", str(tmp_path / "notifications.log"))

@@ -1,4 +1,4 @@
-"""The monolith under the benchmark: `shop.monolith.build_bus` (the three services on the in-process bus, exactly
+"""The monolith under the benchmark: `shop.bootstrap.bootstrap_monolith` (every service on the in-process bus, exactly
 as `shop monolith` wires them) in one process, fed and observed through Redis instead of HTTP.
 
 Fed: the load generator LPUSHes an order token; this process places the order with the order service's command
@@ -12,6 +12,7 @@ Run: `python -m shop.bench.monolith_process` with REDIS_URL set (the benchmark d
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -27,11 +28,11 @@ def main() -> None:
     from events.settings import BusSettings
     from order_service import handlers
     from shop.bench import journey
-    from shop.monolith import build_bus
+    from shop.bootstrap import bootstrap_monolith
 
     settings = BusSettings()
     client = redis.Redis.from_url(settings.redis_url)
-    bus = build_bus(settings)
+    bus = bootstrap_monolith(settings, os.environ.get("SHOP_MONOLITH_DISPATCH", "sync"))
     tokens: dict[str, str] = {}
     items = journey.order_items()
 

@@ -196,7 +196,7 @@ class Monolith(Pipeline):
 def monolith_available() -> tuple[bool, str]:
     """The monolith is another piece of work; the benchmark measures it when it is there, and says so when not."""
     try:
-        from shop.monolith import build_bus  # noqa: F401
+        from shop.bootstrap import bootstrap_monolith  # noqa: F401
     except ImportError as exc:
-        return False, f"skipped: shop.monolith.build_bus is not available ({exc})"
+        return False, f"skipped: shop.bootstrap.bootstrap_monolith is not available ({exc})"
     return True, "measured"

@@ -251,7 +251,7 @@ def test_a_message_lost_after_the_commit_is_sent_again_by_the_relay(
 
         assert [e.event_id for e in bus.envelopes("payment_service")] == [envelope.event_id]
         if bus.is_amqp:
-            assert worker.wiring.outbox is not None and worker.wiring.outbox.relayed == 1
+            assert worker.wiring.outboxes["payment_service"].relayed == 1
             assert wiring.outbox_pending() == 0
         else:
             assert wiring.queues()["payment_service"]["relayed"] == 1

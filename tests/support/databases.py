@@ -51,3 +51,15 @@ def emptied(url: str) -> Engines:
         for table in reversed(metadata.sorted_tables):
             connection.execute(table.delete())
     return found
+
+
+def drop_postgres_databases(prefix: str) -> None:
+    """Drop every database whose name starts with `prefix` (what one test run created)."""
+    admin = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        names = connection.execute(text("SELECT datname FROM pg_database WHERE datname LIKE :prefix"),
+                                   {"prefix": prefix.replace("_", "\\_") + "%"}).scalars().all()
+        for name in names:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

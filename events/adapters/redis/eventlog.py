@@ -7,12 +7,13 @@ stream per script call, so a trace transfers only the order's own events and nev
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis
 
 from events.adapters.redis.keys import Keys
+from events.messaging import OutgoingMessage
 
 PAGE = 500
 
@@ -63,6 +64,15 @@ class RedisEventLog:
             if not last:
                 return envelopes
             start = "(" + last.decode()
+
+    def append(self, messages: Sequence[OutgoingMessage], max_length: int = 200_000) -> None:
+        """Log events published by a broker that keeps no history of its own (RabbitMQ)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for m in messages:
+                pipe.xadd(Keys.event_log(), {"type": m.type, "correlation_id": m.correlation_id,
+                                             "envelope": m.envelope, "signature": m.signature},
+                          maxlen=max_length, approximate=True)
+            pipe.execute()
 
     def length(self) -> int:
         return int(self.redis.xlen(Keys.event_log()))

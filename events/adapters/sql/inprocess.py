@@ -76,6 +76,8 @@ class SqlInProcessBus:
         self.dispatch, self.external, self.lease, self.poll_interval = dispatch, set(external), lease, poll_interval
         self.settles_on_commit = dispatch == "sync"
         self._subscribers: dict[str, list[tuple[str, BoundHandler]]] = {}
+        self.paused: set[str] = set()
+        """services whose deliveries wait (fault injection: a monolith's stand-in for stopping one service's worker)"""
         self._wake = threading.Condition()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -140,6 +142,9 @@ class SqlInProcessBus:
                         for service, handler in self._routes(envelope))
         while pending:
             service, handler, envelope = pending.popleft()
+            if service in self.paused:
+                self._enqueue_one(connection, service, envelope, time.time(), started=0)
+                continue
             if envelope.type in self.external:
                 lease = time.time() + self.lease  # finished right after this commit, by the request itself
                 [row_id] = self._enqueue_one(connection, service, envelope, lease)
@@ -180,6 +185,13 @@ class SqlInProcessBus:
         if self.on_handled:
             self.on_handled(service, envelope)
         return caused
+
+    def pause(self, service: str) -> None:
+        self.paused.add(service)
+
+    def resume(self, service: str) -> None:
+        self.paused.discard(service)
+        self._wake_dispatcher()
 
     # -- the dispatcher: queued deliveries, retries, and what a crash left behind ------------------------------------
     def start(self) -> None:
@@ -242,6 +254,8 @@ class SqlInProcessBus:
         """The oldest due row, leased to this process, with its start counted (a crash leaves the count)."""
         now = time.time()
         query = select(deliveries).where(deliveries.c.due_at <= now).order_by(deliveries.c.id).limit(1)
+        if self.paused:
+            query = query.where(deliveries.c.consumer.not_in(sorted(self.paused)))
         if not self.store.engines.is_sqlite:
             query = query.with_for_update(skip_locked=True)
         with self.store.engines.write.begin() as connection:
