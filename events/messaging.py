@@ -94,9 +94,12 @@ class OutboxSender:
     def __init__(
         self, outbox: Outbox, broker: Broker, dead_letter_unroutable: Callable[[OutgoingMessage], object],
         after_send: Callable[[list[OutgoingMessage]], object] | None = None,
+        failpoint: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.outbox, self.broker, self.dead_letter_unroutable = outbox, broker, dead_letter_unroutable
         self.after_send = after_send
+        self.failpoint = failpoint
+        """fault injection only: called between the broker taking the messages and their entries being settled"""
         """what to do with the messages the broker took (the event history, when the broker keeps none)"""
         self.relayed = 0
 
@@ -110,6 +113,8 @@ class OutboxSender:
             sent = set(result.sent)
             self.after_send([message for message in messages if message.id in sent and message.queue is None])
         done = [*result.sent, *(message.id for message in result.unroutable)]
+        if self.failpoint is not None and done:
+            self.failpoint("after_send", "outbox", ",".join(sorted(done)))
         if done:
             self.outbox.settle(done)
         return len(done)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -107,10 +108,12 @@ class RedisLedger:
 
 class SqliteLedger:
     """The gateway's books in a file of its own (the monolith has no Redis): the standard library's sqlite3, one
-    short transaction per call, so several processes can share the file."""
+    short transaction per call, so several processes can share the file; one connection per process, used by one
+    thread at a time."""
 
     def __init__(self, path: Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, result TEXT NOT NULL)")
@@ -118,12 +121,13 @@ class SqliteLedger:
         self._db.execute("CREATE TABLE IF NOT EXISTS attempts (key TEXT PRIMARY KEY, count INTEGER NOT NULL)")
 
     def recall(self, idempotency_key: str) -> ChargeResult | None:
-        row = self._db.execute("SELECT result FROM results WHERE key = ?", (idempotency_key,)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT result FROM results WHERE key = ?", (idempotency_key,)).fetchone()
         return None if row is None else _decode(row[0].encode())
 
     def record(self, idempotency_key: str, result: ChargeResult) -> ChargeResult:
         """First answer wins, and a real charge is booked in the same transaction."""
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute("SELECT result FROM results WHERE key = ?", (idempotency_key,)).fetchone()
             if row is not None:
@@ -134,14 +138,15 @@ class SqliteLedger:
             return result
 
     def count_attempt(self, idempotency_key: str) -> int:
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("INSERT INTO attempts VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET count = count + 1",
                              (idempotency_key,))
             return int(self._db.execute("SELECT count FROM attempts WHERE key = ?", (idempotency_key,)).fetchone()[0])
 
     def charges(self) -> list[str]:
-        return [row[0] for row in self._db.execute("SELECT key FROM charges ORDER BY rowid")]
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT key FROM charges ORDER BY rowid")]
 
 
 def _encode(result: ChargeResult) -> str:

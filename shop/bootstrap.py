@@ -46,7 +46,7 @@ from events.adapters.sql.store import SqlOutbox, SqlStore
 from events.bus import ServiceSpec, bind_handlers, build_dependencies
 from events.deadletters import CombinedDeadLetters, DeadLetters, unroutable_record
 from events.envelope import Envelope
-from events.messaging import Broker, Outbox, OutboxSender, Periodic
+from events.messaging import Broker, Outbox, OutboxSender, OutgoingMessage, Periodic
 from events.runtime.celery_worker import BrokerHooks, make_celery_app, worker_app
 from events.runtime.consumer import ServiceRuntime
 from events.runtime.observability import MetricsFlusher
@@ -234,6 +234,8 @@ def bootstrap_worker(service: str, settings: BusSettings | None = None, node: st
     declare_topology(settings, [spec])
     wiring = bootstrap(settings)
     fault = failpoint(wiring.redis, spec.name, settings) if settings.fault_injection else None
+    if fault is not None:
+        inject_store_faults(wiring, service, fault)
     runtime = ServiceRuntime(
         spec, bind_handlers(spec, build_dependencies(spec, resources(wiring))), wiring.store(service),
         wiring.dead_letters.of(service), RedisDeliveryCounter(wiring.redis, settings), settings,
@@ -268,6 +270,23 @@ def bootstrap_worker(service: str, settings: BusSettings | None = None, node: st
     background.append(MetricsFlusher(runtime.observer.metrics, metrics_sink(wiring.redis, service),
                                      settings.metrics_interval, errors=UNAVAILABLE))
     return Worker(app, queue, node, runtime, wiring, background)
+
+
+def inject_store_faults(wiring: Wiring, service: str, fault: Callable[[str, str, str], None]) -> None:
+    """Fault injection (the crash tests): a failpoint between a store's commit and the hand-over of its events to the
+    broker (`before_publish:<EventType>`), and one in the relay between the broker taking them and their outbox entries
+    being settled (`after_send:outbox`)."""
+    sender, store = wiring.outboxes.get(service), wiring.stores[service]
+    if sender is None or not isinstance(store, SqlStore | RedisStore):
+        return
+    sender.failpoint = fault
+
+    def hand_over(messages: list[OutgoingMessage]) -> object:
+        for message in messages:
+            fault("before_publish", message.type, message.id)
+        return sender.send(messages)
+
+    store.on_commit = hand_over
 
 
 def control_app(settings: BusSettings | None = None) -> Celery:
