@@ -132,8 +132,9 @@ def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     if mode.endswith("-postgres") and (missing := postgres_missing()):
         pytest.skip(missing)
     run = uuid4().hex[:8]
+    postgres = POSTGRES_URL.rsplit("/", 1)[0] + f"/shop_e2e_{run}_{{service}}"
     stores = {
-        "microservices-postgres": {"SHOP_DATABASE_URL": POSTGRES_URL.rsplit("/", 1)[0] + f"/shop_e2e_{run}_{{service}}"},
+        "microservices-postgres": {"SHOP_DATABASE_URL": postgres},
         "microservices-redis-store": {"SHOP_DATABASE_URL": "redis"},
         "monolith-queued": {"SHOP_MONOLITH_DISPATCH": "queued"},
     }.get(mode, {})
