@@ -104,9 +104,15 @@ class OutboxSender:
         self.relayed = 0
 
     def send(self, messages: Sequence[OutgoingMessage]) -> int:
+        """Hand committed entries to the broker. A broker that cannot be reached is not the committer's problem: the
+        entries stay in the outbox for the relay, and the commit stands."""
         if not messages:
             return 0
-        result = self.broker.send(messages)
+        try:
+            result = self.broker.send(messages)
+        except Exception as exc:  # noqa: BLE001 - whatever the broker raised, the relay will send them later
+            log.warning("the broker did not take %d committed event(s) (%r); the relay will", len(messages), exc)
+            return 0
         for message in result.unroutable:
             self.dead_letter_unroutable(message)
         if self.after_send is not None and result.sent:

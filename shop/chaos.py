@@ -1,10 +1,12 @@
 """`shop chaos`: place many orders while killing workers and restarting Redis, then audit every service's store.
 
 What it proves: at-least-once delivery plus idempotent consumers give exactly-once *effects*. Workers are killed
-with SIGKILL at random moments (mid-message included), the broker is killed -9 and restarted from its AOF once,
-and ~1% of the traffic is poison (orders whose charge kills the payment worker every time) or tampered (a bad
-signature). Afterwards every order must be settled and notified exactly once, no order charged twice, and every
-poison or tampered message must sit in a dead-letter store. Everything runs on a private redis-server.
+with SIGKILL at random moments (mid-message included), the broker is killed -9 and restarted from its AOF once, the
+services' databases have an outage of their own (`--store postgres`: a private PostgreSQL server killed -9 and
+restarted, recovering from its WAL; `--store sqlite`: every database file held under an exclusive lock for a while, as
+a stalled disk would), and ~1% of the traffic is poison (orders whose charge kills the payment worker every time) or
+tampered (a bad signature). Afterwards every order must be settled and notified exactly once, no order charged twice,
+and every poison or tampered message must sit in a dead-letter store. Everything runs on private servers.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -37,17 +40,22 @@ from order_service.handlers import place_order
 from payment_service.gateway import RedisLedger
 from product_service.domain import ReservationStatus
 from product_service.store import PRODUCTS, RESERVATIONS
-from shop.bootstrap import Wiring, bootstrap, declare_topology
+from shop.bootstrap import UNAVAILABLE, Wiring, bootstrap, declare_topology
+from shop.postgres_server import PostgresServer
 from shop.redis_server import RedisServer
 from shop.seeding import NewProduct, seed_products
 from shop.services import CONSUMERS
 from shop.supervisor import Supervisor, shop_command
 
-REPORTED = ("orders", "poison_orders", "tampered_messages", "kills", "worker_restarts", "redis_restarts", "settled",
+REPORTED = ("store", "orders", "poison_orders", "tampered_messages", "kills", "worker_restarts", "redis_restarts",
+            "database_outages", "settled",
             "lost", "double_charged", "duplicate_notifications", "missing_notifications", "dead_lettered",
             "poison_not_dead_lettered", "unexpected_dead_letters", "stock_mismatches", "relayed", "outbox_unsettled",
             "seconds")
 """The figures `shop chaos` prints, in order."""
+
+STORES = ("redis", "sqlite", "postgres")
+SQLITE_OUTAGE_SECONDS = 3.0
 
 CHAOS_PRODUCTS = [NewProduct(f"sku-{n}", f"Article {n}", "9.90", 1_000_000) for n in range(13)]
 """Plenty of stock: the run is about losing and duplicating, not about running out."""
@@ -55,6 +63,7 @@ CHAOS_PRODUCTS = [NewProduct(f"sku-{n}", f"Article {n}", "9.90", 1_000_000) for 
 
 @dataclass
 class ChaosReport:
+    store: str = "redis"
     orders: int = 0
     poison_orders: int = 0
     tampered_messages: int = 0
@@ -67,6 +76,7 @@ class ChaosReport:
     duplicate_notifications: int = 0
     missing_notifications: int = 0
     dead_lettered: int = 0
+    database_outages: int = 0
     relayed: int = 0
     outbox_unsettled: int = 0
     unexpected_dead_letters: int = 0
@@ -88,13 +98,19 @@ def run_chaos(
     work_dir: Path = Path("var/chaos"),
     quiesce_timeout: float = 600.0,
     report: Callable[[str], None] = print,
+    store: str = "redis",
 ) -> ChaosReport:
+    if store not in STORES:
+        raise ValueError(f"--store is one of {', '.join(STORES)}")
     started = time.monotonic()
-    run_dir = Path(work_dir) / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = (Path(work_dir) / time.strftime("%Y%m%d-%H%M%S")).resolve()
     server = RedisServer(run_dir / "redis").start()
+    database = PostgresServer(run_dir / "postgres").start() if store == "postgres" else None
     log_path = run_dir / "notifications.log"
     env = {
         "REDIS_URL": server.url,
+        "SHOP_DATABASE_URL": {"redis": "redis", "sqlite": f"sqlite:///{run_dir}/db/{{service}}.sqlite3",
+                              "postgres": database.url("shop_{service}") if database else ""}[store],
         "SHOP_NOTIFICATION_LOG": str(log_path),
         "SHOP_VISIBILITY_TIMEOUT": "5",
         "SHOP_REDELIVER_AFTER": "10",
@@ -109,12 +125,13 @@ def run_chaos(
     os.environ.update(env)
     settings = BusSettings()
     declare_topology(settings)
+    wiring = bootstrap(settings)  # the databases created and migrated before any worker starts
     supervisor = Supervisor(
         {name: shop_command("worker", name) for name in CONSUMERS}, env=env, report=lambda text: None,
         backoff=0.2, max_backoff=0.5,
     )
     supervisor.start()
-    result = ChaosReport()
+    result = ChaosReport(store=store)
     placed: dict[str, str] = {}  # order id -> payment method
     tampered: list[str] = []
     stop_killing = threading.Event()
@@ -131,12 +148,12 @@ def run_chaos(
                 except ProcessLookupError:
                     pass
 
-    wiring = bootstrap(settings)
     seed_products(wiring, CHAOS_PRODUCTS, timeout=quiesce_timeout)  # before the killing starts
     killing = threading.Thread(target=killer, daemon=True)
     killing.start()
     try:
         restart_at = orders * 2 // 5
+        outage_at = orders * 3 // 5
         interval = 1.0 / rate
         next_at = time.monotonic()
         for n in range(orders):
@@ -145,6 +162,10 @@ def run_chaos(
                 server.restart()
                 result.redis_restarts += 1
                 report(f"chaos: redis-server killed -9 and restarted after {n} orders")
+            if n == outage_at and store != "redis":
+                outage = _database_outage(wiring, database, run_dir)
+                result.database_outages += 1
+                report(f"chaos: {outage} after {n} orders")
             roll = rng.random()
             if roll < poison_ratio / 2:
                 method = "card_crash"
@@ -177,7 +198,10 @@ def run_chaos(
         stop_killing.set()
         result.worker_restarts = sum(child.restarts for child in supervisor.children.values())
         supervisor.stop()
+        wiring.close()
         server.stop()
+        if database is not None:
+            database.stop()
         for name in env:
             os.environ.pop(name, None)
     result.seconds = round(time.monotonic() - started, 1)
@@ -192,15 +216,15 @@ def _place_surviving_outages(wiring: Wiring, n: int, method: str) -> str:
         uow, customer_id=f"customer-{n % 97}", payment_method=method,
         items=[OrderItem(product_id=CHAOS_PRODUCTS[n % len(CHAOS_PRODUCTS)].id, quantity=1 + n % 3)],
     )
-    for _ in range(600):
+    for _ in range(1200):
         try:
             uow.commit()
             return str(order.id)
         except ConcurrentUpdate:
             return str(order.id)  # an earlier attempt did commit; its answer was lost with the connection
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+        except UNAVAILABLE:
             time.sleep(0.05)
-    raise RuntimeError("Redis did not come back within 30 s")
+    raise RuntimeError("the order service's store did not come back within 60 s")
 
 
 def _inject_tampered(wiring: Wiring, rng: random.Random) -> str:
@@ -224,6 +248,24 @@ def _inject_tampered(wiring: Wiring, rng: random.Random) -> str:
     raise RuntimeError("Redis did not come back within 30 s")
 
 
+def _database_outage(wiring: Wiring, database: PostgresServer | None, run_dir: Path) -> str:
+    """PostgreSQL: the server killed -9 and started again. SQLite: every service's file held under an exclusive lock
+    for a few seconds (a library has no server to restart; this is its outage: writers wait or fail, then go on)."""
+    if database is not None:
+        database.restart()
+        return "postgres killed -9 and restarted"
+    holders = []
+    for path in sorted((run_dir / "db").glob("*.sqlite3")):
+        holder = sqlite3.connect(path, timeout=30, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        holders.append(holder)
+    time.sleep(SQLITE_OUTAGE_SECONDS)
+    for holder in holders:
+        holder.execute("ROLLBACK")
+        holder.close()
+    return f"{len(holders)} SQLite databases locked for {SQLITE_OUTAGE_SECONDS:g} s"
+
+
 def _quiet(wiring: Wiring, client: redis.Redis, placed: dict[str, str]) -> bool:
     """Nothing queued, in flight or waiting in an outbox for the relay (a message lost with a killed worker is only
     there until the relay re-sends it: a poison order can be in that state while every other order is done)."""
@@ -231,8 +273,10 @@ def _quiet(wiring: Wiring, client: redis.Redis, placed: dict[str, str]) -> bool:
         if any(client.llen(queue) or in_flight(client, queue) or client.hlen(Keys.outbox(queue))
                for queue in CONSUMERS):
             return False
+        if wiring.outbox_pending():
+            return False
         orders = wiring.store("order_service").documents("order_service", "order")
-    except redis.ConnectionError:
+    except UNAVAILABLE:
         return False
     return all(
         orders.get(order_id, {}).get("notified_at") for order_id, method in placed.items() if method != "card_crash"
@@ -262,6 +306,7 @@ def _audit(
     result.missing_notifications = sum(1 for o in expected_final if lines.get(o, 0) == 0)
     result.relayed = sum(int(client.get(Keys.relayed(queue)) or 0) for queue in CONSUMERS)
     result.outbox_unsettled = sum(client.hlen(Keys.outbox(queue)) for queue in CONSUMERS)
+    result.outbox_unsettled += wiring.outbox_pending() or 0
     dead = wiring.dead_letters.list()
     result.dead_lettered = len(dead)
     dead_text = [(record["reason"], json.dumps(record["message"])) for record in dead]

@@ -435,12 +435,15 @@ def chaos(
     kill_every: Annotated[float, typer.Option(help="mean seconds between two worker kills")] = 3.0,
     rate: Annotated[float, typer.Option(help="orders placed per second")] = 100.0,
     poison_ratio: Annotated[float, typer.Option(help="share of poison + tampered messages")] = 0.01,
+    store: Annotated[str, typer.Option(help="the services' stores: redis (beside the broker), sqlite (a file each), "
+                                            "postgres (a database each, on a private server)")] = "redis",
 ) -> None:
-    """Place ORDERS while killing random workers (SIGKILL) and restarting a private Redis once, with ~1% poison and
-    tampered messages; then audit every store. Exits non-zero on any loss or duplicate effect."""
+    """Place ORDERS while killing random workers (SIGKILL), restarting a private Redis once and interrupting the
+    services' databases once, with ~1% poison and tampered messages; then audit every store. Exits non-zero on any
+    loss or duplicate effect."""
     from shop.chaos import REPORTED, run_chaos
 
-    result = run_chaos(orders=orders, kill_every=kill_every, rate=rate, poison_ratio=poison_ratio,
+    result = run_chaos(orders=orders, kill_every=kill_every, rate=rate, poison_ratio=poison_ratio, store=store,
                        report=lambda text: console.print(f"[dim]{text}[/]"))
     table = Table(title="chaos run")
     table.add_column("measure")

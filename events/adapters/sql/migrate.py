@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from events.adapters.sql.engine import Engines
 
@@ -68,7 +68,11 @@ def create_database_if_missing(engines: Engines) -> None:
             exists = connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"),
                                         {"name": url.database}).first()
             if not exists:
-                connection.execute(text(f'CREATE DATABASE "{url.database}"'))
+                try:
+                    connection.execute(text(f'CREATE DATABASE "{url.database}"'))
+                except ProgrammingError as exc:  # another process created it meanwhile
+                    if "already exists" not in str(exc):
+                        raise
     finally:
         admin.dispose()
 
