@@ -41,6 +41,17 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def rss_mib(pid: int) -> float:
+    """VmRSS: the resident set of the process now, in MiB (0.0 if unknown)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def own_cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
