@@ -44,11 +44,12 @@ class InMemoryStore:
     def unit_of_work(self, service: str, cause: Envelope | None = None, inbox: str | None = None) -> InMemoryUnitOfWork:
         return InMemoryUnitOfWork(self, service, cause, inbox)
 
-    def documents(self, service: str, collection: str) -> dict[str, dict[str, Any]]:
+    def documents(self, service: str, collection: str, keys: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        wanted = None if keys is None else set(keys)
         return {
             key: json.loads(document)
             for (owner, name, key), (_, document) in self.records.items()
-            if owner == service and name == collection
+            if owner == service and name == collection and (wanted is None or key in wanted)
         }
 
     def forget(self, service: str, collection: str, inbox: str | None = None) -> None:

@@ -84,8 +84,9 @@ class Store(Protocol):
 
     def unit_of_work(self, service: str, cause: Envelope | None = None, inbox: str | None = None) -> UnitOfWork: ...
 
-    def documents(self, service: str, collection: str) -> dict[str, dict[str, Any]]:
-        """Every document of one collection (status, audits, tests; never on a hot path)."""
+    def documents(self, service: str, collection: str, keys: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Every document of one collection, or those of `keys` that exist (status, audits, tests, the benchmark's
+        poll; never a handler's read, which goes through a unit of work)."""
         ...
 
     def forget(self, service: str, collection: str, inbox: str | None = None) -> None:

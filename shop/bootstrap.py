@@ -152,7 +152,7 @@ class Wiring:
             close()
 
 
-def bootstrap(settings: BusSettings | None = None) -> Wiring:
+def bootstrap(settings: BusSettings | None = None, stores: StoreSettings | None = None) -> Wiring:
     """Stores, broker and dead letters as `settings` and `StoreSettings` say; SQL databases are migrated to the
     current schema first (safe from several processes at once: see events/adapters/sql/migrate.py)."""
     settings = settings or BusSettings()
@@ -177,7 +177,7 @@ def bootstrap(settings: BusSettings | None = None) -> Wiring:
     wiring = Wiring(settings, client, broker, {}, CombinedDeadLetters({}, broker_dead_letters), event_log,
                     _closers=closers)
     built: dict[str, tuple[Store, DeadLetters, OutboxSender | None, Engines | None]] = {}
-    urls = StoreSettings()
+    urls = stores or StoreSettings()
     for name in SERVICES:
         url = urls.url_for(name, settings.var_dir)
         if url not in built:

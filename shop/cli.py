@@ -471,8 +471,10 @@ def bench(
     rates: Annotated[str | None, typer.Option(help="offered loads for latency, e.g. '50,100,200' orders/s "
                                                       "[default: fractions of the slowest saturation]")] = None,
 ) -> None:
-    """Measure the full system against a bare celery pipeline of the same shape (and the monolith): throughput,
-    latency at fixed offered loads, CPU per order, peak RSS. Flushes the Redis database of REDIS_URL (not db 0)."""
+    """Measure the full system on each store (Redis, SQLite, PostgreSQL) against a bare celery pipeline of the same
+    shape, and the monolith in both dispatch modes: throughput, latency at fixed offered loads, CPU per order, peak
+    RSS. Each pipeline runs on a private redis-server of its own; the PostgreSQL databases are SHOP_BENCH_POSTGRES_URL
+    (dropped first)."""
     from shop.bench.measure import Stalled
     from shop.bench.report import print_report
     from shop.bench.runner import BenchSettings, run
@@ -482,7 +484,7 @@ def bench(
     settings = BenchSettings.quick(**overrides) if quick else BenchSettings(**overrides)
     offered = [float(rate) for rate in rates.split(",")] if rates else None
     try:
-        result = run(settings, BusSettings().redis_url, offered, report=lambda text: console.print(f"[dim]{text}[/]"))
+        result = run(settings, offered, report=lambda text: console.print(f"[dim]{text}[/]"))
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None

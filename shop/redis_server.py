@@ -27,7 +27,11 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    def __init__(self, directory: Path, port: int | None = None, password: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, password: str | None = None, persistent: bool = True
+    ) -> None:
+        self.persistent = persistent
+        """False: nothing written to disk (the benchmark's servers, like the local Redis CI uses)"""
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -42,7 +46,8 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         argv = [
             redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-            "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction",
+            "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always", "--save", "",
+            "--maxmemory-policy", "noeviction",
             "--logfile", "redis.log",
         ]
         if self.password:

@@ -7,23 +7,29 @@ generator makes. Observed: when the order service has handled NotificationSent, 
 into one Redis hash, like the bare pipeline's last hop. That is one Redis round trip in and one out per order,
 the minimum needed to drive a process from outside, and the same two the bare pipeline pays.
 
-Run: `python -m shop.bench.monolith_process` with REDIS_URL set (the benchmark does it). Stops on SIGTERM.
+Run: `python -m shop.bench.monolith_process <mode>` with REDIS_URL set (the benchmark does it). Stops on SIGTERM.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 
 import redis
 
-ORDERS_KEY = "bench:monolith:orders"
-DONE_KEY = "bench:monolith:done"
+
+def orders_key(mode: str) -> str:
+    return f"bench:{mode}:orders"
 
 
-def main() -> None:
+def done_key(mode: str) -> str:
+    return f"bench:{mode}:done"
+
+
+def main(mode: str) -> None:
     from events.envelope import Envelope
     from events.settings import BusSettings
     from order_service import handlers
@@ -40,7 +46,7 @@ def main() -> None:
         if service == "order_service" and envelope.type == "NotificationSent":
             token = tokens.pop(str(envelope.payload["order_id"]), None)
             if token is not None:
-                client.hset(DONE_KEY, token, repr(time.time()))
+                client.hset(done_key(mode), token, repr(time.time()))
 
     bus.on_handled = on_handled
     bus.start()
@@ -51,10 +57,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
         while not stopping.is_set():
-            popped = client.brpop([ORDERS_KEY], timeout=1)
+            popped = client.brpop([orders_key(mode)], timeout=1)
             if popped is None:
                 continue
-            batch = [popped[1], *(client.rpop(ORDERS_KEY, 63) or [])]
+            batch = [popped[1], *(client.rpop(orders_key(mode), 63) or [])]
             for token in batch:
                 uow = bus.unit_of_work("order_service")
                 order = handlers.place_order(uow, customer_id="bench", items=items, payment_method="card")
@@ -65,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) > 1 else "monolith")

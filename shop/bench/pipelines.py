@@ -8,7 +8,6 @@ more precise clock than the other.
 from __future__ import annotations
 
 import abc
-import json
 import time
 from uuid import uuid4
 
@@ -32,6 +31,8 @@ class Pipeline(abc.ABC):
         self.workers = workers
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.worker_names: list[str] = []
+        self.env: dict[str, str] = {"REDIS_URL": settings.redis_url, "BROKER_URL": settings.redis_url}
+        """what this pipeline's workers see beside the benchmark's environment (their Redis, stores, dispatch)"""
 
     def start(self) -> None:
         for role in self.roles:
@@ -39,7 +40,7 @@ class Pipeline(abc.ABC):
 
     def add_worker(self, role: str) -> str:
         name = f"{self.mode}.{role}.{sum(n.startswith(f'{self.mode}.{role}.') for n in self.worker_names) + 1}"
-        self.workers.start(name, self.worker_argv(role))
+        self.workers.start(name, self.worker_argv(role), self.env)
         self.worker_names.append(name)
         return name
 
@@ -61,28 +62,32 @@ class Pipeline(abc.ABC):
     def done(self, order_ids: list[str]) -> list[str]:
         """Which of these orders have completed the whole journey."""
 
+    def close(self) -> None:
+        """Release what the pipeline holds in this process (connections)."""
+        self.redis.close()
+
 
 class FullSystem(Pipeline):
-    """The shop in microservices mode: one `python -m shop worker <service>` per consuming service, orders placed by
-    the order service's own command on a unit of work of the same wiring the API uses. Done = the order document's
-    `notified_at` is set, read from the order service's store (nothing is added to the services for the benchmark)."""
+    """The shop in microservices mode on one kind of store: one `python -m shop worker <service>` per consuming
+    service, orders placed by the order service's own command on a unit of work of the same wiring the API uses. Done =
+    the order document's `notified_at` is set, read from the order service's store (nothing is added to the services
+    for the benchmark)."""
 
-    mode = "full"
-
-    def __init__(self, settings: BusSettings, workers: WorkerGroup) -> None:
+    def __init__(self, settings: BusSettings, workers: WorkerGroup, store: str, database_url: str) -> None:
         super().__init__(settings, workers)
-        from events.adapters.redis.keys import Keys
+        from events.settings import StoreSettings
         from order_service import handlers
-        from order_service.store import COLLECTION
         from shop.bootstrap import bootstrap, declare_topology
 
+        self.mode = f"full-{store}"
         self.roles = tuple(PAYMENT if name == "payment_service" else name for name in journey.consumers())
-        self.description = f"shop microservices: {len(self.roles)} x `shop worker`"
+        self.description = f"shop microservices on {store} stores: {len(self.roles)} x `shop worker`"
+        self.env["SHOP_DATABASE_URL"] = database_url
         declare_topology(settings)
-        self._wiring = bootstrap(settings)
+        self._wiring = bootstrap(settings, StoreSettings(database_url=database_url))
+        self._orders = self._wiring.store("order_service")
         self._place_order = handlers.place_order
         self._items = journey.order_items()
-        self._key = lambda order_id: Keys.document("order_service", COLLECTION, order_id)
 
     def start(self) -> None:
         super().start()
@@ -91,13 +96,11 @@ class FullSystem(Pipeline):
 
     def _stock_the_catalogue(self, timeout: float) -> None:
         """Create the benchmark's product and wait until the order service's catalogue projection knows it."""
-        from events.adapters.redis.keys import Keys
         from order_service.store import CATALOGUE
 
         journey.create_product(self._wiring.unit_of_work, self._wiring.commit)
-        key = Keys.document("order_service", CATALOGUE, journey.BENCH_PRODUCT)
         deadline = time.monotonic() + timeout
-        while not self.redis.exists(key):
+        while not self._orders.documents("order_service", CATALOGUE, [journey.BENCH_PRODUCT]):
             if time.monotonic() > deadline:
                 self.workers.check_alive()
                 raise RuntimeError(f"the order service's catalogue did not learn {journey.BENCH_PRODUCT} in {timeout}s")
@@ -115,15 +118,14 @@ class FullSystem(Pipeline):
         return str(order.id)
 
     def done(self, order_ids: list[str]) -> list[str]:
-        with self.redis.pipeline(transaction=False) as pipe:
-            for order_id in order_ids:
-                pipe.hget(self._key(order_id), "d")
-            documents = pipe.execute()
-        return [
-            order_id
-            for order_id, raw in zip(order_ids, documents, strict=False)
-            if raw is not None and json.loads(raw).get("notified_at") is not None
-        ]
+        from order_service.store import COLLECTION
+
+        found = self._orders.documents("order_service", COLLECTION, order_ids)
+        return [order_id for order_id, order in found.items() if order.get("notified_at") is not None]
+
+    def close(self) -> None:
+        super().close()
+        self._wiring.close()
 
 
 class BareCelery(Pipeline):
@@ -167,29 +169,34 @@ class BareCelery(Pipeline):
 
 
 class Monolith(Pipeline):
-    """`shop.monolith`'s wiring in one process (shop/bench/monolith_process.py): one process does every hop, so
-    "same number of worker processes" does not apply; its CPU per order is the comparable figure."""
+    """`shop monolith`'s wiring in one process (shop/bench/monolith_process.py), on its one SQLite database, in one
+    dispatch mode: one process does every hop, so "same number of worker processes" does not apply; its CPU per order
+    is the comparable figure."""
 
-    mode = "monolith"
-    description = "shop monolith: every service on the in-process bus, 1 process"
     roles = ("monolith",)
 
+    def __init__(self, settings: BusSettings, workers: WorkerGroup, dispatch: str, database_url: str) -> None:
+        super().__init__(settings, workers)
+        self.mode = "monolith" if dispatch == "sync" else f"monolith-{dispatch}"
+        self.description = f"shop monolith ({dispatch} dispatch, one database): every service in 1 process"
+        self.env.update(SHOP_MONOLITH_DISPATCH=dispatch, SHOP_MONOLITH_DATABASE_URL=database_url)
+
     def worker_argv(self, role: str) -> list[str]:
-        return python_module("shop.bench.monolith_process")
+        return python_module("shop.bench.monolith_process", self.mode)
 
     def place(self) -> str:
-        from shop.bench.monolith_process import ORDERS_KEY
+        from shop.bench.monolith_process import orders_key
 
         token = uuid4().hex
-        self.redis.lpush(ORDERS_KEY, token)
+        self.redis.lpush(orders_key(self.mode), token)
         return token
 
     def done(self, order_ids: list[str]) -> list[str]:
-        from shop.bench.monolith_process import DONE_KEY
+        from shop.bench.monolith_process import done_key
 
         if not order_ids:
             return []
-        stamps = self.redis.hmget(DONE_KEY, order_ids)
+        stamps = self.redis.hmget(done_key(self.mode), order_ids)
         return [order_id for order_id, stamp in zip(order_ids, stamps, strict=False) if stamp is not None]
 
 

@@ -9,7 +9,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt
 
-COLOURS = {"full": "tab:blue", "bare": "tab:orange", "monolith": "tab:green"}
+COLOURS = {"full-redis": "tab:blue", "full-sqlite": "tab:cyan", "full-postgres": "tab:purple", "bare": "tab:orange",
+           "monolith": "tab:green", "monolith-queued": "tab:olive"}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -21,9 +22,10 @@ def plot(result: dict, path: Path) -> None:
         runs = [run["throughput"] for run in modes[name]["runs"]]
         throughput.bar(index, modes[name]["throughput"], color=COLOURS.get(name), alpha=0.6)
         throughput.scatter([index] * len(runs), runs, color="black", s=12, zorder=3)
-    throughput.set_xticks(range(len(names)), names)
+    throughput.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
     throughput.set_ylabel("orders/s (median; dots = runs)")
-    throughput.set_title(f"saturation throughput; full/bare = {result.get('ratio_full_over_bare', float('nan')):.3f}")
+    ratio = result.get("ratios_over_bare", {}).get("full-redis", {}).get("median", float("nan"))
+    throughput.set_title(f"saturation throughput; full-redis/bare = {ratio:.3f}")
 
     for name in names:
         points = modes[name]["latency"]
@@ -44,7 +46,7 @@ def plot(result: dict, path: Path) -> None:
         cpu.bar(range(len(names)), values, bottom=bottom, label=part.replace("_cpu_ms_per_order", "").replace(
             "cpu_ms_per_order", "workers"))
         bottom = [b + v for b, v in zip(bottom, values, strict=False)]
-    cpu.set_xticks(range(len(names)), names)
+    cpu.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
     cpu.set_ylabel("CPU ms per order")
     cpu.legend(fontsize=8)
     cpu.set_title("CPU per order at saturation")

@@ -30,5 +30,7 @@ def print_report(console: Console, result: dict[str, Any], quick: bool, out_dir:
     console.print(latency)
     for name, scaling in result.get("scaling", {}).items():
         console.print(f"scaling {name}: 1 payment worker {scaling['1']:.1f}/s, 2 payment workers {scaling['2']:.1f}/s")
-    console.print(f"[bold]full / bare throughput: {result['ratio_full_over_bare']:.3f}[/] (median of per-pair ratios "
-                  f"{result['ratio_runs']}); results in {out_dir}")
+    for mode, ratio in result["ratios_over_bare"].items():
+        console.print(f"[bold]{mode} / bare throughput: {ratio['median']:.3f}[/] (median of the alternating pairs "
+                      f"{ratio['pairs']})")
+    console.print(f"results in {out_dir}")

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-import redis
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -31,12 +28,8 @@ from shop.bench.pipelines import (
     FullSystem,
     Monolith,
     Pipeline,
-    monolith_available,
 )
 from shop.bench.procs import WorkerGroup, peak_rss_mib
-
-SENTINEL = "bench:sentinel"
-"""Set when the run starts: if it is gone when orders stop completing, someone else flushed the database."""
 
 
 class BenchSettings(BaseSettings):
@@ -56,6 +49,8 @@ class BenchSettings(BaseSettings):
     poll_interval_s: float = Field(0.005, description="completion polling period: the latency resolution")
     settle_s: float = Field(30.0, description="longest wait for in-flight orders before a run is declared stalled")
     scaling: bool = True
+    postgres_url: str = Field("postgresql://postgres@127.0.0.1:5432/shop_bench_{service}",
+                              description="the full system on PostgreSQL: a database per service (dropped first)")
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchSettings:
@@ -64,66 +59,82 @@ class BenchSettings(BaseSettings):
         return cls(**{**base, **overrides})
 
 
-@dataclass(frozen=True)
-class Target:
-    redis_url: str
-
-    def check(self) -> None:
-        """The benchmark empties its database before and after: never let it be the demo's database 0."""
-        parsed = urlparse(self.redis_url)
-        database = (parsed.path or "/0").lstrip("/") or "0"
-        if database == "0":
-            raise ValueError(
-                f"REDIS_URL={self.redis_url} names database 0; `shop bench` flushes its database, so point REDIS_URL "
-                "at a spare one (e.g. redis://127.0.0.1:6379/15)"
-            )
+def _env(work: Path) -> dict[str, str]:
+    """Children see their own notification log; each pipeline adds its Redis and its stores."""
+    return {**os.environ, "SHOP_NOTIFICATION_LOG": str(work / "notifications.log"), "SHOP_LOG_MESSAGES": "false"}
 
 
-def _env(redis_url: str, work: Path) -> dict[str, str]:
-    """Children see the same Redis and their own notification log."""
-    return {**os.environ, "REDIS_URL": redis_url, "SHOP_NOTIFICATION_LOG": str(work / "notifications.log")}
+def _fresh_postgres(template: str) -> str | None:
+    """The PostgreSQL databases of `template` ({service} filled in), dropped if they exist, or None (with no server
+    answering, the mode is skipped)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from events.adapters.sql.engine import normalise
+    from shop.services import SERVICES
+
+    url = make_url(normalise(template.replace("{service}", "x")))
+    try:
+        admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                              connect_args={"connect_timeout": 3})
+        with admin.connect() as connection:
+            for service in SERVICES:
+                name = make_url(normalise(template.replace("{service}", service))).database
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure: the mode is reported as skipped, with the reason
+        return f"skipped: no PostgreSQL at {url.host}:{url.port} ({exc.__class__.__name__})"
+    return None
 
 
-def run(
-    settings: BenchSettings, redis_url: str, rates: list[float] | None = None, report: Callable[[str], None] = print
-) -> dict:
-    target = Target(redis_url)
-    target.check()
+def run(settings: BenchSettings, rates: list[float] | None = None, report: Callable[[str], None] = print) -> dict:
+    """Every pipeline on a private redis-server of its own (same binary, same configuration, nothing on disk), so no
+    pipeline's workers take another's messages and each Redis CPU figure belongs to one pipeline."""
+    from events.settings import BusSettings
+    from shop.redis_server import RedisServer
+
     started = time.monotonic()
     out = settings.out_dir
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "notifications.log").unlink(missing_ok=True)
-    os.environ["REDIS_URL"] = redis_url  # this process's BusSettings, like the workers'
-    from events.settings import BusSettings
+    work = (out / "work").resolve()
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    servers: list[RedisServer] = []
 
-    bus = BusSettings()
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    client.set(SENTINEL, "1")
-    workers = WorkerGroup(_env(redis_url, work), work / "logs")
+    def settings_for(mode: str) -> BusSettings:
+        server = RedisServer(work / f"redis-{mode}", persistent=False).start()
+        servers.append(server)
+        return BusSettings().model_copy(update={"redis_url": server.url, "broker_url": server.url})
+
+    workers = WorkerGroup(_env(work), work / "logs")
     load_before = os.getloadavg()
     result: dict = {
         "meta": {
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "settings": json.loads(settings.model_dump_json()),
             "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "redis": client.info("server").get("redis_version"),
             "loadavg_before": load_before,
         },
         "modes": {},
         "notes": [],
     }
+    pipelines: list[Pipeline] = []
     try:
-        pipelines: list[Pipeline] = [FullSystem(bus, workers), BareCelery(bus, workers)]
-        available, why = monolith_available()
-        if available:
-            pipelines.append(Monolith(bus, workers))
-        else:
-            result["modes"]["monolith"] = {"skipped": why}
-            report(f"monolith: {why}")
+        stores = {"redis": "redis", "sqlite": f"sqlite:///{work}/db-{{service}}.sqlite3",
+                  "postgres": settings.postgres_url}
+        for store, url in stores.items():
+            skipped = _fresh_postgres(url) if store == "postgres" else None
+            if skipped:
+                result["modes"][f"full-{store}"] = {"skipped": skipped}
+                report(f"full-{store}: {skipped}")
+                continue
+            pipelines.append(FullSystem(settings_for(f"full-{store}"), workers, store, url))
+        pipelines.append(BareCelery(settings_for("bare"), workers))
+        for dispatch in ("sync", "queued"):
+            mode = "monolith" if dispatch == "sync" else f"monolith-{dispatch}"
+            pipelines.append(Monolith(settings_for(mode), workers, dispatch, f"sqlite:///{work}/{mode}.sqlite3"))
         for pipeline in pipelines:
+            result["meta"].setdefault("redis", pipeline.redis.info("server").get("redis_version"))
             pipeline.start()
         for pipeline in pipelines:
             seconds = measure.warm_up(pipeline, 20, timeout=60)
@@ -152,19 +163,17 @@ def run(
             mode["generator_cpu_ms_per_order"] = round(
                 measure.median([r["generator_cpu_ms_per_order"] for r in runs]), 3)
             mode["redis_cpu_ms_per_order"] = round(measure.median([r["redis_cpu_ms_per_order"] for r in runs]), 3)
-        full_runs = [r["throughput"] for r in result["modes"]["full"]["runs"]]
         bare_runs = [r["throughput"] for r in result["modes"]["bare"]["runs"]]
-        pair_ratios = [f / b for f, b in zip(full_runs, bare_runs, strict=False) if b > 0]
-        result["ratio_full_over_bare"] = round(measure.median(pair_ratios), 3)
-        result["ratio_runs"] = [round(r, 3) for r in pair_ratios]
-        result["ratio_of_medians"] = round(
-            result["modes"]["full"]["throughput"] / result["modes"]["bare"]["throughput"], 3)
-        if "runs" in result["modes"].get("monolith", {}):
-            mono_runs = [r["throughput"] for r in result["modes"]["monolith"]["runs"]]
-            result["ratio_monolith_over_bare"] = round(
-                measure.median([m / b for m, b in zip(mono_runs, bare_runs, strict=False)]), 3)
-        report(f"ratio full / bare throughput: {result['ratio_full_over_bare']:.3f} "
-               f"(median of {len(pair_ratios)} pairs)")
+        result["ratios_over_bare"] = {}
+        for pipeline in pipelines:
+            if pipeline.mode == "bare":
+                continue
+            runs = [r["throughput"] for r in result["modes"][pipeline.mode]["runs"]]
+            pairs = [mine / bare for mine, bare in zip(runs, bare_runs, strict=True) if bare > 0]
+            result["ratios_over_bare"][pipeline.mode] = {
+                "median": round(measure.median(pairs), 3), "pairs": [round(r, 3) for r in pairs]}
+            report(f"ratio {pipeline.mode} / bare throughput: {measure.median(pairs):.3f} (median of {len(pairs)} "
+                   "alternating pairs)")
 
         slowest = min(result["modes"][p.mode]["throughput"] for p in pipelines)
         offered = rates or [round(fraction * slowest, 1) for fraction in settings.latency_fractions]
@@ -181,7 +190,7 @@ def run(
             result["notes"].append("scaling table skipped (--quick)")
         else:
             result["scaling"] = {}
-            for pipeline in (p for p in pipelines if PAYMENT in p.roles):
+            for pipeline in (p for p in pipelines if PAYMENT in p.roles and p.mode in ("full-redis", "bare")):
                 extra = pipeline.add_worker(PAYMENT)
                 measure.warm_up(pipeline, 20, timeout=60)
                 two = saturate(pipeline)
@@ -208,14 +217,12 @@ def run(
             "2 cores shared with other tenants: compare the modes within this run (ratio), not across machines; "
             "each run's foreign_cpu_share says how much CPU others took during it."
         )
-    except measure.Stalled as exc:
-        if not client.exists(SENTINEL):
-            raise measure.Stalled(f"{exc}; the benchmark's database was flushed by another client during the run: "
-                                  "give the benchmark a database of its own") from None
-        raise
     finally:
         workers.stop_all()
-        client.flushdb()
+        for pipeline in pipelines:
+            pipeline.close()
+        for server in servers:
+            server.stop()
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     try:

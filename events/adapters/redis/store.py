@@ -42,12 +42,15 @@ class RedisStore:
     def unit_of_work(self, service: str, cause: Envelope | None = None, inbox: str | None = None) -> RedisUnitOfWork:
         return RedisUnitOfWork(self, service, cause, inbox)
 
-    def documents(self, service: str, collection: str) -> dict[str, dict[str, Any]]:
+    def documents(self, service: str, collection: str, keys: list[str] | None = None) -> dict[str, dict[str, Any]]:
         prefix = Keys.document(service, collection, "")
         found: dict[str, dict[str, Any]] = {}
-        keys = list(self.redis.scan_iter(match=f"{prefix}*", count=1000))
-        for start in range(0, len(keys), 500):
-            batch = keys[start : start + 500]
+        if keys is None:
+            names = list(self.redis.scan_iter(match=f"{prefix}*", count=1000))
+        else:
+            names = [Keys.document(service, collection, key).encode() for key in keys]
+        for start in range(0, len(names), 500):
+            batch = names[start : start + 500]
             with self.redis.pipeline(transaction=False) as pipe:
                 for key in batch:
                     pipe.hget(key, "d")

@@ -46,7 +46,9 @@ def engines(url: str, busy_timeout_ms: int = 30_000) -> Engines:
     url = normalise(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 5}
+        # No pre-ping (a round trip per checkout): a connection broken by a server restart fails once, as
+        # "unavailable" (the message goes back), and SQLAlchemy replaces the pool's connections.
+        options: dict[str, Any] = {"pool_size": 5, "max_overflow": 5}
         return Engines(url, create_engine(url, **options), create_engine(url, isolation_level="AUTOCOMMIT", **options))
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

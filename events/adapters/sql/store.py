@@ -48,9 +48,11 @@ class SqlStore:
     ) -> SqlUnitOfWork:
         return SqlUnitOfWork(self, service, cause, inbox, connection)
 
-    def documents(self, service: str, collection: str) -> dict[str, dict[str, Any]]:
+    def documents(self, service: str, collection: str, keys: list[str] | None = None) -> dict[str, dict[str, Any]]:
         query = select(documents.c.key, documents.c.body).where(
             documents.c.service == service, documents.c.collection == collection)
+        if keys is not None:
+            query = query.where(documents.c.key.in_(keys))
         with self.engines.read.connect() as connection:
             return {key: json.loads(body) for key, body in connection.execute(query)}
 
