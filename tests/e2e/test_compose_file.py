@@ -244,7 +244,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 def test_the_image_installs_the_project_and_runs_shop_up_as_a_non_root_user() -> None:
     instructions = dockerfile_instructions()
     assert instructions[0] == ("FROM", "python:3.11-slim")
-    assert any(kind == "RUN" and "pip install ." in args for kind, args in instructions)
+    assert any(kind == "RUN" and "pip install --no-cache-dir -c requirements.lock ." in args for kind, args in instructions)
     users = [args for kind, args in instructions if kind == "USER"]
     assert users and users[-1] not in ("root", "0")
     cmd = json.loads([args for kind, args in instructions if kind == "CMD"][-1])
