@@ -173,7 +173,8 @@ def test_each_service_has_a_database_of_its_own_on_the_compose_postgresql(compos
         assert url.startswith("postgresql://") and url.endswith("@postgres:5432/{service}"), name
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy", name
     for spec in SERVICES.values():
-        database = StoreSettings(database_url="postgresql://h/{service}").url_for(spec.name, Path("var")).rsplit("/")[-1]
+        url = StoreSettings(database_url="postgresql://h/{service}").url_for(spec.name, Path("var"))
+        database = url.rsplit("/")[-1]
         assert f"CREATE DATABASE {database};" in initdb
 
 
@@ -244,7 +245,8 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 def test_the_image_installs_the_project_and_runs_shop_up_as_a_non_root_user() -> None:
     instructions = dockerfile_instructions()
     assert instructions[0] == ("FROM", "python:3.11-slim")
-    assert any(kind == "RUN" and "pip install --no-cache-dir -c requirements.lock ." in args for kind, args in instructions)
+    install = "pip install --no-cache-dir -c requirements.lock ."
+    assert any(kind == "RUN" and install in args for kind, args in instructions)
     users = [args for kind, args in instructions if kind == "USER"]
     assert users and users[-1] not in ("root", "0")
     cmd = json.loads([args for kind, args in instructions if kind == "CMD"][-1])
