@@ -210,18 +210,20 @@ def run_chaos(
 
 
 def _place_surviving_outages(wiring: Wiring, n: int, method: str) -> str:
-    """Place one order; while Redis is down, retry the *same* unit of work, so an order is never placed twice."""
-    uow = wiring.unit_of_work("order_service")
-    order = place_order(
-        uow, customer_id=f"customer-{n % 97}", payment_method=method,
-        items=[OrderItem(product_id=CHAOS_PRODUCTS[n % len(CHAOS_PRODUCTS)].id, quantity=1 + n % 3)],
-    )
+    """Place one order; while a store or Redis is down, retry: the reads with a fresh unit of work (nothing is written
+    yet), the commit with the *same* unit of work, so an order is never placed twice."""
+    items = [OrderItem(product_id=CHAOS_PRODUCTS[n % len(CHAOS_PRODUCTS)].id, quantity=1 + n % 3)]
+    placed = None
     for _ in range(1200):
         try:
-            uow.commit()
-            return str(order.id)
+            if placed is None:
+                uow = wiring.unit_of_work("order_service")
+                placed = (uow, place_order(uow, customer_id=f"customer-{n % 97}", payment_method=method, items=items))
+            placed[0].commit()
+            return str(placed[1].id)
         except ConcurrentUpdate:
-            return str(order.id)  # an earlier attempt did commit; its answer was lost with the connection
+            assert placed is not None
+            return str(placed[1].id)  # an earlier attempt did commit; its answer was lost with the connection
         except UNAVAILABLE:
             time.sleep(0.05)
     raise RuntimeError("the order service's store did not come back within 60 s")
