@@ -1,9 +1,9 @@
-"""One benchmark run: start both pipelines' workers, alternate saturation runs, measure latency at fixed offered
+"""One benchmark run: start every pipeline's workers, alternate saturation runs, measure latency at fixed offered
 loads, try a second payment worker, and write JSON + PNG.
 
-The workers of every pipeline stay up for the whole run (an idle solo worker sits in a blocking BRPOP: measured at
-about 1 ms of CPU per second, and counted in each run's "foreign" noise figure), so runs can alternate
-full / bare / monolith without paying process start-up each time, and drift of the machine's load hits every
+The workers of every pipeline stay up for the whole run (an idle solo worker sits in a blocking take, which costs next
+to nothing and is counted in each run's "foreign" noise figure), so runs can alternate
+between the pipelines without paying process start-up each time, and drift of the machine's load hits every
 pipeline alike.
 """
 
