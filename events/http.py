@@ -1,22 +1,40 @@
-"""What every service's HTTP edge shares: the unit-of-work bus it stores through, and one way to answer bad input.
+"""What every service's HTTP edge shares: the bus it stores through, who the caller is, the limits on what it may send,
+and the one shape of every error answer.
 
 Kept here (beside the contracts) because services may share only `events/`: each service's `api.py` builds its own
-FastAPI app, and the monolith serves them side by side, so a 422 reads the same whichever service or wiring says it.
+FastAPI app, and the monolith serves them side by side, so an answer reads the same whichever service or wiring says it.
+
+* Errors: RFC 9457 `application/problem+json`, `{"type", "title", "status", "detail"}`, plus `problems` (one line
+  per invalid field) on a 422.
+* Callers: OAuth2 bearer tokens, JWTs the user service signs with its Ed25519 key (EdDSA) and every API verifies
+  offline with its public key: no service calls another to authenticate a request. Roles: `customer`, `admin`.
+* Limits: a body larger than `max_body_bytes` is refused with 413 before it is read whole; a store or broker that is
+  unavailable (down, out of memory) answers 503 with `Retry-After`, never 500.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol, TypeVar
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
 
-from fastapi import FastAPI, HTTPException, Request
+import jwt
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic_settings import BaseSettings
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from events.unit_of_work import ConcurrentUpdate, UnitOfWork
 
 T = TypeVar("T")
+PROBLEM = "application/problem+json"
+Role = Literal["customer", "admin"]
+TOKEN_ISSUER = "user_service"
+TOKEN_AUDIENCE = "shop"
 
 
 class ApiSettings(BaseSettings):
@@ -30,6 +48,13 @@ class ApiSettings(BaseSettings):
         return f"http://{self.host}:{self.port}"
 
 
+class EdgeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHOP_", extra="ignore")
+
+    max_body_bytes: int = Field(64 * 1024, description="larger request bodies are refused with 413, unread")
+    token_ttl: int = Field(3600, description="seconds an access token is valid")
+
+
 class Bus(Protocol):
     """A wiring of stores and broker, or an in-process bus: an API needs only units of work and their commit. A bus
     whose commit runs the whole saga before it returns says so with `settles_on_commit = True`."""
@@ -38,12 +63,127 @@ class Bus(Protocol):
     def commit(self, uow: UnitOfWork) -> None: ...
 
 
+class TokenKeys(Protocol):
+    """The user service's key: its private half signs tokens (only where the user service runs), its public half
+    verifies them everywhere (key objects PyJWT takes)."""
+
+    def token_signing_key(self) -> Any: ...
+    def token_verifying_key(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Caller:
+    user_id: str
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def may_act_for(self, customer_id: str) -> bool:
+        return self.is_admin or self.user_id == customer_id
+
+
+@dataclass
+class Edge:
+    """What an API needs beside its bus: the token keys, what counts as "unavailable", the limits."""
+
+    keys: TokenKeys
+    unavailable: tuple[type[Exception], ...] = ()
+    settings: EdgeSettings = field(default_factory=EdgeSettings)
+
+    def issue(self, user_id: str, role: Role) -> str:
+        now = int(time.time())
+        claims = {"sub": user_id, "role": role, "iss": TOKEN_ISSUER, "aud": TOKEN_AUDIENCE, "iat": now,
+                  "exp": now + self.settings.token_ttl}
+        return jwt.encode(claims, self.keys.token_signing_key(), algorithm="EdDSA")
+
+    def caller(self, token: str) -> Caller:
+        try:
+            claims = jwt.decode(token, self.keys.token_verifying_key(), algorithms=["EdDSA"], audience=TOKEN_AUDIENCE,
+                                issuer=TOKEN_ISSUER, options={"require": ["sub", "exp", "iat"]})
+        except jwt.PyJWTError as exc:
+            raise unauthorized(f"invalid token: {exc}") from None
+        role = claims.get("role")
+        if role not in ("customer", "admin") or not isinstance(claims["sub"], str):
+            raise unauthorized("invalid token: no valid role or subject")
+        return Caller(claims["sub"], role)
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+
+
+def unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+bearer = HTTPBearer(auto_error=False, description="an access token from the user service's POST /token")
+
+
+def authenticate(edge: Edge) -> Callable[..., Caller]:
+    """The dependency that turns `Authorization: Bearer <token>` into a Caller (401 otherwise)."""
+
+    def caller(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
+        if credentials is None:
+            raise unauthorized("an access token is required (POST /token on the user service)")
+        return edge.caller(credentials.credentials)
+
+    return caller
+
+
+def admin_only(edge: Edge) -> Callable[..., Caller]:
+    authenticated = authenticate(edge)
+
+    def admin(caller: Caller = Depends(authenticated)) -> Caller:
+        if not caller.is_admin:
+            raise HTTPException(status_code=403, detail="this needs the admin role")
+        return caller
+
+    return admin
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One error shape
+# ---------------------------------------------------------------------------------------------------------------------
+class Problem(BaseModel):
+    """RFC 9457 problem details: what every 4xx/5xx answer of the shop looks like."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    problems: list[str] | None = Field(None, description="422: one line per invalid field, 'path: message'")
+
+
+TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+          409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
+          429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+def problem(status: int, detail: str | None = None, problems: list[str] | None = None,
+            headers: dict[str, str] | None = None) -> JSONResponse:
+    body = Problem(title=TITLES.get(status, "Error"), status=status, detail=detail, problems=problems)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers, media_type=PROBLEM)
+
+
 def invalid_request(problems: list[str]) -> JSONResponse:
-    """The one shape of a 422: {"error": "invalid request", "problems": ["field.path: message", ...]}."""
-    return JSONResponse(status_code=422, content={"error": "invalid request", "problems": problems})
+    """The one shape of a 422."""
+    return problem(422, "the request is invalid", problems)
 
 
-def answer_validation_errors_readably(app: FastAPI) -> None:
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error statuses an operation can answer, each in the problem shape."""
+    return {status: {"model": Problem, "description": TITLES.get(status, "Error"),
+                     "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+            for status in statuses}
+
+
+def prepare(app: FastAPI, edge: Edge | None = None) -> None:
+    """Every app's common parts: the error shape, the body limit, 503 for an unavailable store, /health."""
+
     @app.exception_handler(RequestValidationError)
     async def readable_422(_: Request, exc: RequestValidationError) -> JSONResponse:
         return invalid_request([
@@ -51,11 +191,75 @@ def answer_validation_errors_readably(app: FastAPI) -> None:
             for error in exc.errors()
         ])
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_problem(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
-def health(app: FastAPI) -> None:
+    unavailable = edge.unavailable if edge else ()
+    if unavailable:
+        async def unavailable_503(_: Request, exc: Exception) -> JSONResponse:
+            return problem(503, "a store or the broker is unavailable; try again shortly", headers={"Retry-After": "1"})
+
+        for error in unavailable:
+            app.add_exception_handler(error, unavailable_503)
+    app.add_middleware(BodyLimit, max_bytes=(edge.settings if edge else EdgeSettings()).max_body_bytes)
+
     @app.get("/health")
     def healthy() -> dict[str, str]:
         return {"status": "ok"}
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class BodyLimit:
+    """ASGI middleware: 413 as soon as the declared or the received length passes the limit, so a huge body is never
+    read into memory whole."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(send)
+            return
+        received, refused = 0, False
+
+        async def counted() -> Message:
+            """A chunked body that grows past the limit: answer 413 at once, then tell the app the client left."""
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    refused = True
+                    await self._refuse(send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def unless_refused(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, unless_refused)
+        except Exception:
+            if not refused:
+                raise
+
+    async def _refuse(self, send: Send) -> None:
+        response = problem(413, f"the request body is larger than {self.max_bytes} bytes")
+        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
 
 
 def run_command(bus: Bus, service: str, command: Callable[[UnitOfWork], T], attempts: int = 5) -> T:
@@ -70,4 +274,5 @@ def run_command(bus: Bus, service: str, command: Callable[[UnitOfWork], T], atte
         except ConcurrentUpdate:
             continue
         return result
-    raise HTTPException(status_code=503, detail="too many concurrent changes to the same data; try again")
+    raise HTTPException(status_code=503, detail="too many concurrent changes to the same data; try again",
+                        headers={"Retry-After": "1"})

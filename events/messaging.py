@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from events.envelope import Envelope, Sealed, seal
+from events.envelope import Envelope, Sealed, Signatures, seal
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ class OutgoingMessage:
     queue: str | None = None
 
     @classmethod
-    def of(cls, envelope: Envelope, key: bytes) -> OutgoingMessage:
-        sealed = seal(envelope, key)
+    def of(cls, envelope: Envelope, keys: Signatures) -> OutgoingMessage:
+        sealed = seal(envelope, keys)
         return cls(str(envelope.event_id), envelope.type, str(envelope.correlation_id), sealed.envelope,
                    sealed.signature)
 

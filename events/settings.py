@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -35,10 +35,8 @@ class BusSettings(BaseSettings):
         "on one vhost)"
     )
     redis_ssl_cert_reqs: str = Field("required", description="for rediss://: required | optional | none")
-    signing_key: SecretStr = Field(
-        SecretStr("dev-only-signing-key-change-me"),
-        description="HMAC key shared by every service; set a real secret outside a laptop demo.",
-    )
+    keys_dir: Path | None = Field(None, description="the services' key pairs (`<service>.key` private, `<service>.pub` "
+                                  "public; `shop keys generate`); default <var_dir>/keys")
     max_message_bytes: int = Field(64 * 1024, description="larger envelopes are dead-lettered unread")
     visibility_timeout: float = Field(
         60.0,
@@ -74,8 +72,8 @@ class BusSettings(BaseSettings):
         return self
 
     @property
-    def key(self) -> bytes:
-        return self.signing_key.get_secret_value().encode()
+    def keys_path(self) -> Path:
+        return self.keys_dir or self.var_dir / "keys"
 
 
 BESIDE_THE_BROKER = "redis"

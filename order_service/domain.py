@@ -45,6 +45,28 @@ class CataloguedProduct(BaseModel):
         return True
 
 
+MAX_TOTAL = Decimal("999999999999.99")
+"""The largest amount Money carries (14 digits, 2 of them decimals)."""
+
+
+class OrderTooLarge(Exception):
+    """The total would not fit in Money."""
+
+
+class IdempotencyConflict(Exception):
+    """The same Idempotency-Key came with another request: the client reused a key by mistake."""
+
+
+class IdempotencyRecord(BaseModel):
+    """A client's Idempotency-Key of POST /orders: the order it placed, and the request that placed it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    order_id: UUID
+    request_hash: str
+
+
 class UnknownProducts(Exception):
     """Items naming products the catalogue does not know; `problems` is one readable line per item."""
 
@@ -81,6 +103,8 @@ class Order(BaseModel):
     def place(cls, customer_id: str, items: list[OrderLine], payment_method: str) -> Order:
         """The total is the service's to compute (from lines it priced), never the client's to claim."""
         total = sum((line.unit_price * line.quantity for line in items), Decimal("0.00"))
+        if total > MAX_TOTAL:
+            raise OrderTooLarge(f"the total {total} is over the largest amount an order can carry ({MAX_TOTAL})")
         return cls(customer_id=customer_id, items=tuple(items), payment_method=payment_method, total=total)
 
     def confirm(self) -> bool:

@@ -19,18 +19,37 @@ from events.catalog import (
     StockReserved,
 )
 from events.unit_of_work import UnitOfWork
-from order_service.domain import CataloguedProduct, Order, price_items
+from order_service.domain import CataloguedProduct, IdempotencyConflict, IdempotencyRecord, Order, price_items
 from order_service.store import catalogue as catalogue_of
+from order_service.store import idempotency
 from order_service.store import orders as orders_of
 
 
-def place_order(uow: UnitOfWork, *, customer_id: str, items: list[OrderItem], payment_method: str) -> Order:
+def place_order(
+    uow: UnitOfWork, *, customer_id: str, items: list[OrderItem], payment_method: str,
+    idempotency_key: str | None = None, request_hash: str = "",
+) -> Order:
     """The command behind `POST /orders`: priced from this service's catalogue (raises `UnknownProducts`), then the
-    order and its OrderCreated are stored in one step. Stock is not checked here: the product service decides."""
+    order and its OrderCreated are stored in one step. Stock is not checked here: the product service decides.
+
+    With an Idempotency-Key, the key is stored with the order in the same step: the same key and request again
+    return the order placed the first time (nothing new is placed), the same key with another request raises
+    `IdempotencyConflict`."""
+    if idempotency_key is not None:
+        record = idempotency(uow).get(f"{customer_id}:{idempotency_key}")
+        if record is not None:
+            if record.request_hash != request_hash:
+                raise IdempotencyConflict("this Idempotency-Key was used for another request")
+            placed = orders_of(uow).get(record.order_id)
+            assert placed is not None, "an idempotency record is stored with its order"
+            return placed
     catalogue = catalogue_of(uow)
     lines = price_items(items, [catalogue.get(item.product_id) for item in items])
     order = Order.place(customer_id, lines, payment_method)
     orders_of(uow).save(order)
+    if idempotency_key is not None:
+        idempotency(uow).save(IdempotencyRecord(key=f"{customer_id}:{idempotency_key}", order_id=order.id,
+                                                request_hash=request_hash))
     uow.publish(
         OrderCreated(
             order_id=order.id,

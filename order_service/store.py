@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from events.collection import Collection
 from events.unit_of_work import UnitOfWork
-from order_service.domain import CataloguedProduct, Order
+from order_service.domain import CataloguedProduct, IdempotencyRecord, Order
 
 COLLECTION = "order"
 CATALOGUE = "product"
+IDEMPOTENCY = "idempotency"
 
 
 def orders(uow: UnitOfWork) -> Collection[Order]:
@@ -19,3 +20,8 @@ def catalogue(uow: UnitOfWork) -> Collection[CataloguedProduct]:
     """The products as this service last heard of them. Prices come from here, so placing an order needs no call to
     the product service (which may be down); it may lag behind by the events still in this service's queue."""
     return Collection(uow, CATALOGUE, CataloguedProduct, key=lambda product: product.product_id)
+
+
+def idempotency(uow: UnitOfWork) -> Collection[IdempotencyRecord]:
+    """Keyed by '<customer id>:<Idempotency-Key>': a key belongs to the customer who sent it."""
+    return Collection(uow, IDEMPOTENCY, IdempotencyRecord, key=lambda record: record.key)

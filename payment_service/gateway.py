@@ -85,7 +85,7 @@ class RedisLedger:
 
     def recall(self, idempotency_key: str) -> ChargeResult | None:
         raw = self.redis.hget(self.RESULTS, idempotency_key)
-        return None if raw is None else _decode(raw)
+        return None if raw is None else _decode(raw if isinstance(raw, bytes) else raw.encode())
 
     # First answer wins, and a real charge is booked in the same atomic step (one round trip).
     RECORD_ONCE = """

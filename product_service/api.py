@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 from uuid import uuid4
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
 from events import http
 from events.catalog import Money, ProductId, Stock
-from events.http import Bus, answer_validation_errors_readably, health, run_command
+from events.http import Bus, Caller, Edge, admin_only, prepare, responses, run_command
 from product_service import handlers
 from product_service.domain import Product, ProductExists, UnknownProduct
 from product_service.store import products
@@ -44,13 +44,14 @@ def product_view(product: Product) -> dict[str, Any]:
     return product.model_dump(mode="json")
 
 
-def create_app(bus: Bus) -> FastAPI:
+def create_app(bus: Bus, edge: Edge) -> FastAPI:
     app = FastAPI(title="shop: product service", version="1")
-    answer_validation_errors_readably(app)
-    health(app)
+    prepare(app, edge)
+    admin = admin_only(edge)
 
-    @app.post("/products", status_code=201)
-    def create_product(request: CreateProduct) -> dict[str, Any]:
+    @app.post("/products", status_code=201, response_model=Product, responses=responses(401, 403, 409, 413, 422, 503))
+    def create_product(request: CreateProduct, _: Caller = Depends(admin)) -> dict[str, Any]:
+        """Admins only; reading the catalogue is public."""
         product_id = request.id or str(uuid4())
         try:
             product = run_command(bus, SERVICE_NAME, lambda uow: handlers.create_product(
@@ -59,15 +60,16 @@ def create_app(bus: Bus) -> FastAPI:
             raise HTTPException(status_code=409, detail=str(exists)) from None
         return product_view(product)
 
-    @app.get("/products/{product_id}")
+    @app.get("/products/{product_id}", response_model=Product, responses=responses(404, 503))
     def get_product(product_id: str) -> dict[str, Any]:
         product = products(bus.unit_of_work(SERVICE_NAME)).get(product_id)
         if product is None:
             raise HTTPException(status_code=404, detail=f"no product {product_id}")
         return product_view(product)
 
-    @app.patch("/products/{product_id}")
-    def change_price(product_id: str, request: ChangePrice) -> dict[str, Any]:
+    @app.patch("/products/{product_id}", response_model=Product, responses=responses(401, 403, 404, 413, 422, 503))
+    def change_price(product_id: str, request: ChangePrice, _: Caller = Depends(admin)) -> dict[str, Any]:
+        """Admins only. Orders already placed keep the price they were placed at."""
         try:
             product = run_command(
                 bus, SERVICE_NAME, lambda uow: handlers.change_price(uow, product_id=product_id, price=request.price))

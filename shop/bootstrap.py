@@ -23,6 +23,7 @@ from kombu import Queue
 from kombu.exceptions import OperationalError
 
 from events.adapters.amqp import broker as amqp
+from events.adapters.ed25519.keyring import KeyRing, ServiceTokenKeys
 from events.adapters.redis import kombu_channel
 from events.adapters.redis import topology as redis_topology
 from events.adapters.redis.broker import QueueRelay, RedisBroker
@@ -45,7 +46,8 @@ from events.adapters.sql.inprocess import SqlInProcessBus
 from events.adapters.sql.store import SqlOutbox, SqlStore
 from events.bus import ServiceSpec, bind_handlers, build_dependencies
 from events.deadletters import CombinedDeadLetters, DeadLetters, unroutable_record
-from events.envelope import Envelope
+from events.envelope import Envelope, Publishers
+from events.http import TOKEN_ISSUER, Edge
 from events.messaging import Broker, Outbox, OutboxSender, OutgoingMessage, Periodic
 from events.runtime.celery_worker import BrokerHooks, make_celery_app, worker_app
 from events.runtime.consumer import ServiceRuntime
@@ -54,10 +56,14 @@ from events.settings import BESIDE_THE_BROKER, BusSettings, StoreSettings
 from events.unit_of_work import Store, UnitOfWork
 from payment_service.gateway import GatewaySettings, RedisLedger, SqliteLedger
 from shop.services import APIS, SERVICES
+from user_service.api import AdminSettings, ensure_admin
 
-UNAVAILABLE: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OperationalError,
-                                                sqlalchemy.exc.OperationalError, *amqp.BROKER_ERRORS)
-"""Errors that mean "a store or the broker cannot be reached now": retried later, never a dead letter."""
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError, OperationalError,
+    sqlalchemy.exc.OperationalError, *amqp.BROKER_ERRORS,
+)
+"""Errors that mean "a store or the broker cannot take this now" (down, or Redis at its memory limit): retried
+later, answered 503 at an HTTP edge, never a dead letter."""
 
 
 def broker_is_amqp(settings: BusSettings) -> bool:
@@ -90,6 +96,10 @@ class Wiring:
     """the services whose store commits to an outbox sent after the commit (a SQL database; any store on RabbitMQ)"""
     sql: dict[str, Engines] = field(default_factory=dict)
     """the SQL databases of the services that have one"""
+    keys: KeyRing = field(default_factory=lambda: KeyRing({}, {}))
+    """the services' public keys, and the private keys of those this process may sign as"""
+    publishers: Publishers = field(default_factory=dict)
+    """who may publish what (`ServiceSpec.publishes`): a consumer refuses anything else"""
     _closers: list[Callable[[], object]] = field(default_factory=list)
     settles_on_commit = False
     """a command's commit only starts the saga: the API answers 202 and the order settles later"""
@@ -103,11 +113,13 @@ class Wiring:
     def commit(self, uow: UnitOfWork) -> None:
         uow.commit()
 
-    def publish(self, *envelopes: Envelope, producer: str = "shop-cli") -> None:
-        """Publish outside any handler (sample events), through a store so that the outbox rules apply."""
-        uow = self.stores.get(producer, next(iter(self.stores.values()))).unit_of_work(producer)
-        uow.outbox.extend(envelopes)
-        uow.commit()
+    def publish(self, *envelopes: Envelope) -> None:
+        """Publish outside any handler (sample events), through the producer's store so that the outbox rules apply;
+        signed as the producer, so this process must hold its private key."""
+        for envelope in envelopes:
+            uow = self.stores[envelope.producer].unit_of_work(envelope.producer)
+            uow.outbox.append(envelope)
+            uow.commit()
 
     def fresh_count(self, service: str, event_id: str) -> None:
         RedisDeliveryCounter(self.redis, self.settings).forget(service, event_id)
@@ -174,8 +186,9 @@ def bootstrap(settings: BusSettings | None = None, stores: StoreSettings | None 
         return OutboxSender(outbox, broker, lambda message: broker_dead_letters.store(unroutable_record(message)),
                             after_send=None if redis_broker is not None else event_log.append)
 
+    keys = KeyRing.load(settings.keys_path)
     wiring = Wiring(settings, client, broker, {}, CombinedDeadLetters({}, broker_dead_letters), event_log,
-                    _closers=closers)
+                    keys=keys, publishers=publishers(), _closers=closers)
     built: dict[str, tuple[Store, DeadLetters, OutboxSender | None, Engines | None]] = {}
     urls = stores or StoreSettings()
     for name in SERVICES:
@@ -183,22 +196,24 @@ def bootstrap(settings: BusSettings | None = None, stores: StoreSettings | None 
         if url not in built:
             if url == BESIDE_THE_BROKER or (url == settings.redis_url and redis_broker is not None):
                 if redis_broker is not None:
-                    built[url] = RedisStore(client, settings, broker=redis_broker), broker_dead_letters, None, None
+                    beside = RedisStore(client, settings, keys, broker=redis_broker)
+                    built[url] = beside, broker_dead_letters, None, None
                 else:  # on RabbitMQ the Redis store commits to an outbox, as any store does
                     relay = sender(RedisOutbox(client, settings))
-                    built[url] = RedisStore(client, settings, on_commit=relay.send), broker_dead_letters, relay, None
+                    outboxed = RedisStore(client, settings, keys, on_commit=relay.send)
+                    built[url] = outboxed, broker_dead_letters, relay, None
             elif url.startswith(("redis://", "rediss://")):
                 own = redis_client(settings, url)
                 closers.append(own.close)
                 relay = sender(RedisOutbox(own, settings))
-                built[url] = RedisStore(own, settings, on_commit=relay.send), RedisDeadLetters(own), relay, None
+                built[url] = RedisStore(own, settings, keys, on_commit=relay.send), RedisDeadLetters(own), relay, None
             else:
                 database = engines(url)
                 migrate.upgrade(database)
                 closers.append(database.dispose)
                 relay = sender(SqlOutbox(database, settings))
-                built[url] = (SqlStore(database, settings, on_commit=relay.send), SqlDeadLetters(database), relay,
-                              database)
+                built[url] = (SqlStore(database, settings, keys, on_commit=relay.send), SqlDeadLetters(database),
+                              relay, database)
         store, dead, relay_of, database_of = built[url]
         wiring.stores[name] = store
         wiring.dead_letters.owners[name] = dead
@@ -208,6 +223,29 @@ def bootstrap(settings: BusSettings | None = None, stores: StoreSettings | None 
             wiring.sql[name] = database_of
     wiring.dead_letters = CombinedDeadLetters(wiring.dead_letters.owners, broker_dead_letters)
     return wiring
+
+
+def publishers() -> Publishers:
+    """event type -> the services that declare it in `ServiceSpec.publishes`."""
+    allowed: dict[str, set[str]] = {}
+    for spec in SERVICES.values():
+        for model in spec.publishes:
+            allowed.setdefault(model.type_name, set()).add(spec.name)
+    return {type_name: frozenset(names) for type_name, names in allowed.items()}
+
+
+class MissingKeys(RuntimeError):
+    """A process would start without the keys it needs: refuse, with what to do about it."""
+
+
+def require_keys(wiring: Wiring, signing_as: Iterable[str]) -> None:
+    missing = wiring.keys.missing(SERVICES, signing_as)
+    if missing:
+        raise MissingKeys(
+            f"missing in {wiring.settings.keys_path}: {', '.join(missing)}. Each service signs its events with its own "
+            "key: run `shop keys generate` (or `shop demo`, which makes throwaway ones), or point SHOP_KEYS_DIR at "
+            "your deployment's keys."
+        )
 
 
 def resources(wiring: Wiring) -> dict[str, Any]:
@@ -233,13 +271,15 @@ def bootstrap_worker(service: str, settings: BusSettings | None = None, node: st
     node = node or f"{spec.name}@{socket.gethostname()}"
     declare_topology(settings, [spec])
     wiring = bootstrap(settings)
+    require_keys(wiring, [service])
     fault = failpoint(wiring.redis, spec.name, settings) if settings.fault_injection else None
     if fault is not None:
         inject_store_faults(wiring, service, fault)
     runtime = ServiceRuntime(
         spec, bind_handlers(spec, build_dependencies(spec, resources(wiring))), wiring.store(service),
         wiring.dead_letters.of(service), RedisDeliveryCounter(wiring.redis, settings), settings,
-        unavailable=UNAVAILABLE, **({"failpoint": fault} if fault else {}),
+        keys=wiring.keys, publishers=wiring.publishers, unavailable=UNAVAILABLE,
+        **({"failpoint": fault} if fault else {}),
     )
     hooks: BrokerHooks
     relay_interval = max(0.5, settings.redeliver_after / 4)
@@ -304,8 +344,19 @@ def bootstrap_api(service: str, settings: BusSettings | None = None) -> FastAPI:
     settings = settings or BusSettings()
     declare_topology(settings)
     wiring = bootstrap(settings)
+    require_keys(wiring, [service])
     Periodic(f"relay-{service}", max(0.5, settings.redeliver_after / 4), wiring.relay(service), UNAVAILABLE).start()
-    return APIS[service].create_app(wiring)
+    edge = edge_of(wiring.keys)
+    if service == "user_service":
+        admin = AdminSettings()
+        if admin.email and admin.password:
+            ensure_admin(wiring, admin.email, admin.password)
+    return APIS[service].create_app(wiring, edge)
+
+
+def edge_of(keys: KeyRing) -> Edge:
+    """The HTTP edge's settings: access tokens signed by the user service's key, 503 for an unavailable store."""
+    return Edge(ServiceTokenKeys(keys, TOKEN_ISSUER), UNAVAILABLE)
 
 
 def bootstrap_monolith(settings: BusSettings | None = None, dispatch: str = "sync") -> SqlInProcessBus:

@@ -11,6 +11,7 @@ and every poison or tampered message must sit in a dead-letter store. Everything
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -27,7 +28,9 @@ from uuid import uuid4
 
 import redis
 
+from events.adapters.ed25519.keyring import generate
 from events.adapters.redis.broker import RedisBroker
+from events.adapters.redis.connection import text
 from events.adapters.redis.keys import Keys
 from events.adapters.redis.worker import in_flight
 from events.catalog import OrderCreated, OrderItem
@@ -44,7 +47,7 @@ from shop.bootstrap import UNAVAILABLE, Wiring, bootstrap, declare_topology
 from shop.postgres_server import PostgresServer
 from shop.redis_server import RedisServer
 from shop.seeding import NewProduct, seed_products
-from shop.services import CONSUMERS
+from shop.services import CONSUMERS, SERVICES
 from shop.supervisor import Supervisor, shop_command
 
 REPORTED = ("store", "orders", "poison_orders", "tampered_messages", "kills", "worker_restarts", "redis_restarts",
@@ -107,7 +110,9 @@ def run_chaos(
     server = RedisServer(run_dir / "redis").start()
     database = PostgresServer(run_dir / "postgres").start() if store == "postgres" else None
     log_path = run_dir / "notifications.log"
+    generate(run_dir / "keys", SERVICES)  # a self-contained run: throwaway keys of its own
     env = {
+        "SHOP_KEYS_DIR": str(run_dir / "keys"),
         "REDIS_URL": server.url,
         "SHOP_DATABASE_URL": {"redis": "redis", "sqlite": f"sqlite:///{run_dir}/db/{{service}}.sqlite3",
                               "postgres": database.url("shop_{service}") if database else ""}[store],
@@ -235,8 +240,9 @@ def _inject_tampered(wiring: Wiring, rng: random.Random) -> str:
     order_id = uuid4()
     event = OrderCreated(order_id=order_id, customer_id="mallory", items=(), total=Decimal("0.00"),
                          payment_method="card")
-    envelope = Envelope.wrap(event, producer="mallory", correlation_id=order_id)
-    message = OutgoingMessage(str(order_id), event.type_name, str(order_id), envelope.model_dump_json(), "0" * 64)
+    envelope = Envelope.wrap(event, producer="order_service", correlation_id=order_id)
+    forged = base64.urlsafe_b64encode(bytes(64)).decode()  # the right length, not the order service's signature
+    message = OutgoingMessage(str(order_id), event.type_name, str(order_id), envelope.model_dump_json(), forged)
     queue = rng.choice(list(CONSUMERS))
     broker = wiring.broker
     assert isinstance(broker, RedisBroker), "the chaos run injects into Redis lists"
@@ -298,7 +304,7 @@ def _audit(
         orders.get(o, {}).get("status") not in ("CONFIRMED", "CANCELLED") or not orders.get(o, {}).get("notified_at")
         for o in expected_final
     )
-    charges = Counter(c.decode() for c in client.lrange(RedisLedger.CHARGES, 0, -1))
+    charges = Counter(text(c) for c in client.lrange(RedisLedger.CHARGES, 0, -1))
     result.double_charged = sum(1 for count in charges.values() if count > 1)
     confirmed = {o for o in expected_final if orders.get(o, {}).get("status") == "CONFIRMED"}
     if set(charges) != confirmed:

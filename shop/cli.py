@@ -26,9 +26,13 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode="rich")
 order_app = typer.Typer(help="Place orders through the order service's HTTP API.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Inspect, replay and purge dead letters.", no_args_is_help=True)
 db_app = typer.Typer(help="The services' databases (and the monolith's).", no_args_is_help=True)
+keys_app = typer.Typer(help="The services' signing keys.", no_args_is_help=True)
+users_app = typer.Typer(help="Users of the user service.", no_args_is_help=True)
 app.add_typer(order_app, name="order")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+app.add_typer(users_app, name="users")
 console = Console()
 
 ServiceName = Annotated[str, typer.Argument(help=f"one of: {', '.join(CONSUMERS)}")]
@@ -53,6 +57,42 @@ def declare() -> None:
     console.print(f"declared queues: {', '.join(spec.queue for spec in CONSUMERS.values())}")
     for line in stores:
         console.print(f"store of {line}")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    directory: Annotated[Path | None, typer.Option("--dir", help="where to write them [default: SHOP_KEYS_DIR, else "
+                                                               "var/keys]")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace existing pairs (every signed event in flight turns "
+                                                 "unverifiable)")] = False,
+) -> None:
+    """Write an Ed25519 key pair per service: `<service>.key` (private: mount it only where that service runs) and
+    `<service>.pub` (public: everywhere). Existing pairs are kept."""
+    from events.adapters.ed25519.keyring import generate
+
+    target = directory or BusSettings().keys_path
+    written = generate(target, SERVICES, overwrite=overwrite)
+    console.print(f"{len(written) // 2} key pair(s) written to {target}" if written else f"keys already in {target}")
+
+
+@users_app.command("create-admin")
+def users_create_admin(
+    email: Annotated[str, typer.Option(help="the admin's address (their user name at POST /token)")],
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True,
+                                          help="8 characters at least")],
+    name: Annotated[str, typer.Option(help="the admin's name")] = "Admin",
+) -> None:
+    """Register an admin (who may create products and change prices, and read any order), in the user service's
+    store. An address already registered is left as it is."""
+    from shop.bootstrap import bootstrap
+    from user_service.api import ensure_admin
+
+    wiring = bootstrap()
+    try:
+        created = ensure_admin(wiring, email, password, name)
+    finally:
+        wiring.close()
+    console.print(f"admin {email} registered" if created else f"[yellow]{email} is already registered[/]")
 
 
 @db_app.command("upgrade")
@@ -159,16 +199,17 @@ def _print_notification(line: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 @order_app.command("place")
 def order_place(
-    customer: Annotated[
-        str, typer.Option(help="customer id (a user id from POST /users addresses them by name)")
-    ] = "alice",
+    token: Annotated[str, typer.Option(envvar="SHOP_TOKEN", help="an access token (POST /token on the user API)")],
+    customer: Annotated[str | None, typer.Option(help="for an admin: the customer to order for [default: the "
+                                                      "token's own user]")] = None,
     item: Annotated[
         list[str] | None, typer.Option(help="PRODUCT:QUANTITY, repeatable; priced by the order service")
     ] = None,
     payment_method: Annotated[str, typer.Option(help="card | card_declined | card_flaky | ...")] = "card",
     count: Annotated[int, typer.Option(help="how many identical orders")] = 1,
 ) -> None:
-    """Place orders through POST /orders (the API must be running: `shop up`; the products must exist)."""
+    """Place orders through POST /orders, as the token's user (the API must be running: `shop up`; the products must
+    exist)."""
     from rich.progress import track
 
     from shop.client import place_order
@@ -182,7 +223,7 @@ def order_place(
             raise typer.BadParameter(f"--item {spec!r} is not PRODUCT:QUANTITY") from None
     base_url = ApiSettings().base_url
     for _ in track(range(count), description="placing orders", console=console, disable=count < 10):
-        order = place_order(base_url, customer, lines, payment_method)
+        order = place_order(base_url, token, lines, payment_method, customer)
         if count < 10:
             console.print_json(data=order)
 
@@ -193,7 +234,8 @@ def publish(
     payload: Annotated[str, typer.Option("--json", help="the event's payload as JSON")],
     version: int = 1,
 ) -> None:
-    """Publish one raw event (validated against its contract) to every subscribed queue."""
+    """Publish one raw event (validated against its contract) to every subscribed queue, as the service that publishes
+    that type (its private key must be in SHOP_KEYS_DIR)."""
     from pydantic import ValidationError
 
     from shop.bootstrap import bootstrap
@@ -206,8 +248,14 @@ def publish(
     except ValidationError as exc:
         console.print(f"[red]invalid {event_type} payload:[/]\n{exc}")
         raise typer.Exit(2) from None
-    envelope = Envelope.wrap(event, producer="shop-cli", correlation_id=getattr(event, "order_id", None) or uuid4())
     wiring = bootstrap()
+    producers = sorted(wiring.publishers.get(event_type, ()))
+    if not producers:
+        console.print(f"[red]no service publishes {event_type}[/]: consumers would refuse it")
+        raise typer.Exit(2)
+    # Signed as the service that publishes this type, with its private key: consumers refuse anything else.
+    envelope = Envelope.wrap(event, producer=producers[0],
+                             correlation_id=getattr(event, "order_id", None) or uuid4())
     wiring.publish(envelope)
     queues = wiring.broker.subscribers(event_type)
     console.print(f"published {event_type} {envelope.event_id} to "

@@ -45,11 +45,13 @@ from typing import Any
 import httpx
 from hdrh.histogram import HdrHistogram
 
+from events.adapters.ed25519.keyring import generate
 from events.settings import BusSettings
 from shop.bench.procs import rss_mib
+from shop.client import bearer, register, sign_in
 from shop.embedded_redis import choose_broker, free_port
 from shop.seeding import NewProduct, seed_products_over_http
-from shop.services import APIS, CONSUMERS
+from shop.services import APIS, CONSUMERS, SERVICES
 from shop.supervisor import shop_command, stop_process_group
 
 MODES = ("microservices", "monolith")
@@ -94,6 +96,9 @@ ORDER_BODY = {
 }
 PRODUCTS = [NewProduct("book", "Book", "19.99", 100_000_000)]
 """Enough stock that no scenario ever runs out: the comparison is about the wiring, not the shelf."""
+ADMIN = ("admin@compare.example", "compare-admin-password")
+CUSTOMER = ("client@compare.example", "compare-client-password")
+"""Throwaway accounts of a throwaway experiment (its own databases and keys)."""
 PROBE_STOCK = 10
 """Each consistency probe buys one of its own product (stock 10): a reader sees 10 before, 9 once reserved."""
 ACCEPTED = (201, 202)
@@ -161,6 +166,8 @@ class Client:
         self._next = itertools.cycle(range(len(self.base_urls)))
         self._lock = threading.Lock()
         self._local = threading.local()
+        self.token, self.customer = "", "compare"
+        """the customer this client orders as (signed in once the APIs answer)"""
 
     @property
     def base_url(self) -> str:
@@ -175,13 +182,13 @@ class Client:
     def _http(self, base_url: str) -> httpx.Client:
         clients: dict[str, httpx.Client] = self._local.__dict__.setdefault("clients", {})
         if base_url not in clients:
-            clients[base_url] = httpx.Client(base_url=base_url, timeout=30)
+            clients[base_url] = httpx.Client(base_url=base_url, timeout=30, headers=bearer(self.token))
         return clients[base_url]
 
     def place(self, retry_refused_for: float = 0.0, body: dict[str, Any] | None = None) -> Placement:
         """One order. A refused or broken connection is retried for `retry_refused_for` seconds (a client riding
         out a restart); each refusal is counted."""
-        body = body or ORDER_BODY
+        body = {**(body or ORDER_BODY), "customer_id": self.customer}
         first_try, refused = time.time(), 0
         deadline = time.monotonic() + retry_refused_for
         while True:
@@ -273,11 +280,16 @@ class Deployment(ABC):
                for service, port in self.ports.items()},
             "SHOP_NOTIFICATION_LOG": str(self.notification_log),
             "SHOP_VAR_DIR": str(self.var_dir),
+            "SHOP_KEYS_DIR": str(work_dir / "keys"),
+            "SHOP_ADMIN_EMAIL": ADMIN[0],
+            "SHOP_ADMIN_PASSWORD": ADMIN[1],
             "SHOP_DATABASE_URL": f"sqlite:///{self.var_dir}/db/{{service}}.sqlite3",
             "SHOP_MONOLITH_DATABASE_URL": f"sqlite:///{self.var_dir}/db/monolith.sqlite3",
         }
         self.env.pop("SHOP_MONOLITH_DISPATCH", None)
+        generate(work_dir / "keys", SERVICES)  # a self-contained experiment: throwaway keys of its own
         self.client = Client(f"http://127.0.0.1:{self.port}")
+        self.admin_token = ""
         self.processes: dict[str, list[subprocess.Popen[bytes]]] = {}
 
     def spawn(self, name: str, argv: list[str], **extra_env: str) -> subprocess.Popen[bytes]:
@@ -301,12 +313,20 @@ class Deployment(ABC):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.mode}: the APIs did not answer within {timeout}s (logs in {self.work_dir})")
             time.sleep(0.1)
-        seed_products_over_http(self.product_url, self.client.base_url, PRODUCTS,
+        self.admin_token, _ = sign_in(self.user_url, *ADMIN)
+        register(self.user_url, "Compare Client", CUSTOMER[0], CUSTOMER[1])
+        self.client.token, self.client.customer = sign_in(self.user_url, *CUSTOMER)
+        self.client.spread_over(*self.client.base_urls)  # new connections, with the token
+        seed_products_over_http(self.product_url, self.client.base_url, PRODUCTS, self.admin_token,
                                 timeout=max(1.0, deadline - time.monotonic()))
 
     @property
     def product_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['product_service']}"
+
+    @property
+    def user_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['user_service']}"
 
     # The scenarios' levers, one per architecture.
     @abstractmethod
@@ -470,11 +490,11 @@ def measure_consistency(deployment: Deployment, watcher: NotificationWatcher, wo
     run = datetime.now(UTC).strftime("%H%M%S%f")
     probes = [NewProduct(f"probe-{run}-{n}", f"Probe {n}", "1.00", PROBE_STOCK)
               for n in range(workload.consistency_orders)]
-    seed_products_over_http(deployment.product_url, deployment.client.base_url, probes,
+    seed_products_over_http(deployment.product_url, deployment.client.base_url, probes, deployment.admin_token,
                             timeout=workload.recovery_timeout)
     to_final_ms: list[float] = []
     reads = in_between_reads = orders_seen_in_between = 0
-    with httpx.Client(timeout=10) as http:
+    with httpx.Client(timeout=10, headers=bearer(deployment.client.token)) as http:
         for probe in probes:
             body = {**ORDER_BODY, "items": [{"product_id": probe.id, "quantity": 1}]}
             placement = deployment.client.place(body=body)

@@ -4,8 +4,10 @@ refused for stock; one declined, its stock released) and follow the notification
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -14,7 +16,7 @@ import httpx
 from events.settings import BusSettings
 from notification_service.notification_log import read_notifications
 from notification_service.service import NotificationSettings
-from shop.client import place_order, stock, wait_for_api
+from shop.client import bearer, place_order, register, sign_in, stock, wait_for_api
 from shop.processes import start_everything
 from shop.seeding import NewProduct, seed_products_over_http
 from shop.services import APIS
@@ -37,6 +39,19 @@ SAMPLE_ORDERS = [
 ]
 
 
+DEMO_ADMIN = "admin@shop.example"
+
+
+def demo_admin_password(var_dir: Path) -> str:
+    """The demo's admin password: made once per var directory, kept in a file only its owner reads."""
+    path = var_dir / "demo-admin-password"
+    if not path.exists():
+        var_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(18))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def run_demo(
     say: Callable[[str], None], show_notification: Callable[[dict[str, Any]], None], timeout: float = 60.0,
     keep_running: bool = False,
@@ -44,28 +59,31 @@ def run_demo(
     """Returns False when some sample order was not notified within `timeout` seconds."""
     settings = BusSettings()
     os.environ.setdefault("SHOP_LOG_MESSAGES", "false")  # the workers' per-message lines would bury the story
-    supervisor, embedded = start_everything(settings.var_dir, report=lambda text: say(f"[dim]up:[/] {text}"))
+    admin_password = demo_admin_password(settings.var_dir)
+    os.environ.setdefault("SHOP_ADMIN_EMAIL", DEMO_ADMIN)  # the user API registers this admin when it starts
+    os.environ.setdefault("SHOP_ADMIN_PASSWORD", admin_password)
+    supervisor, embedded = start_everything(settings.var_dir, report=lambda text: say(f"[dim]up:[/] {text}"), demo=True)
     try:
         urls = {service: api.settings().base_url for service, api in APIS.items()}
         for url in urls.values():
             wait_for_api(url, timeout=30)
-        order_url, product_url = urls["order_service"], urls["product_service"]
-        seed_products_over_http(product_url, order_url, SAMPLE_PRODUCTS)
+        order_url, product_url, user_url = urls["order_service"], urls["product_service"], urls["user_service"]
+        admin_token, _ = sign_in(user_url, os.environ["SHOP_ADMIN_EMAIL"], os.environ["SHOP_ADMIN_PASSWORD"])
+        seed_products_over_http(product_url, order_url, SAMPLE_PRODUCTS, admin_token)
         say("products: " + ", ".join(f"{p.name} {p.price} ({stock(product_url, p.id)} in stock)"
                                      for p in SAMPLE_PRODUCTS))
         run = uuid4().hex[:4]  # a fresh address per run: a second demo on the same stores registers new users
-        users = {}
+        tokens = {}
         for handle, name in SAMPLE_USERS.items():
-            response = httpx.post(f"{urls['user_service']}/users",
-                                  json={"name": name, "email": f"{handle}+{run}@example.com"}, timeout=10)
-            response.raise_for_status()
-            users[handle] = response.json()
-        say(f"registered {', '.join(user['name'] for user in users.values())}")
+            email, password = f"{handle}+{run}@example.com", secrets.token_urlsafe(12)
+            register(user_url, name, email, password)
+            tokens[handle], _ = sign_in(user_url, email, password)
+        say(f"registered and signed in {', '.join(SAMPLE_USERS.values())}")
         placed = {}
         for handle, lines, method in SAMPLE_ORDERS:
-            order = place_order(order_url, users[handle]["id"], lines, method)
-            placed[order["id"]] = order
-            say(f"placed [bold]{order['id'][:8]}[/] for {users[handle]['name']}: "
+            order = place_order(order_url, tokens[handle], lines, method)
+            placed[order["id"]] = (order, tokens[handle])
+            say(f"placed [bold]{order['id'][:8]}[/] for {SAMPLE_USERS[handle]}: "
                 f"{', '.join(f'{q} x {p}' for p, q in lines)}, total {order['total']} by {method}")
         log_path = NotificationSettings().notification_log
         seen: set[str] = set()
@@ -80,13 +98,14 @@ def run_demo(
         if len(seen) < len(placed):
             say(f"[red]only {len(seen)} of {len(placed)} orders were notified within {timeout}s[/]")
             return False
-        for order_id in placed:
-            order = httpx.get(f"{order_url}/orders/{order_id}", timeout=10).json()
+        for order_id, (_, token) in placed.items():
+            order = httpx.get(f"{order_url}/orders/{order_id}", headers=bearer(token), timeout=10).json()
             say(f"order {order_id[:8]} is [bold]{order['status']}[/]"
                 + (f" ({order['reason']})" if order.get("reason") else ""))
         say("stock now: " + ", ".join(f"{p.name} {stock(product_url, p.id)}" for p in SAMPLE_PRODUCTS)
             + "  (the declined chair is back on the shelf)")
         say(f"[green]all {len(placed)} sample orders notified[/]; log: {log_path}")
+        say(f"admin: {os.environ['SHOP_ADMIN_EMAIL']} (password in {settings.var_dir / 'demo-admin-password'})")
         if keep_running:
             say("still up (Ctrl-C to stop); try `shop order place` or `shop logs -f` in another terminal")
             supervisor.run_forever()

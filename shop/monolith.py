@@ -21,12 +21,14 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from events.adapters.ed25519.keyring import KeyRing
 from events.adapters.sql.inprocess import SqlInProcessBus
-from events.http import Bus, answer_validation_errors_readably
+from events.http import Bus, Edge, prepare
 from events.settings import BusSettings
 from order_service.api import ApiSettings
-from shop.bootstrap import bootstrap_monolith
+from shop.bootstrap import MissingKeys, bootstrap_monolith, edge_of
 from shop.services import APIS, SERVICES
+from user_service.api import AdminSettings, ensure_admin
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +48,15 @@ class FaultSwitch(BaseModel):
     down: bool
 
 
-def create_monolith_app(bus: Bus, control: SqlInProcessBus | None = None) -> FastAPI:
+def create_monolith_app(bus: Bus, edge: Edge, control: SqlInProcessBus | None = None) -> FastAPI:
     """Every service's own app (orders, users, products) over the in-process bus, served side by side on one port
     (their paths do not overlap). With `control` (fault injection), also `PUT /faults/{service}` (used by `shop
     compare` to take payment down for a window: its deliveries wait, as a stopped worker's messages do) and a backlog
     probe."""
     app = FastAPI(title="shop: monolith", version="1")
-    answer_validation_errors_readably(app)
+    prepare(app, edge)
     for api in APIS.values():
-        app.include_router(api.create_app(bus).router)
+        app.include_router(api.create_app(bus, edge).router)
     if control is None:
         return app
 
@@ -79,10 +81,17 @@ def run_monolith(settings: BusSettings | None = None, dispatch: str | None = Non
     settings = settings or BusSettings()
     monolith = MonolithSettings()
     api_settings = ApiSettings()
+    keys = KeyRing.load(settings.keys_path)
+    if keys.missing(["user_service"], ["user_service"]):
+        raise MissingKeys(f"no user_service key pair in {settings.keys_path} to sign access tokens: run "
+                          "`shop keys generate`")
     bus = bootstrap_monolith(settings, dispatch or monolith.dispatch)
+    admin = AdminSettings()
+    if admin.email and admin.password:
+        ensure_admin(bus, admin.email, admin.password)
     bus.start()
     try:
-        app = create_monolith_app(bus, bus if settings.fault_injection else None)
+        app = create_monolith_app(bus, edge_of(keys), bus if settings.fault_injection else None)
         uvicorn.run(app, host=api_settings.host, port=api_settings.port, log_level="warning")
     finally:
         left = bus.stop(timeout=monolith.shutdown_timeout)

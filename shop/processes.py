@@ -11,10 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from events.adapters.ed25519.keyring import KeyRing, generate
 from events.settings import BusSettings
-from shop.bootstrap import bootstrap, declare_topology
+from shop.bootstrap import MissingKeys, bootstrap, declare_topology
 from shop.embedded_redis import EmbeddedRedis, choose_broker
-from shop.services import APIS, CONSUMERS
+from shop.services import APIS, CONSUMERS, SERVICES
 from shop.supervisor import Supervisor, shop_command
 
 
@@ -32,9 +33,20 @@ def supervised_commands() -> dict[str, list[str]]:
     return {name: shop_command(*argv[1:]) for name, argv in shop_processes().items()}
 
 
-def start_everything(var_dir: Path, report: Callable[[str], None]) -> tuple[Supervisor, EmbeddedRedis | None]:
+def start_everything(
+    var_dir: Path, report: Callable[[str], None], demo: bool = False
+) -> tuple[Supervisor, EmbeddedRedis | None]:
     """Find (or start) a Redis, declare the topology, bring every service's database to the current schema, start every
-    worker and API under a supervisor."""
+    worker and API under a supervisor. Refuses to start without the services' keys, unless `demo` (then throwaway keys
+    are generated)."""
+    settings = BusSettings()
+    if demo:
+        written = generate(settings.keys_path, SERVICES)
+        if written:
+            report(f"demo: throwaway signing keys written to {settings.keys_path}")
+    elif missing := KeyRing.load(settings.keys_path).missing(SERVICES, SERVICES):
+        raise MissingKeys(f"missing in {settings.keys_path}: {', '.join(missing)}: run `shop keys generate` first "
+                          "(or `shop demo`, which makes throwaway ones)")
     url, embedded = choose_broker(var_dir)
     if embedded:
         report(f"no Redis configured or running: started an embedded one at {url}")

@@ -72,7 +72,8 @@ def replay(
         if handler is None:
             continue
         try:
-            envelope, event = open_envelope(raw, signature, key=settings.key, max_bytes=settings.max_message_bytes)
+            envelope, event = open_envelope(raw, signature, keys=wiring.keys, max_bytes=settings.max_message_bytes,
+                                            publishers=wiring.publishers)
         except RejectedMessage as rejected:
             result.rejected += 1
             report(f"skipped a log entry: {rejected}")

@@ -62,12 +62,12 @@ def seed_products(bus: Bus, products: Iterable[NewProduct], timeout: float = 60.
 
 
 def seed_products_over_http(
-    product_api: str, order_api: str, products: Iterable[NewProduct], timeout: float = 60.0
+    product_api: str, order_api: str, products: Iterable[NewProduct], admin_token: str, timeout: float = 60.0
 ) -> list[dict[str, Any]]:
-    """POST each product (201, or 409 when it exists), then wait until the order API's /catalogue shows each.
-    Returns the product service's answers for the new ones."""
+    """POST each product as an admin (201, or 409 when it exists), then wait until the order API's /catalogue shows
+    each. Returns the product service's answers for the new ones."""
     created = []
-    with httpx.Client(timeout=10) as http:
+    with httpx.Client(timeout=10, headers={"Authorization": f"Bearer {admin_token}"}) as http:
         products = list(products)
         for product in products:
             response = http.post(f"{product_api}/products", json=product.body())

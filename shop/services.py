@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from events.bus import ServiceSpec
-from events.http import ApiSettings, Bus
+from events.http import ApiSettings, Bus, Edge
 from notification_service.service import SERVICE as NOTIFICATION
 from order_service import api as order_api
 from order_service.service import SERVICE as ORDER
@@ -29,7 +29,7 @@ class ServiceApi:
     """A service's HTTP edge: its process name (`shop up`, compose), its app factory and where it listens."""
 
     process_name: str
-    create_app: Callable[[Bus], FastAPI]
+    create_app: Callable[[Bus, Edge], FastAPI]
     settings: type[ApiSettings]
 
 

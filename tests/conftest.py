@@ -26,6 +26,23 @@ from tests.support.brokers import (
 from tests.support.waiting import stop_process
 
 
+@pytest.fixture(scope="session", autouse=True)
+def service_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One key pair per service for the whole session (every process a test starts inherits SHOP_KEYS_DIR)."""
+    from events.adapters.ed25519.keyring import generate
+    from shop.services import SERVICES
+
+    directory = tmp_path_factory.mktemp("keys")
+    generate(directory, SERVICES)
+    previous = os.environ.get("SHOP_KEYS_DIR")
+    os.environ["SHOP_KEYS_DIR"] = str(directory)
+    yield directory
+    if previous is None:
+        os.environ.pop("SHOP_KEYS_DIR", None)
+    else:
+        os.environ["SHOP_KEYS_DIR"] = previous
+
+
 @pytest.fixture
 def redis_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     client = redis.Redis.from_url(TEST_REDIS_URL)

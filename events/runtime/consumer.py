@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from events.bus import BoundHandler, ServiceSpec, TransientError
 from events.catalog import Event
 from events.deadletters import DeadLetters
-from events.envelope import Envelope, RejectedMessage, open_envelope
+from events.envelope import Envelope, Publishers, RejectedMessage, Signatures, open_envelope
 from events.runtime.observability import MessageObserver
 from events.settings import BusSettings
 from events.unit_of_work import AlreadyHandled, ConcurrentUpdate, Store
@@ -81,6 +81,8 @@ class ServiceRuntime:
         counter: DeliveryCounter,
         settings: BusSettings,
         *,
+        keys: Signatures,
+        publishers: Publishers,
         unavailable: tuple[type[BaseException], ...] = (),
         observer: MessageObserver | None = None,
         failpoint: Callable[[str, str, str], None] = no_failpoint,
@@ -88,6 +90,7 @@ class ServiceRuntime:
     ) -> None:
         self.spec, self.handlers, self.store = spec, handlers, store
         self.dead_letters, self.counter, self.settings = dead_letters, counter, settings
+        self.keys, self.publishers = keys, publishers
         self.unavailable = unavailable
         """errors that mean "the store or broker cannot be reached now": the message is given back untouched"""
         self.observer = observer or MessageObserver(spec.name)
@@ -114,8 +117,8 @@ class ServiceRuntime:
         try:
             if delivery.unexpected:
                 raise RejectedMessage("malformed message", f"unexpected fields {sorted(delivery.unexpected)}")
-            envelope, event = open_envelope(delivery.envelope, delivery.signature, key=self.settings.key,
-                                            max_bytes=self.settings.max_message_bytes)
+            envelope, event = open_envelope(delivery.envelope, delivery.signature, keys=self.keys,
+                                            max_bytes=self.settings.max_message_bytes, publishers=self.publishers)
             opened["envelope"] = envelope
             handler = self.handlers.get(envelope.type)
             if handler is None:

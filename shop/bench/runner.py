@@ -60,8 +60,9 @@ class BenchSettings(BaseSettings):
 
 
 def _env(work: Path) -> dict[str, str]:
-    """Children see their own notification log; each pipeline adds its Redis and its stores."""
-    return {**os.environ, "SHOP_NOTIFICATION_LOG": str(work / "notifications.log"), "SHOP_LOG_MESSAGES": "false"}
+    """Children see their own notification log and keys; each pipeline adds its Redis and its stores."""
+    return {**os.environ, "SHOP_NOTIFICATION_LOG": str(work / "notifications.log"), "SHOP_LOG_MESSAGES": "false",
+            "SHOP_KEYS_DIR": str(work / "keys")}
 
 
 def _fresh_postgres(template: str) -> str | None:
@@ -99,6 +100,11 @@ def run(settings: BenchSettings, rates: list[float] | None = None, report: Calla
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    from events.adapters.ed25519.keyring import generate
+    from shop.services import SERVICES
+
+    generate(work / "keys", SERVICES)  # a self-contained run: throwaway keys of its own
+    os.environ["SHOP_KEYS_DIR"] = str(work / "keys")  # this process signs the orders it places, as the order service
     servers: list[RedisServer] = []
 
     def settings_for(mode: str) -> BusSettings:

@@ -9,6 +9,8 @@ from uuid import uuid4
 
 import pytest
 
+from events.adapters.ed25519.keyring import KeyRing, generate
+from events.adapters.redis.broker import RedisBroker
 from events.adapters.redis.store import RedisStore
 from events.adapters.sql.store import SqlStore
 from events.catalog import OrderCreated, OrderLine, PaymentFailed
@@ -23,8 +25,16 @@ from tests.support.databases import emptied, postgres_database, postgres_missing
 STORES = ["memory", "redis", "redis-outbox", "sqlite", "postgres"]
 
 
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyRing:
+    """Keys of the made-up services these tests commit as."""
+    directory = tmp_path_factory.mktemp("contract-keys")
+    generate(directory, ["svc", "other"])
+    return KeyRing.load(directory)
+
+
 @pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+def store(request: pytest.FixtureRequest, tmp_path: Path, keys: KeyRing) -> Iterator[Store]:
     """memory: the in-process store; redis: beside the Redis broker (the commit pushes the messages); redis-outbox:
     for a broker elsewhere (the commit writes outbox entries, handed over after the commit); sqlite and postgres: a
     service's own database (outbox rows, handed over after the commit)."""
@@ -36,16 +46,17 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
             pytest.skip(missing)
         url = f"sqlite:///{tmp_path}/store.sqlite3" if request.param == "sqlite" else postgres_database("contract")
         sql = emptied(url)
-        yield SqlStore(sql, BusSettings(), on_commit=lambda messages: None)
+        yield SqlStore(sql, BusSettings(), keys, on_commit=lambda messages: None)
         sql.dispose()
         return
     request.getfixturevalue("redis_url")
     wiring = bootstrap(BusSettings())
     if request.param == "redis":
-        yield wiring.store("order_service")
+        assert isinstance(wiring.broker, RedisBroker)
+        yield RedisStore(wiring.redis, wiring.settings, keys, broker=wiring.broker)
     else:
         handed_over: list[OutgoingMessage] = []
-        yield RedisStore(wiring.redis, wiring.settings, on_commit=handed_over.extend)
+        yield RedisStore(wiring.redis, wiring.settings, keys, on_commit=handed_over.extend)
     wiring.close()
 
 

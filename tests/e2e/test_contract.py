@@ -28,6 +28,7 @@ import pytest
 import redis
 
 from notification_service.notification_log import read_notifications
+from shop.client import bearer, register, sign_in
 from shop.embedded_redis import free_port
 from shop.seeding import NewProduct, seed_products_over_http
 from tests.support.brokers import TEST_REDIS_URL, broker_env, delete_rabbitmq_topology, rabbitmq_missing
@@ -57,6 +58,9 @@ CATALOGUE = [
 ]
 
 
+ADMIN = ("admin@example.com", "admin-password-of-the-contract-suite")
+
+
 @dataclass
 class RunningShop:
     mode: str
@@ -65,15 +69,18 @@ class RunningShop:
     product_url: str
     notification_log: Path
     process: subprocess.Popen
+    customer: tuple[str, str] = ("", "")
+    """(access token, user id) of the customer the tests order as, unless they sign in as another"""
 
     def place(self, payment_method: str = "card", product_id: str = "book", quantity: int = 1,
-              customer_id: str | None = None) -> dict[str, Any]:
+              as_customer: tuple[str, str] | None = None) -> dict[str, Any]:
+        token, customer_id = as_customer or self.customer
         body = {
-            "customer_id": customer_id or f"customer-{uuid4().hex[:6]}",
+            "customer_id": customer_id,
             "items": [{"product_id": product_id, "quantity": quantity}],
             "payment_method": payment_method,
         }
-        response = httpx.post(f"{self.base_url}/orders", json=body, timeout=10)
+        response = httpx.post(f"{self.base_url}/orders", json=body, headers=bearer(token), timeout=10)
         # 202: accepted, the saga follows; 201: the monolith's direct calls settled it before answering.
         expected = 201 if self.mode == "monolith" else 202
         assert response.status_code == expected, response.text
@@ -88,7 +95,7 @@ class RunningShop:
         return httpx.get(f"{self.base_url}/catalogue/{product_id}", timeout=10).json()
 
     def order(self, order_id: str) -> httpx.Response:
-        return httpx.get(f"{self.base_url}/orders/{order_id}", timeout=10)
+        return httpx.get(f"{self.base_url}/orders/{order_id}", headers=bearer(self.customer[0]), timeout=10)
 
     def settled(self, order_id: str) -> dict[str, Any]:
         """The order once it left PENDING (fails the test after SAGA_TIMEOUT)."""
@@ -155,6 +162,8 @@ def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         "SHOP_VAR_DIR": str(directory / "var"),
         **broker_env(broker, amqp_prefix),
         **stores,
+        "SHOP_ADMIN_EMAIL": ADMIN[0],
+        "SHOP_ADMIN_PASSWORD": ADMIN[1],
     }
     for name in ("SHOP_DATABASE_URL", "SHOP_MONOLITH_DISPATCH"):
         if name not in stores:
@@ -172,7 +181,10 @@ def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             timeout=STARTUP_TIMEOUT, interval=0.2, message=f"`shop {MODES[mode]}` to answer /health",
         )
         assert process.poll() is None, f"`shop {MODES[mode]}` exited with code {process.returncode}"
-        seed_products_over_http(running.product_url, running.base_url, CATALOGUE, timeout=SAGA_TIMEOUT)
+        admin_token, _ = sign_in(running.user_url, *ADMIN)
+        register(running.user_url, "Casey Customer", "casey@example.com", "casey's password")
+        running.customer = sign_in(running.user_url, "casey@example.com", "casey's password")
+        seed_products_over_http(running.product_url, running.base_url, CATALOGUE, admin_token, timeout=SAGA_TIMEOUT)
         yield running
     finally:
         _stop_gracefully(process)
@@ -215,9 +227,10 @@ def test_an_unknown_order_is_not_found(shop: RunningShop) -> None:
 
 
 def test_an_order_for_an_unknown_product_is_refused_at_the_door(shop: RunningShop) -> None:
-    body = {"customer_id": "alice", "items": [{"product_id": "unicorn", "quantity": 1}], "payment_method": "card"}
+    body = {"customer_id": shop.customer[1], "items": [{"product_id": "unicorn", "quantity": 1}],
+            "payment_method": "card"}
 
-    response = httpx.post(f"{shop.base_url}/orders", json=body, timeout=10)
+    response = httpx.post(f"{shop.base_url}/orders", json=body, headers=bearer(shop.customer[0]), timeout=10)
 
     assert response.status_code == 422
     assert response.json()["problems"] == ["items.0.product_id: unknown product 'unicorn'"]
@@ -245,12 +258,14 @@ def test_a_failed_payment_puts_the_stock_back(shop: RunningShop) -> None:
 
 def test_a_registered_customer_is_notified_by_name(shop: RunningShop) -> None:
     email = f"ada-{uuid4().hex[:6]}@example.com"
-    registered = httpx.post(f"{shop.user_url}/users", json={"name": "Ada Lovelace", "email": email}, timeout=10)
+    registered = httpx.post(f"{shop.user_url}/users", json={"name": "Ada Lovelace", "email": email,
+                                                           "password": "analytical engine"}, timeout=10)
     assert registered.status_code == 201, registered.text
-    user = registered.json()
-    assert httpx.post(f"{shop.user_url}/users", json={"name": "Ada", "email": email}, timeout=10).status_code == 409
+    again = httpx.post(f"{shop.user_url}/users", json={"name": "Ada", "email": email, "password": "difference engine"},
+                       timeout=10)
+    assert again.status_code == 409
 
-    placed = shop.place("card", customer_id=user["id"])
+    placed = shop.place("card", as_customer=sign_in(shop.user_url, email, "analytical engine"))
 
     [line] = wait_until(lambda: shop.notifications_for({placed["id"]}), timeout=SAGA_TIMEOUT, interval=0.1,
                         message="the notification")
@@ -261,11 +276,11 @@ def test_a_registered_customer_is_notified_by_name(shop: RunningShop) -> None:
 def test_an_invalid_order_is_refused_with_readable_problems(shop: RunningShop) -> None:
     body = {"customer_id": "", "items": [{"product_id": "book", "quantity": 0, "unit_price": "1.50"}], "extra": 1}
 
-    response = httpx.post(f"{shop.base_url}/orders", json=body, timeout=10)
+    response = httpx.post(f"{shop.base_url}/orders", json=body, headers=bearer(shop.customer[0]), timeout=10)
 
     assert response.status_code == 422
     answer = response.json()
-    assert answer["error"] == "invalid request"
+    assert response.headers["content-type"] == "application/problem+json" and answer["status"] == 422
     problems = "\n".join(answer["problems"])
     for field in ("customer_id", "items.0.quantity", "items.0.unit_price", "payment_method", "extra"):
         assert field in problems, f"{field} missing from {answer['problems']}"

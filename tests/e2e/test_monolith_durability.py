@@ -20,6 +20,7 @@ import pytest
 
 from notification_service.notification_log import read_notifications
 from payment_service.gateway import SqliteLedger
+from shop.client import bearer, sign_in
 from shop.embedded_redis import free_port
 from shop.seeding import NewProduct, seed_products_over_http
 from tests.support.waiting import stop_process, wait_until
@@ -37,7 +38,9 @@ class Monolith:
             **os.environ, "SHOP_ORDER_API_PORT": str(self.port), "SHOP_VAR_DIR": str(directory / "var"),
             "SHOP_NOTIFICATION_LOG": str(directory / "notifications.log"), "SHOP_MONOLITH_DISPATCH": dispatch,
             "SHOP_RETRY_BACKOFF": "0.05", "SHOP_GATEWAY_FLAKY_FAILURES": "1",
+            "SHOP_ADMIN_EMAIL": "admin@example.com", "SHOP_ADMIN_PASSWORD": "the durability test's admin",
         }
+        self.token = ""
         self.env.pop("SHOP_MONOLITH_DATABASE_URL", None)
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -58,14 +61,15 @@ class Monolith:
         self.process.wait(10)
 
     def order(self, order_id: str) -> dict[str, Any]:
-        return dict(httpx.get(f"{self.url}/orders/{order_id}", timeout=10).json())
+        return dict(httpx.get(f"{self.url}/orders/{order_id}", headers=bearer(self.token), timeout=10).json())
 
 
 @pytest.fixture(params=["sync", "queued"])
 def monolith(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Monolith]:
     running = Monolith(tmp_path, request.param)
     running.start()
-    seed_products_over_http(running.url, running.url, [NewProduct("book", "Book", "5.00", 1_000_000)])
+    running.token, _ = sign_in(running.url, "admin@example.com", "the durability test's admin")
+    seed_products_over_http(running.url, running.url, [NewProduct("book", "Book", "5.00", 1_000_000)], running.token)
     yield running
     if running.process is not None:
         stop_process(running.process)
@@ -76,7 +80,7 @@ def test_a_monolith_killed_mid_load_finishes_every_accepted_order_exactly_once(m
     lock, sent = threading.Lock(), iter(range(ORDERS))
 
     def client() -> None:
-        with httpx.Client(timeout=10) as http:
+        with httpx.Client(timeout=10, headers=bearer(monolith.token)) as http:  # an admin orders for any customer
             for n in sent:
                 body = {"customer_id": f"c{n}", "items": [{"product_id": "book", "quantity": 1}],
                         "payment_method": METHODS[n % len(METHODS)]}

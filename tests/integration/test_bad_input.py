@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from uuid import uuid4
+from uuid import NAMESPACE_URL, uuid4, uuid5
 
 import pytest
 import redis
@@ -38,7 +38,7 @@ from events.adapters.redis.messages import task_name
 from events.adapters.redis.topology import kombu_connection
 from events.adapters.redis.worker import in_flight
 from events.catalog import OrderCreated, PaymentProcessed
-from events.envelope import Envelope, Sealed, sign
+from events.envelope import Envelope, Sealed
 from events.messaging import OutgoingMessage
 from events.runtime.celery_worker import make_celery_app
 from events.settings import BusSettings
@@ -46,7 +46,7 @@ from order_service.api import create_app
 from product_service.domain import ReservationStatus
 from shop.bootstrap import Wiring, declare_topology
 from shop.services import SERVICES
-from tests.support.builders import stock_product
+from tests.support.builders import http_edge, producer_of, session_keys, stock_product, token
 from tests.support.waiting import wait_until
 
 SERVICE = "product_service"
@@ -66,9 +66,14 @@ def marker(kind: str) -> str:
     return f"<bad-input:{kind}>"
 
 
-def envelope_dict(kind: str, event: Any = None, **changes: Any) -> dict[str, Any]:
-    """A valid envelope (as JSON-ready dict) around `event` (an OrderCreated by default), with the producer field
-    carrying the case marker, then `changes` applied (a value of `...` deletes the field)."""
+def case_id(kind: str) -> str:
+    """The event id of the case's envelope: how its dead letter is found (the producer must be a real service)."""
+    return str(uuid5(NAMESPACE_URL, marker(kind)))
+
+
+def envelope_dict(kind: str, event: Any = None, producer: str | None = None, **changes: Any) -> dict[str, Any]:
+    """A valid envelope (as JSON-ready dict) around `event` (an OrderCreated by default), from the service that
+    publishes it, with the case's event id, then `changes` applied (a value of `...` deletes the field)."""
     event = event or OrderCreated(
         order_id=uuid4(),
         customer_id="mallory",
@@ -76,7 +81,9 @@ def envelope_dict(kind: str, event: Any = None, **changes: Any) -> dict[str, Any
         total="1.00",
         payment_method="card",
     )
-    envelope = Envelope.wrap(event, producer=marker(kind), correlation_id=uuid4()).model_dump(mode="json")
+    envelope = Envelope.wrap(event, producer=producer or producer_of(event), correlation_id=uuid4()).model_dump(
+        mode="json")
+    envelope["event_id"] = case_id(kind)
     for field, value in changes.items():
         if value is ...:
             del envelope[field]
@@ -85,8 +92,8 @@ def envelope_dict(kind: str, event: Any = None, **changes: Any) -> dict[str, Any
     return envelope
 
 
-def signed(raw: str, key: bytes) -> Sealed:
-    return Sealed(envelope=raw, signature=sign(raw, key))
+def signed(raw: str, signer: str = "order_service") -> Sealed:
+    return Sealed(envelope=raw, signature=session_keys().sign(signer, raw.encode()))
 
 
 def celery_task(
@@ -142,18 +149,22 @@ class Injector:
         self.kombu(body, headers, **properties)
 
     def envelope(self, envelope: dict[str, Any]) -> None:
-        self.sealed(signed(json.dumps(envelope), self.settings.key))
+        """Signed by its producer when that is a service (with a key), else by the order service."""
+        producer = envelope.get("producer")
+        self.sealed(signed(json.dumps(envelope), producer if producer in session_keys().private else "order_service"))
 
 
 def tampered(injector: Injector) -> None:
     envelope = envelope_dict("tampered-after-signing")
-    sealed = signed(json.dumps(envelope), injector.settings.key)
+    sealed = signed(json.dumps(envelope))
     envelope["payload"]["total"] = "0.01"  # the attacker's edit, after the signature was made
     injector.sealed(Sealed(envelope=json.dumps(envelope), signature=sealed.signature))
 
 
 def wrong_key(injector: Injector) -> None:
-    injector.sealed(signed(json.dumps(envelope_dict("signed-with-another-key")), b"not-the-shared-key"))
+    """The order service's envelope, signed with the notification service's key: a compromised service speaking
+    for another."""
+    injector.sealed(signed(json.dumps(envelope_dict("signed-by-another-service")), "notification_service"))
 
 
 def oversized(injector: Injector) -> None:
@@ -180,8 +191,8 @@ def line_change(kind: str, **changes: Any) -> Callable[[Injector], None]:
     return inject
 
 
-def valid_sealed(kind: str, key: bytes) -> Sealed:
-    return signed(json.dumps(envelope_dict(kind)), key)
+def valid_sealed(kind: str) -> Sealed:
+    return signed(json.dumps(envelope_dict(kind)))
 
 
 NOT_JSON = f"{marker('transport-not-json')} {{ this is not JSON"
@@ -211,16 +222,20 @@ BAD_MESSAGES: list[BadMessage] = [
     BadMessage("signature-missing", "malformed message",
                lambda i: i.task({"envelope": json.dumps(envelope_dict("signature-missing"))})),
     BadMessage("unexpected-kwarg", "malformed message",
-               lambda i: i.task({**valid_sealed("x", i.settings.key).model_dump(),
+               lambda i: i.task({**valid_sealed("unexpected-kwarg").model_dump(),
                                  "priority": marker("unexpected-kwarg")})),
     BadMessage("signature-not-a-string", "malformed message",
                lambda i: i.task({"envelope": json.dumps(envelope_dict("signature-not-a-string")), "signature": 42})),
     # ---- the signed envelope ----
     BadMessage("larger-than-max-message-bytes", "message too large", oversized),
     BadMessage("tampered-after-signing", "bad signature", tampered),
-    BadMessage("signed-with-another-key", "bad signature", wrong_key),
+    BadMessage("signed-by-another-service", "bad signature", wrong_key),
+    BadMessage("not-the-producers-event", "not its event",
+               lambda i: i.envelope(envelope_dict("not-the-producers-event", producer="notification_service"))),
+    BadMessage("unknown-producer", "unknown producer",
+               lambda i: i.envelope(envelope_dict("unknown-producer", producer="mallory"))),
     BadMessage("envelope-not-json", "invalid JSON",
-               lambda i: i.sealed(signed(f"{marker('envelope-not-json')} {{ not JSON", i.settings.key))),
+               lambda i: i.sealed(signed(f"{marker('envelope-not-json')} {{ not JSON"))),
     BadMessage("envelope-missing-field", "invalid envelope",
                lambda i: i.envelope(envelope_dict("envelope-missing-field", event_id=...))),
     BadMessage("envelope-extra-field", "invalid envelope",
@@ -283,7 +298,7 @@ def send(client: TestClient, method: str, path: str, body: Any) -> Any:
 # --------------------------------------------------------------------------------------------------------------------
 def dead_letter_kind(record: dict[str, Any], kinds: list[str]) -> list[str]:
     text = json.dumps(record.get("message"))
-    return [kind for kind in kinds if marker(kind) in text]
+    return [kind for kind in kinds if marker(kind) in text or case_id(kind) in text]
 
 
 @pytest.mark.timeout(300)
@@ -305,7 +320,7 @@ def test_every_bad_input_gets_its_reason_and_good_orders_still_flow(
         return wiring.store(service).documents(service, collection)
 
     good_orders: list[str] = []
-    with TestClient(create_app(wiring)) as http:
+    with TestClient(create_app(wiring, http_edge()), headers=token("alice")) as http:
 
         def place_good_order() -> None:
             response = http.post("/orders", json=GOOD_ORDER)

@@ -14,7 +14,7 @@ from events.envelope import Envelope, seal
 from events.messaging import OutgoingMessage
 from payment_service.gateway import RedisLedger
 from shop.bootstrap import Wiring, declare_topology
-from tests.support.builders import stock_reserved
+from tests.support.builders import session_keys, stock_reserved
 from tests.support.waiting import wait_until
 
 
@@ -31,7 +31,7 @@ def place(wiring: Wiring, payment_method: str = "card", price: str = "10.00") ->
     payment queue only (so the order service's queue holds nothing but what the payment service sends)."""
     event = stock_reserved(payment_method, price)
     envelope = Envelope.wrap(event, producer="product_service", correlation_id=event.order_id)
-    sealed = seal(envelope, wiring.settings.key)
+    sealed = seal(envelope, session_keys())
     wiring.broker.send([OutgoingMessage.to_queue("payment_service", sealed, str(envelope.event_id))])
     return str(event.order_id)
 

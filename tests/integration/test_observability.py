@@ -37,6 +37,7 @@ from shop.cli import app as cli_app
 from shop.services import SERVICES
 from shop.trace import journey
 from shop.worker import log_formatter
+from tests.support.builders import session_keys
 from tests.support.waiting import stop_process, wait_until
 
 pytestmark = pytest.mark.usefixtures("redis_url")
@@ -71,7 +72,7 @@ def payment_processed(settings: BusSettings) -> tuple[Envelope, Any]:
     order_id = uuid4()
     envelope = Envelope.wrap(PaymentProcessed(order_id=order_id, payment_id=uuid4(), amount=Decimal("1.00")),
                              producer="payment_service", correlation_id=order_id, causation_id=uuid4())
-    return envelope, seal(envelope, settings.key)
+    return envelope, seal(envelope, session_keys())
 
 
 def test_every_outcome_gets_one_json_log_line_with_the_envelope_ids_and_is_counted(

@@ -26,7 +26,7 @@ from events.unit_of_work import AlreadyHandled, ConcurrentUpdate
 from shop.bootstrap import Wiring, bootstrap, declare_topology
 from shop.services import SERVICES
 from tests.support.brokers import queued, queued_envelopes
-from tests.support.builders import place, stock_reserved, stored_order, wrap
+from tests.support.builders import place, session_keys, stock_reserved, stored_order, wrap
 
 QUEUES = [spec.queue for spec in SERVICES.values()]
 
@@ -119,7 +119,7 @@ def test_an_event_nobody_is_bound_to_is_dead_lettered_as_unroutable_and_nowhere_
     [record] = store.list()
     assert record["service"] == UNROUTABLE
     assert "NotificationSent" in record["reason"]
-    opened, _ = open_envelope(record["message"]["envelope"], record["message"]["signature"], key=settings.key,
+    opened, _ = open_envelope(record["message"]["envelope"], record["message"]["signature"], keys=session_keys(),
                               max_bytes=settings.max_message_bytes)
     assert opened.event_id == envelope.event_id
     assert store.counts() == {UNROUTABLE: 1}
@@ -250,7 +250,7 @@ def test_shop_dlq_replay_puts_a_service_dead_letter_back_into_that_service_queue
     settings = wiring.settings
     declare_topology(settings)
     envelope = wrap(stock_reserved())
-    sealed = seal(envelope, settings.key)
+    sealed = seal(envelope, session_keys())
     store = wiring.dead_letters
     record = store.add("payment_service", "retries exhausted", "gateway down", sealed.model_dump(), attempts=5)
     redis_client.set(Keys.deliveries("payment_service", envelope.event_id), 5)

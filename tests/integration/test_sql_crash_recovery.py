@@ -16,7 +16,7 @@ from events.messaging import OutgoingMessage
 from payment_service.gateway import RedisLedger
 from shop.bootstrap import Wiring, bootstrap, declare_topology
 from tests.support.brokers import queued_envelopes
-from tests.support.builders import stock_reserved
+from tests.support.builders import session_keys, stock_reserved
 from tests.support.databases import POSTGRES_URL, drop_postgres_databases, postgres_missing
 from tests.support.waiting import wait_until
 
@@ -47,7 +47,7 @@ def place(wiring: Wiring) -> str:
     """The StockReserved the payment service charges on, put straight into the payment queue only."""
     event = stock_reserved("card", "10.00")
     envelope = Envelope.wrap(event, producer="product_service", correlation_id=event.order_id)
-    sealed = seal(envelope, wiring.settings.key)
+    sealed = seal(envelope, session_keys())
     wiring.broker.send([OutgoingMessage.to_queue("payment_service", sealed, str(envelope.event_id))])
     return str(event.order_id)
 

@@ -17,6 +17,7 @@ import redis
 from kombu import Connection
 
 from events.adapters.amqp.broker import Topology
+from events.adapters.ed25519.keyring import KeyRing
 from events.bus import ServiceSpec
 from events.envelope import Envelope, open_envelope
 from events.settings import BusSettings
@@ -87,7 +88,7 @@ class Broker:
     def envelopes(self, queue: str) -> list[Envelope]:
         """The envelopes waiting in `queue`, oldest first, each verified as a worker would; they stay queued."""
         return [
-            open_envelope(kwargs["envelope"], kwargs["signature"], key=self.settings.key,
+            open_envelope(kwargs["envelope"], kwargs["signature"], keys=KeyRing.load(self.settings.keys_path),
                           max_bytes=self.settings.max_message_bytes)[0]
             for _, kwargs in self.tasks(queue)
         ]
@@ -130,7 +131,7 @@ def queued(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
 def queued_envelopes(client: redis.Redis, queue: str, settings: BusSettings) -> list[Envelope]:
     """The envelopes waiting in a Redis `queue`, each verified as a worker would."""
     return [
-        open_envelope(m["kwargs"]["envelope"], m["kwargs"]["signature"], key=settings.key,
+        open_envelope(m["kwargs"]["envelope"], m["kwargs"]["signature"], keys=KeyRing.load(settings.keys_path),
                       max_bytes=settings.max_message_bytes)[0]
         for m in queued(client, queue)
     ]

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+from events.adapters.ed25519.keyring import KeyRing
 from events.catalog import Event, OrderItem, StockLevel, StockReserved
 from events.envelope import Envelope
-from events.http import Bus
+from events.http import Bus, Edge, Role
 from order_service.domain import CataloguedProduct, Order
 from order_service.handlers import place_order
 from order_service.store import catalogue, orders
 from product_service.domain import Product
 from product_service.store import products
+from shop.bootstrap import edge_of
 
 
 def stock_reserved(payment_method: str = "card", total: str = "25.00") -> StockReserved:
@@ -24,8 +28,22 @@ def stock_reserved(payment_method: str = "card", total: str = "25.00") -> StockR
     )
 
 
+def producer_of(event: Event) -> str:
+    """The service that publishes this type (`ServiceSpec.publishes`): the only one consumers accept it from."""
+    from shop.bootstrap import publishers
+
+    return sorted(publishers()[event.type_name])[0]
+
+
 def wrap(event: Event) -> Envelope:
-    return Envelope.wrap(event, producer="tests", correlation_id=getattr(event, "order_id", None) or uuid4())
+    """The event in an envelope from its publishing service, correlated with its order when it has one."""
+    return Envelope.wrap(event, producer=producer_of(event),
+                         correlation_id=getattr(event, "order_id", None) or uuid4())
+
+
+def session_keys() -> KeyRing:
+    """The session's key pairs (tests/conftest.py makes them): every service's private and public keys."""
+    return KeyRing.load(Path(os.environ["SHOP_KEYS_DIR"]))
 
 
 def stock_product(bus: Bus, product_id: str = "book", price: str = "25.00", stock: int = 1_000_000) -> None:
@@ -59,3 +77,17 @@ def stored_order(bus: Bus, order_id: UUID) -> Order | None:
 
 def as_dict(model: Any) -> dict[str, Any]:
     return dict(model.model_dump(mode="json"))
+
+
+def http_edge() -> Edge:
+    """The HTTP edge with the session's keys, as the APIs get it from the bootstrap."""
+    return edge_of(session_keys())
+
+
+def token(user_id: str = "alice", role: Role = "customer") -> dict[str, str]:
+    """The Authorization header of a caller, as the user service would sign it."""
+    return {"Authorization": f"Bearer {http_edge().issue(user_id, role)}"}
+
+
+def admin() -> dict[str, str]:
+    return token("admin-1", "admin")

@@ -9,6 +9,7 @@ from uuid import uuid4
 import pytest
 from pydantic import ValidationError
 
+from events.adapters.ed25519.keyring import KeyRing, generate
 from events.catalog import (
     EVENT_TYPES,
     NotificationSent,
@@ -26,10 +27,32 @@ from events.catalog import (
     UserRegistered,
     event_model,
 )
-from events.envelope import Envelope, RejectedMessage, open_envelope, seal, sign
+from events.envelope import Envelope, RejectedMessage, open_envelope, seal
+from shop.bootstrap import publishers
 
-KEY = b"test-signing-key"
 LIMIT = 64 * 1024
+PUBLISHERS = publishers()
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyRing:
+    directory = tmp_path_factory.mktemp("keys")
+    generate(directory, ["order_service", "notification_service"])
+    return KeyRing.load(directory)
+
+
+@pytest.fixture(autouse=True)
+def _keys_for_the_helpers(keys: KeyRing) -> None:
+    global KEYS
+    KEYS = keys
+
+
+KEYS: KeyRing
+
+
+def sign(raw: str) -> str:
+    """The order service's signature over `raw` (every envelope here claims to be from it)."""
+    return KEYS.sign("order_service", raw.encode())
 
 
 def order_created(**overrides) -> OrderCreated:
@@ -43,9 +66,9 @@ def order_created(**overrides) -> OrderCreated:
     return OrderCreated(**{**fields, **overrides})
 
 
-def envelope_of(event=None) -> Envelope:
+def envelope_of(event=None, producer: str = "order_service") -> Envelope:
     event = event or order_created()
-    return Envelope.wrap(event, producer="tests", correlation_id=uuid4())
+    return Envelope.wrap(event, producer=producer, correlation_id=uuid4())
 
 
 def raw_envelope(**overrides) -> str:
@@ -57,7 +80,8 @@ def raw_envelope(**overrides) -> str:
 
 def rejection(raw, signature=None, max_bytes: int = LIMIT) -> RejectedMessage:
     with pytest.raises(RejectedMessage) as caught:
-        open_envelope(raw, sign(raw, KEY) if signature is None else signature, key=KEY, max_bytes=max_bytes)
+        open_envelope(raw, sign(raw) if signature is None else signature, keys=KEYS, max_bytes=max_bytes,
+                      publishers=PUBLISHERS)
     return caught.value
 
 
@@ -128,9 +152,10 @@ def test_events_are_immutable():
 def test_a_sealed_envelope_opens_to_the_same_envelope_and_event():
     event = order_created()
     envelope = Envelope.wrap(event, producer="order_service", correlation_id=event.order_id)
-    sealed = seal(envelope, KEY)
+    sealed = seal(envelope, KEYS)
 
-    opened, opened_event = open_envelope(sealed.envelope, sealed.signature, key=KEY, max_bytes=LIMIT)
+    opened, opened_event = open_envelope(sealed.envelope, sealed.signature, keys=KEYS, max_bytes=LIMIT,
+                                         publishers=PUBLISHERS)
 
     assert opened == Envelope.model_validate_json(envelope.model_dump_json())
     assert (opened.type, opened.version, opened.producer) == ("OrderCreated", 1, "order_service")
@@ -140,16 +165,33 @@ def test_a_sealed_envelope_opens_to_the_same_envelope_and_event():
 
 
 def test_a_tampered_envelope_is_rejected_for_its_signature():
-    sealed = seal(envelope_of(), KEY)
+    sealed = seal(envelope_of(), KEYS)
     tampered = sealed.envelope.replace('"total":"25.00"', '"total":"0.01"')
     assert tampered != sealed.envelope
 
     assert rejection(tampered, sealed.signature).reason == "bad signature"
 
 
-def test_an_envelope_signed_with_another_key_is_rejected():
-    sealed = seal(envelope_of(), b"someone-else")
-    assert rejection(sealed.envelope, sealed.signature).reason == "bad signature"
+def test_an_envelope_signed_by_another_service_is_rejected():
+    """The notification service's key, on an envelope that says it comes from the order service: a forgery."""
+    raw = envelope_of().model_dump_json()
+    forged = KEYS.sign("notification_service", raw.encode())
+    assert rejection(raw, forged).reason == "bad signature"
+
+
+def test_a_signed_event_that_is_not_its_producers_to_publish_is_rejected():
+    """A valid signature of the notification service on a PaymentProcessed is still a forgery of the payment
+    service's word: the allow-list (`ServiceSpec.publishes`) refuses it."""
+    payment = PaymentProcessed(order_id=uuid4(), payment_id=uuid4(), amount=Decimal("1.00"))
+    sealed = seal(envelope_of(payment, producer="notification_service"), KEYS)
+    rejected = rejection(sealed.envelope, sealed.signature)
+    assert (rejected.reason, rejected.detail) == ("not its event", "PaymentProcessed from notification_service: "
+                                                                    "not its event")
+
+
+def test_an_envelope_from_a_producer_without_a_key_is_rejected():
+    raw = envelope_of(producer="mallory").model_dump_json()
+    assert rejection(raw, sign(raw)).reason == "unknown producer"
 
 
 def test_invalid_json_is_rejected_as_such():
@@ -158,6 +200,7 @@ def test_invalid_json_is_rejected_as_such():
 
 def test_valid_json_that_is_not_an_envelope_is_rejected():
     assert rejection(json.dumps({"hello": "world"})).reason == "invalid envelope"
+    assert rejection(json.dumps({"producer": "order_service", "hello": "world"})).reason == "invalid envelope"
 
 
 def test_an_envelope_with_an_extra_field_is_rejected():
@@ -193,19 +236,19 @@ def test_a_message_over_the_size_limit_is_rejected_before_anything_else():
 
 def test_a_message_at_the_size_limit_is_accepted():
     raw = raw_envelope()
-    open_envelope(raw, sign(raw, KEY), key=KEY, max_bytes=len(raw))
+    open_envelope(raw, sign(raw), keys=KEYS, max_bytes=len(raw))
 
 
 @pytest.mark.parametrize(("raw", "signature"), [(None, "x"), (b"{}", "x"), ("{}", None), ("{}", 42)])
 def test_anything_but_two_strings_is_a_malformed_message(raw, signature):
     with pytest.raises(RejectedMessage) as caught:
-        open_envelope(raw, signature, key=KEY, max_bytes=LIMIT)
+        open_envelope(raw, signature, keys=KEYS, max_bytes=LIMIT)
     assert caught.value.reason == "malformed message"
 
 
 def test_the_envelope_keeps_its_time_in_utc():
     raw = raw_envelope(occurred_at="2024-05-01T12:00:00+02:00")
-    envelope, _ = open_envelope(raw, sign(raw, KEY), key=KEY, max_bytes=LIMIT)
+    envelope, _ = open_envelope(raw, sign(raw), keys=KEYS, max_bytes=LIMIT)
     assert envelope.occurred_at.utcoffset().total_seconds() == 0
     assert envelope.occurred_at.hour == 10
 

@@ -13,6 +13,7 @@ from order_service.api import create_app
 from order_service.domain import CataloguedProduct
 from order_service.store import catalogue as catalogue_of
 from shop.monolith import create_monolith_app
+from tests.support.builders import admin, http_edge, token
 from tests.support.shop import in_process_bus
 
 with warnings.catch_warnings():  # starlette's TestClient warns about its httpx dependency; not ours to fix
@@ -49,7 +50,7 @@ def bus() -> InMemoryBus:
 
 @pytest.fixture
 def client(bus: InMemoryBus) -> TestClient:
-    return TestClient(create_app(bus))
+    return TestClient(create_app(bus, http_edge()), headers=token("alice"))
 
 
 def test_placing_an_order_is_accepted_as_pending(client: TestClient, bus: InMemoryBus):
@@ -106,8 +107,7 @@ def test_an_order_for_an_unknown_product_is_refused_at_the_door(client: TestClie
     response = client.post("/orders", json=body)
 
     assert response.status_code == 422
-    problems = ["items.1.product_id: unknown product 'unicorn'"]
-    assert response.json() == {"error": "invalid request", "problems": problems}
+    assert response.json()["problems"] == ["items.1.product_id: unknown product 'unicorn'"]
     assert bus.published == []
 
 
@@ -118,7 +118,7 @@ def test_the_catalogue_shows_what_the_order_service_knows(client: TestClient):
 
 def test_with_every_service_in_process_a_placed_order_reads_back_confirmed(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("SHOP_NOTIFICATION_LOG", str(tmp_path / "notifications.log"))
-    client = TestClient(create_monolith_app(in_process_bus()))
+    client = TestClient(create_monolith_app(in_process_bus(), http_edge()), headers=admin())
     book = {"id": "book", "name": "Book", "price": "12.50", "stock": 5}
     assert client.post("/products", json=book).status_code == 201
     assert client.post("/products", json={"id": "pen", "name": "Pen", "price": "0.99", "stock": 5}).status_code == 201
@@ -164,7 +164,8 @@ def test_an_invalid_order_is_refused_with_readable_problems(
 
     assert response.status_code == 422
     payload = response.json()
-    assert payload["error"] == "invalid request"
+    assert response.headers["content-type"] == "application/problem+json"
+    assert (payload["status"], payload["title"]) == (422, "Unprocessable Content")
     assert any(problem.startswith(expected_problem) for problem in payload["problems"]), payload["problems"]
     assert bus.published == [] and bus.store.documents("order_service", "order") == {}
 

@@ -16,7 +16,8 @@ from events.memory import InMemoryStore
 from events.runtime.consumer import Decision, Delivery, ServiceRuntime
 from events.settings import BusSettings
 from events.unit_of_work import ConcurrentUpdate, UnitOfWork
-from tests.support.builders import stock_reserved
+from shop.bootstrap import publishers
+from tests.support.builders import producer_of, session_keys, stock_reserved
 from tests.support.fakes import FakeCounter, FakeDeadLetters
 
 
@@ -33,13 +34,14 @@ class Harness:
         spec = ServiceSpec(name="payment_service", handlers={StockReserved: handler})
         self.runtime = ServiceRuntime(
             spec, {"StockReserved": handler}, self.store, self.dead, self.counter, self.settings,
-            unavailable=(Unreachable,), sleep=self.slept.append,
+            keys=session_keys(), publishers=publishers(), unavailable=(Unreachable,), sleep=self.slept.append,
             failpoint=lambda point, subject, _: self.failpoints.append(f"{point}:{subject}"),
         )
 
     def message(self, event: Any = None, **overrides: Any) -> tuple[Envelope, Delivery]:
-        envelope = Envelope.wrap(event or stock_reserved(), producer="product_service", correlation_id=uuid4())
-        sealed = seal(envelope, self.settings.key)
+        event = event or stock_reserved()
+        envelope = Envelope.wrap(event, producer=producer_of(event), correlation_id=uuid4())
+        sealed = seal(envelope, session_keys())
         return envelope, Delivery(overrides.pop("raw", sealed.envelope), overrides.pop("signature", sealed.signature),
                                   **overrides)
 
@@ -67,7 +69,7 @@ def test_a_first_delivery_runs_the_handler_and_commits_its_effects() -> None:
 
 @pytest.mark.parametrize(("overrides", "reason"), [
     ({"signature": "0" * 64}, "bad signature"),
-    ({"raw": "{not json"}, "bad signature"),
+    ({"raw": "{not json"}, "invalid JSON"),
     ({"unexpected": {"args": [1]}}, "malformed message"),
     ({"signature": None}, "malformed message"),
 ])

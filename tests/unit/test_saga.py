@@ -25,6 +25,7 @@ from order_service.store import catalogue
 from product_service.domain import ReservationStatus
 from product_service.store import reservations
 from shop.monolith import create_monolith_app
+from tests.support.builders import admin, http_edge
 from tests.support.shop import Shop, in_process_bus
 
 with warnings.catch_warnings():
@@ -172,7 +173,7 @@ def test_a_price_that_overtakes_its_product_is_retried_not_dropped(log_path: Pat
 # -- notifications addressed to the customer --------------------------------------------------------------------------
 def monolith(log_path: Path) -> tuple[InMemoryBus, TestClient]:
     bus = in_process_bus()
-    client = TestClient(create_monolith_app(bus))
+    client = TestClient(create_monolith_app(bus, http_edge()), headers=admin())
     book = {"id": "book", "name": "Book", "price": "12.50", "stock": 5}
     assert client.post("/products", json=book).status_code == 201
     return bus, client
@@ -180,7 +181,8 @@ def monolith(log_path: Path) -> tuple[InMemoryBus, TestClient]:
 
 def test_a_registered_customer_is_notified_by_name(log_path: Path):
     _, client = monolith(log_path)
-    user = client.post("/users", json={"name": "Ada Lovelace", "email": "ada@example.com"}).json()
+    user = client.post("/users", json={"name": "Ada Lovelace", "email": "ada@example.com",
+                                       "password": "correct horse"}).json()
 
     client.post("/orders", json={"customer_id": user["id"], "items": [{"product_id": "book", "quantity": 1}],
                                  "payment_method": "card"})
@@ -205,19 +207,25 @@ def test_an_unknown_customer_is_still_notified_addressed_by_id(log_path: Path):
 def test_a_user_is_registered_once_per_email(log_path: Path):
     bus, client = monolith(log_path)
 
-    created = client.post("/users", json={"name": "Bob", "email": "bob@example.com"})
-    again = client.post("/users", json={"name": "Robert", "email": "BOB@example.com"})
+    created = client.post("/users", json={"name": "Bob", "email": "bob@example.com", "password": "correct horse"})
+    again = client.post("/users", json={"name": "Robert", "email": "BOB@example.com", "password": "battery staple"})
 
-    assert created.status_code == 201 and created.json()["name"] == "Bob"
+    assert created.status_code == 201 and created.json()["name"] == "Bob" and created.json()["role"] == "customer"
     assert again.status_code == 409
+    assert created.json()["id"] not in again.text, "a second registration does not tell whose address it is"
+    assert "password" not in created.text
     assert client.get(f"/users/{created.json()['id']}").json() == created.json()
     assert [envelope.type for envelope in bus.published].count("UserRegistered") == 1
 
 
 @pytest.mark.parametrize(("body", "problem"), [
-    ({"name": "", "email": "a@b.co"}, "name: String should have at least 1 character"),
-    ({"name": "Ann", "email": "not-an-address"}, "email: String should match pattern"),
-    ({"name": "Ann", "email": "a@b.co", "admin": True}, "admin: Extra inputs are not permitted"),
+    ({"name": "", "email": "a@b.co", "password": "long enough"}, "name: String should have at least 1 character"),
+    ({"name": " Ann", "email": "a@b.co", "password": "long enough"}, "name: String should match pattern"),
+    ({"name": "Ann", "email": "not-an-address", "password": "long enough"}, "email: value is not a valid email"),
+    ({"name": "Ann", "email": "a@b.c\u0000", "password": "long enough"}, "email: value is not a valid email"),
+    ({"name": "Ann", "email": "a@b.co", "password": "short"}, "password: String should have at least 8 characters"),
+    ({"name": "Ann", "email": "a@b.co", "password": "long enough", "role": "admin"},
+     "role: Extra inputs are not permitted"),
 ])
 def test_a_bad_registration_is_refused_with_readable_problems(log_path: Path, body: dict, problem: str):
     _, client = monolith(log_path)

@@ -41,7 +41,7 @@ from events.settings import BusSettings
 log = logging.getLogger(__name__)
 
 SHARED_TASK = "shop.handle_event"
-BROKER_ERRORS: tuple[type[BaseException], ...] = (OSError, AMQPError, KombuError, MessageNacked)
+BROKER_ERRORS: tuple[type[Exception], ...] = (OSError, AMQPError, KombuError, MessageNacked)
 
 
 class Topology:

@@ -23,3 +23,8 @@ def kombu_ssl(settings: BusSettings) -> dict[str, Any] | None:
     if not settings.redis_url.startswith("rediss://"):
         return None
     return {"ssl_cert_reqs": getattr(ssl, f"CERT_{settings.redis_ssl_cert_reqs.upper()}")}
+
+
+def text(value: bytes | str) -> str:
+    """A reply as text: our clients answer bytes (redis-py types every reply as bytes or str)."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -45,7 +45,8 @@ class RedisEventLog:
         """(type, envelope, signature) of every logged event, oldest first."""
         start = "-"
         while True:
-            entries = self.redis.xrange(Keys.event_log(), min=start, count=page)
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = self.redis.xrange(  # type: ignore[assignment]
+                Keys.event_log(), min=start, count=page)
             for _, fields in entries:
                 yield fields[b"type"].decode(), fields[b"envelope"].decode(), fields[b"signature"].decode()
             if len(entries) < page:

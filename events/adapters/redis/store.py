@@ -18,8 +18,9 @@ from typing import Any
 import redis
 
 from events.adapters.redis.broker import AtomicStep, Cause, Delivery, RedisBroker
+from events.adapters.redis.connection import text
 from events.adapters.redis.keys import Keys
-from events.envelope import Envelope
+from events.envelope import Envelope, Signatures
 from events.messaging import OutgoingMessage
 from events.settings import BusSettings
 from events.unit_of_work import AlreadyHandled, ConcurrentUpdate, UnitOfWork
@@ -33,10 +34,12 @@ class RedisStore:
         self,
         client: redis.Redis,
         settings: BusSettings,
+        keys: Signatures,
         broker: RedisBroker | None = None,
         on_commit: Callable[[list[OutgoingMessage]], object] | None = None,
     ) -> None:
         self.redis, self.settings, self.broker, self.on_commit = client, settings, broker, on_commit
+        self.keys = keys
         self.step = broker.step if broker is not None else AtomicStep(client, settings)
 
     def unit_of_work(self, service: str, cause: Envelope | None = None, inbox: str | None = None) -> RedisUnitOfWork:
@@ -83,7 +86,7 @@ class RedisUnitOfWork(UnitOfWork):
 
     def get(self, collection: str, key: str) -> dict[str, Any] | None:
         version, data = self._store.redis.hmget(Keys.document(self.service, collection, key), "v", "d")
-        self._versions[(collection, key)] = version.decode() if version else "0"
+        self._versions[(collection, key)] = text(version) if version else "0"
         return None if data is None else json.loads(data)
 
     def already_handled(self) -> bool:
@@ -91,7 +94,7 @@ class RedisUnitOfWork(UnitOfWork):
 
     def commit(self) -> None:
         store = self._store
-        messages = [OutgoingMessage.of(envelope, store.settings.key) for envelope in self.outbox]
+        messages = [OutgoingMessage.of(envelope, store.keys) for envelope in self.outbox]
         beside_broker = store.broker is not None
         settles_queue_copy = beside_broker and self.inbox == self.service  # not a replay's own inbox
         acknowledge = self.acknowledgement if beside_broker else None

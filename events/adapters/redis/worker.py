@@ -67,7 +67,8 @@ class RedisWorkerHooks:
         kombu_channel.forget_taken()
         items = self.redis.lrange(self.taken_key, 0, -1)  # newest first
         for item in items:
-            kombu_channel.put_back(self.redis, self.taken_key, self.spec.queue, item)
+            kombu_channel.put_back(self.redis, self.taken_key, self.spec.queue,
+                                   item if isinstance(item, bytes) else item.encode())
         if items:
             log.warning("%s: put back %d message(s) taken and never acknowledged", self.node, len(items))
 

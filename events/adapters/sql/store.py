@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from events.adapters.sql.engine import Engines
 from events.adapters.sql.schema import documents, outbox
 from events.adapters.sql.schema import inbox as inbox_table
-from events.envelope import Envelope
+from events.envelope import Envelope, Signatures
 from events.messaging import OutgoingMessage
 from events.settings import BusSettings
 from events.unit_of_work import AlreadyHandled, ConcurrentUpdate, UnitOfWork
@@ -35,10 +35,13 @@ class SqlStore:
         self,
         engines: Engines,
         settings: BusSettings,
+        keys: Signatures | None = None,
         on_commit: Callable[[list[OutgoingMessage]], object] | None = None,
         outbox: bool = True,
-    ) -> None:
-        self.engines, self.settings, self.on_commit = engines, settings, on_commit
+    ) -> None:  # keys: who signs the outgoing events (None: the monolith, whose events never leave the process)
+        self.engines, self.settings, self.on_commit, self.keys = engines, settings, on_commit, keys
+        if outbox and keys is None:
+            raise ValueError("a store whose events go to a broker needs the keys to sign them")
         self.outbox = outbox
         """False for a store whose events are dispatched in process (the monolith): no outbox rows, no broker"""
 
@@ -121,8 +124,8 @@ class SqlUnitOfWork(UnitOfWork):
         """Write everything inside `connection`'s open transaction (the caller commits it); returns the published
         events. Raises AlreadyHandled or ConcurrentUpdate, after which the caller must roll back."""
         store = self._store
-        messages = [OutgoingMessage.of(envelope, store.settings.key) for envelope in self.outbox] \
-            if store.outbox else []
+        keys = store.keys
+        messages = [OutgoingMessage.of(envelope, keys) for envelope in self.outbox] if keys and store.outbox else []
         self.write(connection, messages)
         self.messages = messages
         self._written = (dict(self._writes), list(self.outbox))
