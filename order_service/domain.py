@@ -18,6 +18,14 @@ class OrderStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
+MAX_REVISION_STEP = 10_000
+"""How far ahead of the newest revision this projection knows a product event may be (events overtaking others)."""
+
+
+class ImplausibleRevision(Exception):
+    """A product event whose revision could not have been issued yet: dead-lettered, never applied."""
+
+
 class CataloguedProduct(BaseModel):
     """One product in this service's projection. Price and stock each remember the product revision they come
     from: an event older than what is known changes nothing, so redelivered, reordered or replayed product events
@@ -35,14 +43,23 @@ class CataloguedProduct(BaseModel):
     def reprice(self, price: Decimal, revision: int) -> bool:
         if revision <= self.price_revision:
             return False
+        self._plausible(revision)
         self.price, self.price_revision = price, revision
         return True
 
     def restock(self, stock: int, revision: int) -> bool:
         if revision <= self.stock_revision:
             return False
+        self._plausible(revision)
         self.stock, self.stock_revision = stock, revision
         return True
+
+    def _plausible(self, revision: int) -> None:
+        """A revision moves forward by one per product event, and this projection sees them all, in order but for a
+        redelivery: a jump past what the product service could have issued meanwhile is refused, not believed."""
+        known = max(self.price_revision, self.stock_revision)
+        if revision > known + MAX_REVISION_STEP:
+            raise ImplausibleRevision(f"{self.product_id}: revision {revision} after {known}")
 
 
 MAX_TOTAL = Decimal("999999999999.99")

@@ -11,7 +11,9 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.catalog import Money, OrderItem, ProductId, Stock, StockLevel
+from events.catalog import Money, OrderItem, OrderLine, ProductId, Stock, StockLevel
+
+PRICES_KEPT = 10
 
 
 class Product(BaseModel):
@@ -25,12 +27,19 @@ class Product(BaseModel):
     price: Money
     stock: Stock
     revision: int = 1
+    past_prices: list[Money] = Field(default_factory=list, description=f"the last {PRICES_KEPT} prices before this one")
 
     def change_price(self, price: Decimal) -> bool:
         if price == self.price:
             return False
+        self.past_prices = [*self.past_prices, self.price][-PRICES_KEPT:]
         self.price, self.revision = price, self.revision + 1
         return True
+
+    def sold_at(self, price: Decimal) -> bool:
+        """An order may carry the current price, or one the order service's catalogue still had (it lags behind by
+        the events in its queue); any other price is not the product service's."""
+        return price == self.price or price in self.past_prices
 
     def take(self, quantity: int) -> StockLevel:
         self.stock, self.revision = self.stock - quantity, self.revision + 1
@@ -65,6 +74,18 @@ def wanted(items: Iterable[OrderItem]) -> dict[str, int]:
     for item in items:
         totals[item.product_id] += item.quantity
     return dict(totals)
+
+
+def mispriced(lines: Iterable[OrderLine], total: Decimal, products: Mapping[str, Product | None]) -> str | None:
+    """Why an order's prices are not this service's, or None: every line at a price the product had, and the total
+    their sum. The order service priced it; the product service checks before reserving, rather than take it on
+    trust."""
+    lines = list(lines)
+    problems = [f"{line.product_id} at {line.unit_price}" for line in lines
+                if (product := products.get(line.product_id)) is not None and not product.sold_at(line.unit_price)]
+    if sum((line.unit_price * line.quantity for line in lines), Decimal("0.00")) != total:
+        problems.append(f"a total of {total} for these lines")
+    return f"prices not the catalogue's: {', '.join(problems)}" if problems else None
 
 
 def shortage(quantities: Mapping[str, int], products: Mapping[str, Product | None]) -> str | None:

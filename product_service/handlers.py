@@ -21,6 +21,7 @@ from product_service.domain import (
     Reservation,
     ReservationStatus,
     UnknownProduct,
+    mispriced,
     shortage,
     wanted,
 )
@@ -74,7 +75,7 @@ def reserve_stock(event: OrderCreated, uow: UnitOfWork) -> None:
         return
     quantities = wanted(event.items)
     stocked = {product_id: products.get(product_id) for product_id in quantities}
-    reason = shortage(quantities, stocked)
+    reason = shortage(quantities, stocked) or mispriced(event.items, event.total, stocked)
     if reason is not None:
         reservations.save(Reservation(order_id=event.order_id, status=ReservationStatus.REJECTED,
                                       quantities=quantities, reason=reason))

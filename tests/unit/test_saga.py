@@ -11,7 +11,9 @@ from uuid import uuid4
 import pytest
 
 from events.catalog import (
+    OrderCreated,
     OrderItem,
+    OrderLine,
     PaymentFailed,
     ProductCreated,
     ProductPriceChanged,
@@ -23,6 +25,7 @@ from order_service.domain import OrderStatus
 from order_service.handlers import place_order
 from order_service.store import catalogue
 from product_service.domain import ReservationStatus
+from product_service.handlers import change_price
 from product_service.store import reservations
 from shop.monolith import create_monolith_app
 from tests.support.builders import admin, http_edge
@@ -156,6 +159,46 @@ def test_an_older_product_event_never_rolls_the_projection_back(shop: Shop):
 
     product = catalogued(shop, "book")
     assert (product.price, product.stock) == (Decimal("20.00"), 3)
+
+
+def test_a_revision_the_product_service_could_not_have_issued_is_refused_not_believed(shop: Shop):
+    """A price 'at revision 1e9' would pin the projection for ever: later real changes would all look older."""
+    shop.publish(ProductPriceChanged(product_id="book", price="0.00", previous_price="12.50", revision=10**9),
+                 correlation_id=uuid4())
+    shop.publish(ProductPriceChanged(product_id="book", price="14.00", previous_price="12.50", revision=2),
+                 correlation_id=uuid4())
+
+    [dead] = shop.bus.dead_letters
+    assert dead["reason"] == "handler error" and "ImplausibleRevision" in dead["detail"]
+    assert catalogued(shop, "book").price == Decimal("14.00")
+
+
+def test_an_order_at_a_price_the_product_never_had_is_refused_before_any_stock_is_taken(shop: Shop):
+    """The order service prices orders, but the product service does not take its word for it: an OrderCreated with
+    a price the product never had (or a total that is not the lines' sum) reserves nothing and is never charged."""
+    order_id = uuid4()
+    forged = OrderCreated(order_id=order_id, customer_id="mallory", payment_method="card", total="0.01",
+                          items=(OrderLine(product_id="book", quantity=2, unit_price="0.01"),))
+    shop.publish(forged, correlation_id=order_id)
+
+    [reserving] = [e for e in shop.bus.published if e.type in ("StockReserved", "StockRejected")]
+    assert reserving.type == "StockRejected"
+    assert reserving.event().reason == "prices not the catalogue's: book at 0.01, a total of 0.01 for these lines"
+    assert shop.stock("book") == 3 and shop.ledger.charges == []
+
+
+def test_an_order_at_the_price_the_catalogue_still_had_is_reserved(shop: Shop):
+    """The order service's catalogue lags behind by the events in its queue: an order priced just before a price
+    change is still one of the product service's prices."""
+    order_id = uuid4()
+    uow = shop.bus.unit_of_work("product_service")
+    change_price(uow, product_id="book", price=Decimal("15.00"))
+    shop.bus.commit(uow)
+    lagging = OrderCreated(order_id=order_id, customer_id="alice", payment_method="card", total="12.50",
+                           items=(OrderLine(product_id="book", quantity=1, unit_price="12.50"),))
+    shop.publish(lagging, correlation_id=order_id)
+
+    assert "StockReserved" in shop.published_types()
 
 
 def test_a_price_that_overtakes_its_product_is_retried_not_dropped(log_path: Path):
