@@ -127,6 +127,7 @@ def run_chaos(
         "SHOP_RETRY_BACKOFF": "0.1",
         "SHOP_LOG_MESSAGES": "false",  # tens of thousands of lines on the console would bury the report
     }
+    previous = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     settings = BusSettings()
     declare_topology(settings)
@@ -207,8 +208,11 @@ def run_chaos(
         server.stop()
         if database is not None:
             database.stop()
-        for name in env:
-            os.environ.pop(name, None)
+        for name, value in previous.items():  # the caller's environment as it was
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     result.seconds = round(time.monotonic() - started, 1)
     (run_dir / "report.json").write_text(json.dumps(asdict(result), indent=2))
     return result

@@ -104,6 +104,7 @@ def run(settings: BenchSettings, rates: list[float] | None = None, report: Calla
     from shop.services import SERVICES
 
     generate(work / "keys", SERVICES)  # a self-contained run: throwaway keys of its own
+    previous_keys = os.environ.get("SHOP_KEYS_DIR")
     os.environ["SHOP_KEYS_DIR"] = str(work / "keys")  # this process signs the orders it places, as the order service
     servers: list[RedisServer] = []
 
@@ -229,6 +230,10 @@ def run(settings: BenchSettings, rates: list[float] | None = None, report: Calla
             pipeline.close()
         for server in servers:
             server.stop()
+        if previous_keys is None:
+            os.environ.pop("SHOP_KEYS_DIR", None)
+        else:
+            os.environ["SHOP_KEYS_DIR"] = previous_keys
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     try:

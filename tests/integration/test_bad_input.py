@@ -73,10 +73,11 @@ def case_id(kind: str) -> str:
 
 def envelope_dict(kind: str, event: Any = None, producer: str | None = None, **changes: Any) -> dict[str, Any]:
     """A valid envelope (as JSON-ready dict) around `event` (an OrderCreated by default), from the service that
-    publishes it, with the case's event id, then `changes` applied (a value of `...` deletes the field)."""
+    publishes it, with the case's event id (and marker as customer), then `changes` applied (a value of `...` deletes
+    the field)."""
     event = event or OrderCreated(
         order_id=uuid4(),
-        customer_id="mallory",
+        customer_id=marker(kind),
         items=[{"product_id": "book", "quantity": 1, "unit_price": "1.00"}],
         total="1.00",
         payment_method="card",

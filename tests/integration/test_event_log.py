@@ -22,5 +22,6 @@ def test_placing_an_order_logs_its_order_created_with_the_signed_envelope(wiring
     envelope = json.loads(raw)
     assert envelope["correlation_id"] == str(order.id)
     assert envelope["payload"]["order_id"] == str(order.id)
-    assert len(signature) == 64
+    assert wiring.keys.verify("order_service", raw.encode(), signature)
+    assert not wiring.keys.verify("product_service", raw.encode(), signature)
     assert wiring.event_log.of(str(order.id)) == [envelope]
