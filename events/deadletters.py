@@ -4,8 +4,10 @@ the same whichever store keeps them; each store adapter implements `DeadLetters`
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import uuid4
@@ -17,11 +19,35 @@ UNROUTABLE = "unroutable"
 """The pseudo-service of events no queue was bound to when they were published."""
 
 
-def dead_letter_record(
-    service: str, reason: str, detail: str, message: Sealed | dict[str, Any] | str | None, attempts: int
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DeadLetterLimits:
+    """What a dead-letter store keeps, so a flood of huge or hostile messages cannot fill the store it shares with
+    the service's state: at most `body_bytes` of a message (with its size and hash), at most `per_service` records
+    (the oldest are evicted, and counted)."""
+
+    body_bytes: int = 64 * 1024
+    per_service: int = 10_000
+
+
+DEFAULT_LIMITS = DeadLetterLimits()
+
+
+def kept_message(message: Sealed | dict[str, Any] | str | None, body_bytes: int) -> Any:
+    """The message as a dead letter keeps it: whole up to `body_bytes` (JSON-encoded), else its head, size and SHA-256
+    (such a record cannot be replayed, and says so)."""
     if isinstance(message, Sealed):
         message = message.model_dump()
+    raw = (message if isinstance(message, str) else json.dumps(message)).encode()
+    if len(raw) <= body_bytes:
+        return message
+    return {"truncated": True, "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
+            "head": raw[:body_bytes].decode(errors="ignore")}
+
+
+def dead_letter_record(
+    service: str, reason: str, detail: str, message: Sealed | dict[str, Any] | str | None, attempts: int,
+    limits: DeadLetterLimits = DEFAULT_LIMITS,
+) -> dict[str, Any]:
     return {
         "id": uuid4().hex[:12],
         "service": service,
@@ -29,7 +55,7 @@ def dead_letter_record(
         "detail": detail[:4000],
         "attempts": attempts,
         "dead_at": datetime.now(UTC).isoformat(),
-        "message": message,
+        "message": kept_message(message, limits.body_bytes),
     }
 
 
@@ -45,6 +71,9 @@ class DeadLetters(Protocol):
     def remove(self, record: dict[str, Any]) -> bool: ...
     def purge(self, service: str | None = None) -> int: ...
     def counts(self) -> dict[str, int]: ...
+    def evicted(self) -> dict[str, int]:
+        """service -> records evicted to keep the store within `DeadLetterLimits.per_service`."""
+        ...
 
 
 def event_id_of(raw: Any) -> str | None:
@@ -115,8 +144,15 @@ class CombinedDeadLetters:
         return sum(store.purge(None) for store in self.stores)
 
     def counts(self) -> dict[str, int]:
+        return self._sum(store.counts() for store in self.stores)
+
+    def evicted(self) -> dict[str, int]:
+        return self._sum(store.evicted() for store in self.stores)
+
+    @staticmethod
+    def _sum(each: Iterable[dict[str, int]]) -> dict[str, int]:
         totals: dict[str, int] = {}
-        for store in self.stores:
-            for name, count in store.counts().items():
+        for counts in each:
+            for name, count in counts.items():
                 totals[name] = totals.get(name, 0) + count
         return totals

@@ -137,17 +137,23 @@ class Periodic:
     """Runs `step` every `interval` seconds on a daemon thread until stopped; an error is logged and the next pass
     comes as usual (a relay must outlive a broker outage)."""
 
-    def __init__(self, name: str, interval: float, step: Callable[[], object], errors: tuple[type[BaseException], ...]):
-        self.name, self.interval, self.step, self.errors = name, interval, step, errors
+    def __init__(self, name: str, interval: float, step: Callable[[], object], errors: tuple[type[BaseException], ...],
+                 at_start: bool = False):
+        self.name, self.interval, self.step, self.errors, self.at_start = name, interval, step, errors, at_start
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run(self) -> None:
+        if self.at_start:
+            self._pass()
         while not self._stop.wait(self.interval):
-            try:
-                self.step()
-            except self.errors as exc:
-                log.warning("%s: %r (next pass in %.1fs)", self.name, exc, self.interval)
+            self._pass()
+
+    def _pass(self) -> None:
+        try:
+            self.step()
+        except self.errors as exc:
+            log.warning("%s: %r (next pass in %.1fs)", self.name, exc, self.interval)
 
     def start(self) -> Periodic:
         self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)

@@ -38,6 +38,10 @@ class BusSettings(BaseSettings):
     keys_dir: Path | None = Field(None, description="the services' key pairs (`<service>.key` private, `<service>.pub` "
                                   "public; `shop keys generate`); default <var_dir>/keys")
     max_message_bytes: int = Field(64 * 1024, description="larger envelopes are dead-lettered unread")
+    dead_letter_body_bytes: int = Field(
+        64 * 1024, description="a dead letter keeps at most this much of its message (with its size and SHA-256)")
+    dead_letter_cap: int = Field(
+        10_000, description="dead letters kept per service: beyond it the oldest are evicted (and counted)")
     visibility_timeout: float = Field(
         60.0,
         description="kombu's redelivery of an unacknowledged message, for consumers without a taken list (service "
@@ -57,6 +61,11 @@ class BusSettings(BaseSettings):
     inbox_ttl: int = Field(7 * 24 * 3600, description="seconds a handled event id is remembered for deduplication")
     topology_refresh: float = Field(2.0, description="seconds a publisher caches the routing table")
     metrics_interval: float = Field(1.0, description="seconds between two flushes of a worker's counters")
+    heartbeat_interval: float = Field(
+        2.0, description="seconds between two heartbeats of a worker (`shop status` counts it live for 3 of them)")
+    worker_remote_control: bool = Field(
+        False, description="celery's remote control (inspect, Flower, `celery control`): anyone who can write to the "
+        "broker could then stop a consumer, so off unless asked for")
     var_dir: Path = Field(Path("var"), description="where local files (notification log, embedded Redis) live")
     fault_injection: bool = Field(
         False, description="enables test-only faults (card_slow, card_crash, crash_at); never in production"

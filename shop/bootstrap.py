@@ -8,6 +8,7 @@ this module decides which adapter provides it, as cosmicpython's bootstrap does.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import time
@@ -36,7 +37,9 @@ from events.adapters.redis.worker import (
     RedisDeliveryCounter,
     RedisWorkerHooks,
     failpoint,
+    heartbeat,
     in_flight,
+    live_workers,
     metrics_sink,
 )
 from events.adapters.sql import migrate
@@ -45,11 +48,11 @@ from events.adapters.sql.engine import Engines, engines
 from events.adapters.sql.inprocess import SqlInProcessBus
 from events.adapters.sql.store import SqlOutbox, SqlStore
 from events.bus import ServiceSpec, bind_handlers, build_dependencies
-from events.deadletters import CombinedDeadLetters, DeadLetters, unroutable_record
+from events.deadletters import CombinedDeadLetters, DeadLetterLimits, DeadLetters, unroutable_record
 from events.envelope import Envelope, Publishers
 from events.http import TOKEN_ISSUER, Edge
 from events.messaging import Broker, Outbox, OutboxSender, OutgoingMessage, Periodic
-from events.runtime.celery_worker import BrokerHooks, make_celery_app, worker_app
+from events.runtime.celery_worker import BrokerHooks, worker_app
 from events.runtime.consumer import ServiceRuntime
 from events.runtime.observability import MetricsFlusher
 from events.settings import BESIDE_THE_BROKER, BusSettings, StoreSettings
@@ -137,6 +140,7 @@ class Wiring:
                 "relayed": int(self.redis.get(Keys.relayed(spec.queue)) or 0),
                 "retries": int(self.redis.get(Keys.retries(spec.name)) or 0),
                 "outbox": self.outboxes[spec.name].outbox.pending() if spec.name in self.outboxes else "-",
+                "workers": live_workers(self.redis, spec.name),
             }
             for spec in consumers
         }
@@ -169,7 +173,7 @@ def bootstrap(settings: BusSettings | None = None, stores: StoreSettings | None 
     current schema first (safe from several processes at once: see events/adapters/sql/migrate.py)."""
     settings = settings or BusSettings()
     client = redis_client(settings)
-    broker_dead_letters = RedisDeadLetters(client)
+    broker_dead_letters = RedisDeadLetters(client, limits(settings))
     event_log = RedisEventLog(client)
     closers: list[Callable[[], object]] = [client.close]
     broker: Broker
@@ -206,14 +210,15 @@ def bootstrap(settings: BusSettings | None = None, stores: StoreSettings | None 
                 own = redis_client(settings, url)
                 closers.append(own.close)
                 relay = sender(RedisOutbox(own, settings))
-                built[url] = RedisStore(own, settings, keys, on_commit=relay.send), RedisDeadLetters(own), relay, None
+                built[url] = (RedisStore(own, settings, keys, on_commit=relay.send),
+                              RedisDeadLetters(own, limits(settings)), relay, None)
             else:
                 database = engines(url)
                 migrate.upgrade(database)
                 closers.append(database.dispose)
                 relay = sender(SqlOutbox(database, settings))
-                built[url] = (SqlStore(database, settings, keys, on_commit=relay.send), SqlDeadLetters(database),
-                              relay, database)
+                built[url] = (SqlStore(database, settings, keys, on_commit=relay.send),
+                              SqlDeadLetters(database, limits(settings)), relay, database)
         store, dead, relay_of, database_of = built[url]
         wiring.stores[name] = store
         wiring.dead_letters.owners[name] = dead
@@ -223,6 +228,10 @@ def bootstrap(settings: BusSettings | None = None, stores: StoreSettings | None 
             wiring.sql[name] = database_of
     wiring.dead_letters = CombinedDeadLetters(wiring.dead_letters.owners, broker_dead_letters)
     return wiring
+
+
+def limits(settings: BusSettings) -> DeadLetterLimits:
+    return DeadLetterLimits(body_bytes=settings.dead_letter_body_bytes, per_service=settings.dead_letter_cap)
 
 
 def publishers() -> Publishers:
@@ -262,6 +271,19 @@ class Worker:
     runtime: ServiceRuntime
     wiring: Wiring
     background: list[Periodic | MetricsFlusher]
+
+    def start_background(self) -> None:
+        """The relay (Redis: unsettled queue messages; RabbitMQ: the outbox), metrics and heartbeat threads."""
+        for thread in self.background:
+            thread.start()
+
+    def stop_background(self) -> None:
+        """Stop the threads (the metrics flusher hands over the counts of the last interval) and the heartbeat: a
+        worker that stops cleanly leaves `shop status` at once."""
+        for thread in self.background:
+            thread.stop()
+        with contextlib.suppress(*UNAVAILABLE):  # it expires by itself
+            self.wiring.redis.delete(Keys.worker(self.runtime.spec.name, self.node))
 
 
 def bootstrap_worker(service: str, settings: BusSettings | None = None, node: str | None = None) -> Worker:
@@ -309,6 +331,8 @@ def bootstrap_worker(service: str, settings: BusSettings | None = None, node: st
     app, queue = worker_app(runtime, hooks, settings)
     background.append(MetricsFlusher(runtime.observer.metrics, metrics_sink(wiring.redis, service),
                                      settings.metrics_interval, errors=UNAVAILABLE))
+    background.append(Periodic(f"heartbeat-{service}", settings.heartbeat_interval, at_start=True, errors=UNAVAILABLE,
+                               step=heartbeat(wiring.redis, service, node, 3 * settings.heartbeat_interval)))
     return Worker(app, queue, node, runtime, wiring, background)
 
 
@@ -327,15 +351,6 @@ def inject_store_faults(wiring: Wiring, service: str, fault: Callable[[str, str,
         return sender.send(messages)
 
     store.on_commit = hand_over
-
-
-def control_app(settings: BusSettings | None = None) -> Celery:
-    """A celery app to ping workers (`shop status`) through the configured broker."""
-    settings = settings or BusSettings()
-    app = make_celery_app("shop.status", settings)
-    if broker_is_amqp(settings):
-        amqp.configure_celery(app, settings)
-    return app
 
 
 def bootstrap_api(service: str, settings: BusSettings | None = None) -> FastAPI:
@@ -367,7 +382,8 @@ def bootstrap_monolith(settings: BusSettings | None = None, dispatch: str = "syn
     database = engines(StoreSettings().monolith_url(settings.var_dir))
     migrate.upgrade(database)
     bus = SqlInProcessBus(
-        SqlStore(database, settings, outbox=False), SqlDeadLetters(database), settings, dispatch=dispatch,
+        SqlStore(database, settings, outbox=False), SqlDeadLetters(database, limits(settings)), settings,
+        dispatch=dispatch,
         external={model.type_name for spec in SERVICES.values() for model in spec.calls_out},
     )
     ledger = SqliteLedger(GatewaySettings().ledger_path or settings.var_dir / "db" / "gateway.sqlite3")

@@ -4,7 +4,7 @@ workers, one row per consuming service."""
 from __future__ import annotations
 
 from events.settings import BusSettings
-from shop.bootstrap import bootstrap, control_app
+from shop.bootstrap import bootstrap
 
 COLUMNS = ("queue", "waiting", "in flight", "unsettled", "relayed", "retries", "outbox", "dead letters", "workers")
 
@@ -13,18 +13,16 @@ def status_rows(settings: BusSettings) -> list[tuple[str, ...]]:
     """The header, then one row per consuming service, then the unroutable dead letters."""
     wiring = bootstrap(settings)
     try:
-        try:
-            replies = control_app(settings).control.inspect(timeout=1.0).ping() or {}
-        except Exception:  # noqa: BLE001 - status must print even when the control channel fails
-            replies = {}
-        dead = wiring.dead_letters.counts()
+        counts, evicted = wiring.dead_letters.counts(), wiring.dead_letters.evicted()
+        dead = {name: f"{counts.get(name, 0)}" + (f" (+{evicted[name]} evicted)" if evicted.get(name) else "")
+                for name in {*counts, *evicted}}
         rows: list[tuple[str, ...]] = [COLUMNS]
         for name, queue in wiring.queues().items():
-            workers = sorted(host for host in replies if host.startswith(f"{name}@"))
+            workers = queue["workers"]
             rows.append((name, str(queue["waiting"]), str(queue["in_flight"]), str(queue["unsettled"]),
-                         str(queue["relayed"]), str(queue["retries"]), str(queue["outbox"]), str(dead.get(name, 0)),
+                         str(queue["relayed"]), str(queue["retries"]), str(queue["outbox"]), dead.get(name, "0"),
                          str(len(workers)) if workers else "[red]0[/]"))
-        rows.append(("(unroutable)", "-", "-", "-", "-", "-", "-", str(dead.get("unroutable", 0)), "-"))
+        rows.append(("(unroutable)", "-", "-", "-", "-", "-", "-", dead.get("unroutable", "0"), "-"))
         return rows
     finally:
         wiring.close()

@@ -56,8 +56,7 @@ def run_worker(
     """`node` names this worker (default `<service>@<host>`); give each worker of one service on one host its own."""
     settings = settings or BusSettings()
     worker = bootstrap_worker(service, settings, node)
-    for thread in worker.background:  # the relay (Redis: unsettled queue messages; RabbitMQ: the outbox) and metrics
-        thread.start()
+    worker.start_background()
     warnings.filterwarnings("ignore", category=SecurityWarning)  # containers and CI run as root by design
     configure_logging(service, loglevel, WorkerSettings())
     try:
@@ -72,11 +71,8 @@ def run_worker(
                 f"--loglevel={loglevel}",
                 "--without-gossip",
                 "--without-mingle",
-                # Heartbeats stay on: they are sent only while task events are enabled (by Flower's `enable_events`,
-                # otherwise never), and without them Flower shows every worker as offline.
             ]
         )
     finally:
-        for thread in worker.background:
-            thread.stop()  # the metrics flusher hands over the counts of the last interval on a clean stop
+        worker.stop_background()
 

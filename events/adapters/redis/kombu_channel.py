@@ -19,6 +19,12 @@ JSON, or not a kombu message, raises inside the worker's event loop, the worker 
 The channel checks every taken item and swaps an unusable one for a well-formed kombu message that carries the
 original bytes and the problem in a header, which celery hands to its decode-error path (dead-lettered with the raw
 item by the runtime).
+
+Redis at its memory limit. With `noeviction` Redis refuses every command that may grow memory (BLMOVE, LPUSH, any
+MULTI) with an OOM error, which kombu treats as unrecoverable: the worker exits. Here a take that meets it waits and
+tries again (nothing was taken), the ack runs without MULTI (its deletions are allowed), a put-back waits until Redis
+takes it again, and kombu's sweep of its own unacked hash skips a pass. The worker stays up and resumes by itself
+once memory is freed.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from collections.abc import Callable
 from time import monotonic
 from typing import Any
 from uuid import uuid4
 
 import kombu
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.transport.virtual.base import Empty
@@ -48,7 +56,7 @@ _PRIVATE_NAMES: dict[type, tuple[str, ...]] = {
                           "_flush_brpop_reauth", "_get_message_priority", "_in_poll", "_brpop_sent_at",
                           "priority_steps", "global_keyprefix", "QoS"),
     kombu_redis.Transport: ("_deliver",),
-    kombu_redis.QoS: ("append", "ack", "reject", "restore_by_tag"),
+    kombu_redis.QoS: ("append", "ack", "reject", "restore_by_tag", "restore_visible"),
     virtual.QoS: ("append", "ack"),
     virtual.Channel: ("basic_publish", "prepare_message"),
 }
@@ -82,6 +90,31 @@ acknowledged. None once the store's commit removed it from the taken list. One c
 
 after_take: Callable[[str, bytes], None] | None = None
 """Fault injection only: called with (queue, item) right after a take (the crash tests kill the worker there)."""
+
+OUT_OF_MEMORY_PAUSE = 0.5
+"""Seconds a take waits after Redis refused it for lack of memory."""
+PUT_BACK_PATIENCE = 120.0
+"""Seconds a put-back keeps trying while Redis refuses it for lack of memory; past that the message stays in the
+taken list (put back when the node reconnects; its queue-outbox copy is re-sent by the relay)."""
+sleep: Callable[[float], None] = time.sleep
+
+
+class _OutOfMemory:
+    """Logs once when Redis starts refusing writes and once when it takes them again, not once per attempt."""
+
+    since: float | None = None
+
+    @classmethod
+    def refused(cls, what: str, exc: Exception) -> None:
+        if cls.since is None:
+            cls.since = monotonic()
+            log.warning("Redis is at its memory limit (%s refused: %s); waiting for memory to be freed", what, exc)
+
+    @classmethod
+    def accepted(cls) -> None:
+        if cls.since is not None:
+            log.warning("Redis takes writes again after %.1f s", monotonic() - cls.since)
+            cls.since = None
 
 
 def taken_message(delivery_tag: str | None) -> bytes | None:
@@ -131,10 +164,24 @@ def put_back(client: Any, taken_key: str, queue: str, item: bytes, leftmost: boo
         restored: bytes | str = json.dumps(payload)
     except (ValueError, TypeError, KeyError):
         restored = item
-    with client.pipeline() as pipe:
-        pipe.lrem(taken_key, 1, item)
-        (pipe.lpush if leftmost else pipe.rpush)(queue, restored)
-        pipe.execute()
+    deadline, pause = monotonic() + PUT_BACK_PATIENCE, 0.05
+    while True:
+        try:
+            with client.pipeline() as pipe:
+                pipe.lrem(taken_key, 1, item)
+                (pipe.lpush if leftmost else pipe.rpush)(queue, restored)
+                pipe.execute()
+        except redis.exceptions.OutOfMemoryError as exc:
+            _OutOfMemory.refused("a put-back", exc)
+            if monotonic() + pause > deadline:
+                log.error("gave up putting a message back to %s after %.0f s: it stays in %s until the node reconnects",
+                          queue, PUT_BACK_PATIENCE, taken_key)
+                return
+            sleep(pause)
+            pause = min(pause * 2, 1.0)
+            continue
+        _OutOfMemory.accepted()
+        return
 
 
 def kombu_payload_problem(item: bytes | str) -> str | None:
@@ -207,7 +254,10 @@ class TakenListQoS(kombu_redis.QoS):
             return super().ack(delivery_tag)
         taken = _TAKEN.pop(delivery_tag)
         if taken is not None:  # None: the commit acknowledged it already
-            with self.channel.conn_or_acquire() as client, client.pipeline() as pipe:
+            # Without MULTI, which Redis refuses at its memory limit (the deletions alone it accepts). Should the
+            # node die between them, the queue-outbox copy outlives the ack: the relay re-sends it and the
+            # consumer's inbox refuses the duplicate.
+            with self.channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
                 settle(pipe, self.channel.taken_key, self.channel.outbox_pattern, taken[0], taken[1])
                 pipe.execute()
         virtual.QoS.ack(self, delivery_tag)
@@ -219,6 +269,14 @@ class TakenListQoS(kombu_redis.QoS):
             return self.ack(delivery_tag)
         self.restore_by_tag(delivery_tag, leftmost=True)
         virtual.QoS.ack(self, delivery_tag)
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        """kombu's sweep of its unacked hash takes a lock (a SET) first, which Redis refuses at its memory limit:
+        skip the pass (the next one comes) instead of letting the error stop the worker."""
+        try:
+            super().restore_visible(*args, **kwargs)
+        except redis.exceptions.OutOfMemoryError as exc:
+            _OutOfMemory.refused("kombu's unacked sweep", exc)
 
     def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
         """What kombu calls for every unacknowledged message when the channel closes, and a reject with requeue."""
@@ -271,6 +329,11 @@ class TakenListChannel(kombu_redis.Channel):
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
+            except redis.exceptions.OutOfMemoryError as exc:  # nothing was taken: wait, then take again
+                _OutOfMemory.refused("a take", exc)
+                sleep(OUT_OF_MEMORY_PAUSE)
+                raise Empty() from None
+            _OutOfMemory.accepted()
             if item is None:
                 raise Empty()
             if after_take is not None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -137,6 +139,23 @@ def failpoint(client: redis.Redis, service: str, settings: BusSettings) -> Any:
             os._exit(70)
 
     return fire
+
+
+def heartbeat(client: redis.Redis, service: str, node: str, ttl: float) -> Callable[[], None]:
+    """Renews the worker's key; it expires `ttl` seconds after the worker stops renewing it (died, or lost Redis).
+    This replaces celery's remote-control ping for `shop status`: remote control lets anyone with broker access stop
+    a consumer, so it is off by default (`SHOP_WORKER_REMOTE_CONTROL`)."""
+
+    def beat() -> None:
+        client.set(Keys.worker(service, node), f"{time.time():.3f}", px=int(ttl * 1000))
+
+    return beat
+
+
+def live_workers(client: redis.Redis, service: str) -> list[str]:
+    """The node names of `service`'s workers whose heartbeat has not expired."""
+    prefix = Keys.worker(service, "")
+    return sorted(key.decode()[len(prefix):] for key in client.scan_iter(match=Keys.worker(service, "*")))
 
 
 def in_flight(client: redis.Redis, service: str) -> int:

@@ -42,6 +42,13 @@ dead_letters = Table(
     Column("record", Text, nullable=False),
 )
 
+dead_letter_evictions = Table(
+    "dead_letter_evictions", metadata,
+    Column("service", String(100), primary_key=True),
+    Column("evicted", Integer, nullable=False),
+)
+"""service -> dead letters evicted to keep the table within its cap."""
+
 deliveries = Table(
     "deliveries", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
