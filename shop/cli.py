@@ -4,6 +4,7 @@ its body; the wiring of every process is in shop/bootstrap.py."""
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,31 @@ from notification_service.service import NotificationSettings
 from order_service.api import ApiSettings
 from shop.services import APIS, CONSUMERS, SERVICES
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode="rich")
+SECRET_IN_URL = re.compile(r"(\w+://[^/:@\s]*:)[^@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Any password inside a URL in `text` masked: error messages name servers, never their secrets."""
+    return SECRET_IN_URL.sub(r"\1***@", text)
+
+
+class ShopCli(typer.Typer):
+    """A server that cannot be reached, or keys that are missing, end a command with one line saying so (secrets
+    masked), not a traceback."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            from shop.bootstrap import UNAVAILABLE, MissingKeys
+
+            if not isinstance(exc, (*UNAVAILABLE, MissingKeys, ConnectionError)):
+                raise
+            Console(stderr=True).print(f"shop: {type(exc).__name__}: {redact(str(exc))}", markup=False)
+            raise SystemExit(1) from None
+
+
+app = ShopCli(help=__doc__, no_args_is_help=True, rich_markup_mode="rich")
 order_app = typer.Typer(help="Place orders through the order service's HTTP API.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Inspect, replay and purge dead letters.", no_args_is_help=True)
 db_app = typer.Typer(help="The services' databases (and the monolith's).", no_args_is_help=True)

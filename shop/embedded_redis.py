@@ -12,6 +12,7 @@ from contextlib import closing
 from pathlib import Path
 
 import redis
+from kombu.utils.url import maybe_sanitize_url
 
 from events.settings import DEFAULT_REDIS_URL
 
@@ -61,7 +62,8 @@ def choose_broker(var_dir: Path) -> tuple[str, EmbeddedRedis | None]:
     url = configured_url()
     if url:
         if not reachable(url):
-            raise RuntimeError(f"REDIS_URL={url} does not answer; start it or unset REDIS_URL for an embedded Redis")
+            raise ConnectionError(f"REDIS_URL={maybe_sanitize_url(url)} does not answer; start it or unset REDIS_URL "
+                                  "for an embedded Redis")
         return url, None
     if reachable(DEFAULT_REDIS_URL):
         return DEFAULT_REDIS_URL, None

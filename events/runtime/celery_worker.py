@@ -127,7 +127,7 @@ class DeadLetteringConsumer(Consumer):
         except Exception:  # noqa: BLE001 - whatever the body is, it is stored as text
             body = repr(message.body)
         runtime.dead_letters.add(
-            runtime.spec.name, reason, detail, {"raw_body": str(body)[:65536], "headers": _safe(message.headers)}, 1
+            runtime.spec.name, reason, detail, {"raw_body": str(body), "headers": _safe(message.headers)}, 1
         )
 
     def connection_for_read(self, heartbeat: Any = None) -> Any:

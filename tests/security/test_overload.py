@@ -1,0 +1,94 @@
+"""Redis at its memory limit during a flood of orders, on a private redis-server (noeviction, as deployed).
+
+Before: 1255 HTTP 500s (not 503), workers exited 28 times ("Unrecoverable error: OutOfMemoryError"), `shop status`
+showed 0 workers, and three taken messages came back only after the 120 s outbox relay. Now: the API answers 503 with
+Retry-After, no worker exits, and once memory is freed every accepted order settles within 10 s, with nothing left
+for the relay.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from events.settings import BusSettings
+from order_service.api import create_app as order_app
+from shop.bootstrap import Wiring, bootstrap, declare_topology
+from shop.redis_server import RedisServer
+from tests.support.builders import admin, http_edge, stock_product, token
+from tests.support.waiting import wait_until
+
+WORKERS = ("order_service", "product_service", "payment_service", "notification_service")
+HEADROOM = 2 * 1024 * 1024
+"""Bytes of memory above what the idle shop uses: a few hundred orders fill it."""
+FLOOD_LIMIT, FLOOD_SECONDS, REFUSALS_WANTED = 5000, 90.0, 50
+SETTLE_SECONDS = 10.0
+
+
+@pytest.fixture
+def private_wiring(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Wiring]:
+    server = RedisServer(tmp_path / "redis", persistent=False).start()
+    monkeypatch.setenv("REDIS_URL", server.url)
+    wiring = bootstrap(BusSettings())
+    yield wiring
+    wiring.close()
+    server.stop()
+
+
+@pytest.mark.timeout(300)
+def test_at_the_memory_limit_the_api_answers_503_no_worker_exits_and_everything_settles_once_freed(
+    private_wiring: Wiring, start_worker: Callable[..., subprocess.Popen]
+) -> None:
+    wiring = private_wiring
+    client: redis.Redis = wiring.redis
+    declare_topology(wiring.settings)
+    stock_product(wiring, price="10.00", stock=1_000_000)
+    workers = [start_worker(name) for name in WORKERS]
+    wait_until(lambda: all(queue["workers"] for queue in wiring.queues().values()), timeout=30,
+               message="the workers never showed a heartbeat")
+    http = TestClient(order_app(wiring, http_edge()))
+    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + HEADROOM)
+
+    statuses: Counter[int] = Counter()
+    accepted: list[str] = []
+    missing_retry_after = 0
+    started = time.monotonic()
+    for _ in range(FLOOD_LIMIT):
+        if statuses[503] >= REFUSALS_WANTED or time.monotonic() - started > FLOOD_SECONDS:
+            break
+        answer = http.post("/orders", headers=token("alice"), json={
+            "customer_id": "alice", "items": [{"product_id": "book", "quantity": 1}], "payment_method": "card"})
+        statuses[answer.status_code] += 1
+        if answer.status_code == 202:
+            accepted.append(answer.json()["id"])
+        elif answer.status_code == 503:
+            missing_retry_after += "retry-after" not in answer.headers
+    assert statuses[503] >= REFUSALS_WANTED, f"Redis never reached its limit: {dict(statuses)}"
+    assert set(statuses) <= {202, 503}, dict(statuses)
+    assert missing_retry_after == 0
+    time.sleep(3)  # the workers meet the limit too, on every take and commit
+    assert all(worker.poll() is None for worker in workers), "a worker exited at the memory limit"
+
+    client.config_set("maxmemory", 0)
+    freed = time.monotonic()
+
+    def pending() -> list[str]:
+        return [order_id for order_id in accepted
+                if http.get(f"/orders/{order_id}", headers=admin()).json()["status"] == "PENDING"]
+
+    wait_until(lambda: not pending(), timeout=60, interval=0.2, message="accepted orders never settled")
+    settled_in = time.monotonic() - freed
+    assert settled_in <= SETTLE_SECONDS, f"{len(accepted)} orders took {settled_in:.1f} s to settle"
+    assert all(worker.poll() is None for worker in workers), "a worker exited"
+    queues = wiring.queues()
+    assert all(queue["relayed"] == 0 for queue in queues.values()), "a message waited for the relay"
+    assert all(queue["in_flight"] == 0 and queue["waiting"] == 0 for queue in queues.values())
+    print(f"overload: {dict(statuses)} answers, {len(accepted)} accepted, all settled {settled_in:.1f} s after "
+          "memory was freed")
