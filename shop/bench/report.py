@@ -33,4 +33,12 @@ def print_report(console: Console, result: dict[str, Any], quick: bool, out_dir:
     for mode, ratio in result["ratios_over_bare"].items():
         console.print(f"[bold]{mode} / bare throughput: {ratio['median']:.3f}[/] (median of the alternating pairs "
                       f"{ratio['pairs']})")
+    if signed := result.get("signatures"):
+        share = f", {signed['share_of_worker_cpu']:.1%} of the full-redis worker CPU per order" \
+            if "share_of_worker_cpu" in signed else ""
+        console.print(f"signatures: Ed25519 sign {signed['ed25519_sign_us']} µs + verify "
+                      f"{signed['ed25519_verify_us']} µs per {signed['envelope_bytes']}-byte envelope "
+                      f"(HMAC-SHA256: {signed['hmac_sha256_us']} µs); "
+                      f"{signed['signed']} signed + {signed['verified']} verified per order = "
+                      f"{signed['ed25519_per_order_us']} µs{share}")
     console.print(f"results in {out_dir}")

@@ -182,6 +182,17 @@ def run(settings: BenchSettings, rates: list[float] | None = None, report: Calla
             report(f"ratio {pipeline.mode} / bare throughput: {measure.median(pairs):.3f} (median of {len(pairs)} "
                    "alternating pairs)")
 
+        from events.adapters.ed25519.keyring import KeyRing
+        from shop.bench.signatures import signature_cost
+
+        full = result["modes"].get("full-redis", {})
+        result["signatures"] = signed = signature_cost(KeyRing.load(work / "keys"), work, full.get("cpu_ms_per_order"))
+        report(f"signatures: Ed25519 sign {signed['ed25519_sign_us']} us, verify {signed['ed25519_verify_us']} us per "
+               f"{signed['envelope_bytes']}-byte envelope (HMAC-SHA256 {signed['hmac_sha256_us']} us); per order "
+               f"{signed['signed']} signed + {signed['verified']} verified = {signed['ed25519_per_order_us']} us"
+               + (f", {signed['share_of_worker_cpu']:.1%} of full-redis worker CPU" if "share_of_worker_cpu" in signed
+                  else ""))
+
         slowest = min(result["modes"][p.mode]["throughput"] for p in pipelines)
         offered = rates or [round(fraction * slowest, 1) for fraction in settings.latency_fractions]
         for rate in offered:
