@@ -118,7 +118,7 @@ def run(settings: BenchSettings, rates: list[float] | None = None, report: Calla
     result: dict = {
         "meta": {
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "settings": json.loads(settings.model_dump_json()),
+            "settings": json.loads(settings.model_dump_json(exclude={"out_dir"})),  # no path of the machine
             "cpus": os.cpu_count(),
             "loadavg_before": load_before,
         },
