@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+from events import tracing
 from events.envelope import Envelope, Sealed, Signatures, seal
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,14 @@ class OutgoingMessage:
     envelope: str
     signature: str
     queue: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    """Transport metadata outside the signature: the W3C trace context (events/tracing.py) when tracing is on."""
 
     @classmethod
     def of(cls, envelope: Envelope, keys: Signatures) -> OutgoingMessage:
         sealed = seal(envelope, keys)
         return cls(str(envelope.event_id), envelope.type, str(envelope.correlation_id), sealed.envelope,
-                   sealed.signature)
+                   sealed.signature, headers=tracing.publish_headers(envelope))
 
     @classmethod
     def to_queue(cls, queue: str, sealed: Sealed, event_id: str) -> OutgoingMessage:

@@ -59,6 +59,7 @@ from events.settings import BESIDE_THE_BROKER, BusSettings, StoreSettings
 from events.unit_of_work import Store, UnitOfWork
 from payment_service.gateway import GatewaySettings, RedisLedger, SqliteLedger
 from shop.services import APIS, SERVICES
+from shop.telemetry import configure_tracing, instrument_app
 from user_service.api import AdminSettings, ensure_admin
 
 UNAVAILABLE: tuple[type[Exception], ...] = (
@@ -290,6 +291,7 @@ def bootstrap_worker(service: str, settings: BusSettings | None = None, node: st
     """A celery worker for one service's queue, with its relay and metrics threads (not started)."""
     settings = settings or BusSettings()
     spec = SERVICES[service]
+    configure_tracing(service)
     node = node or f"{spec.name}@{socket.gethostname()}"
     declare_topology(settings, [spec])
     wiring = bootstrap(settings)
@@ -357,6 +359,7 @@ def bootstrap_api(service: str, settings: BusSettings | None = None) -> FastAPI:
     """A service's HTTP app over its store, with the relay of its store's outbox (an API commits events too: the
     user service has no worker to relay them)."""
     settings = settings or BusSettings()
+    configure_tracing(service)
     declare_topology(settings)
     wiring = bootstrap(settings)
     require_keys(wiring, [service])
@@ -366,7 +369,7 @@ def bootstrap_api(service: str, settings: BusSettings | None = None) -> FastAPI:
         admin = AdminSettings()
         if admin.email and admin.password:
             ensure_admin(wiring, admin.email, admin.password)
-    return APIS[service].create_app(wiring, edge)
+    return instrument_app(APIS[service].create_app(wiring, edge))
 
 
 def edge_of(keys: KeyRing) -> Edge:

@@ -28,6 +28,7 @@ from events.settings import BusSettings
 from order_service.api import ApiSettings
 from shop.bootstrap import MissingKeys, bootstrap_monolith, edge_of
 from shop.services import APIS, SERVICES
+from shop.telemetry import configure_tracing, instrument_app
 from user_service.api import AdminSettings, ensure_admin
 
 log = logging.getLogger(__name__)
@@ -85,13 +86,14 @@ def run_monolith(settings: BusSettings | None = None, dispatch: str | None = Non
     if keys.missing(["user_service"], ["user_service"]):
         raise MissingKeys(f"no user_service key pair in {settings.keys_path} to sign access tokens: run "
                           "`shop keys generate`")
+    configure_tracing("monolith")
     bus = bootstrap_monolith(settings, dispatch or monolith.dispatch)
     admin = AdminSettings()
     if admin.email and admin.password:
         ensure_admin(bus, admin.email, admin.password)
     bus.start()
     try:
-        app = create_monolith_app(bus, edge_of(keys), bus if settings.fault_injection else None)
+        app = instrument_app(create_monolith_app(bus, edge_of(keys), bus if settings.fault_injection else None))
         uvicorn.run(app, host=api_settings.host, port=api_settings.port, log_level="warning")
     finally:
         left = bus.stop(timeout=monolith.shutdown_timeout)

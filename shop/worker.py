@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from events.runtime.observability import MESSAGE_LOG
 from events.settings import BusSettings
 from shop.bootstrap import bootstrap_worker
+from shop.telemetry import shutdown as shutdown_tracing
 
 
 class WorkerSettings(BaseSettings):
@@ -75,4 +76,5 @@ def run_worker(
         )
     finally:
         worker.stop_background()
+        shutdown_tracing()  # what the batch span processor still holds
 

@@ -92,7 +92,7 @@ def worker_app(runtime: ServiceRuntime, hooks: BrokerHooks, settings: BusSetting
         decision = runtime.handle(Delivery(
             envelope, signature, kwargs, retries=request.retries,
             redelivered=bool((request.delivery_info or {}).get("redelivered")),
-            acknowledgement=hooks.acknowledgement(request),
+            acknowledgement=hooks.acknowledgement(request), trace=trace_headers(request),
         ))
         if decision.acknowledged:
             hooks.acknowledged(request)
@@ -112,6 +112,12 @@ def worker_app(runtime: ServiceRuntime, hooks: BrokerHooks, settings: BusSetting
 
     app.task(name=hooks.task_name(spec), bind=True, shared=False)(handle_event)
     return app, queue
+
+
+def trace_headers(request: Any) -> dict[str, str]:
+    """The W3C trace headers of a task's message: celery keeps a message's headers of its own in `request.headers`."""
+    custom = getattr(request, "headers", None) or {}
+    return {name: str(custom[name]) for name in ("traceparent", "tracestate") if name in custom}
 
 
 class DeadLetteringConsumer(Consumer):

@@ -16,9 +16,10 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from events import tracing
 from events.bus import BoundHandler, ServiceSpec, TransientError
 from events.catalog import Event
 from events.deadletters import DeadLetters
@@ -54,6 +55,8 @@ class Delivery:
     redelivered: bool = False
     acknowledgement: object | None = None
     """the broker's token for this message, for a store that acknowledges it inside its commit"""
+    trace: Mapping[str, str] = field(default_factory=dict)
+    """the message's trace headers (W3C `traceparent`), when its producer traced it"""
 
 
 @dataclass(frozen=True)
@@ -101,15 +104,17 @@ class ServiceRuntime:
         started = time.perf_counter()
         opened: dict[str, Envelope] = {}
         decision = Decision("error")
-        try:
-            decision = self._handle(delivery, opened)
-        except self.unavailable as exc:
-            # Acknowledging here would lose the message: give it back, after a pause so a worker does not spin.
-            log.warning("%s: store or broker unavailable (%s); requeueing the message", self.spec.name, exc)
-            self.sleep(self.settings.retry_backoff)
-            decision = Decision("requeued", error=exc)
-        finally:
-            self.observer.record(delivery.envelope, decision.outcome, started, opened.get("envelope"))
+        with tracing.consuming(self.spec.name, delivery.trace) as span:
+            try:
+                decision = self._handle(delivery, opened)
+            except self.unavailable as exc:
+                # Acknowledging here would lose the message: give it back, after a pause so a worker does not spin.
+                log.warning("%s: store or broker unavailable (%s); requeueing the message", self.spec.name, exc)
+                self.sleep(self.settings.retry_backoff)
+                decision = Decision("requeued", error=exc)
+            finally:
+                tracing.describe(span, opened.get("envelope"), decision.outcome)
+                self.observer.record(delivery.envelope, decision.outcome, started, opened.get("envelope"))
         return decision
 
     def _handle(self, delivery: Delivery, opened: dict[str, Envelope]) -> Decision:

@@ -183,6 +183,7 @@ class AmqpBroker:
             message.id, SHARED_TASK, args=(), kwargs={"envelope": message.envelope, "signature": message.signature},
             ignore_result=True,
         )
+        task.headers.update(message.headers)  # the trace context: celery hands custom headers to the task's request
         if message.queue:
             exchange, routing_key = "", self.topology.queue_name(message.queue)
         else:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import redis
 
+from events import tracing
 from events.adapters.redis.keys import Keys
 from events.adapters.redis.messages import MessageFactory
 from events.adapters.redis.topology import Router
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 #       an outbox entry only), then the event log.
 # ARGV: n, inbox ttl, cause event id, when to check on the new deliveries, event log length, the taken message to
 #       acknowledge, n expected versions, n documents, then per delivery: payload, id; then per logged event:
-#       type, correlation id, envelope, signature.
+#       type, correlation id, envelope, signature, trace id ('' when not traced).
 # Returns 1 committed, 0 already handled, -1 a document changed since it was read.
 COMMIT_SCRIPT = """
 local n = tonumber(ARGV[1])
@@ -68,9 +69,9 @@ for k = K + 1 + n, #KEYS - 1, 3 do
   end
   a = a + 2
 end
-for e = a, #ARGV, 4 do
-  redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', ARGV[5], '*',
-             'type', ARGV[e], 'correlation_id', ARGV[e + 1], 'envelope', ARGV[e + 2], 'signature', ARGV[e + 3])
+for e = a, #ARGV, 5 do
+  redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', ARGV[5], '*', 'type', ARGV[e], 'correlation_id', ARGV[e + 1],
+             'envelope', ARGV[e + 2], 'signature', ARGV[e + 3], 'trace', ARGV[e + 4])
 end
 return 1
 """
@@ -139,7 +140,8 @@ class AtomicStep:
             *(version for _, version, _ in writes),
             *(document for _, _, document in writes),
             *(value for delivery in deliveries for value in (delivery.payload, delivery.id)),
-            *(value for m in logged for value in (m.type, m.correlation_id, m.envelope, m.signature)),
+            *(value for m in logged
+              for value in (m.type, m.correlation_id, m.envelope, m.signature, tracing.trace_id(m.headers) or "")),
         ]
         return int(self._script(keys=keys, args=args))
 

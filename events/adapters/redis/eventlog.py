@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from events import tracing
 from events.adapters.redis.keys import Keys
 from events.messaging import OutgoingMessage
 
@@ -55,15 +56,19 @@ class RedisEventLog:
 
     def of(self, correlation_id: str, slice_length: int = 5000) -> list[dict[str, Any]]:
         """The envelopes (as dicts) logged under `correlation_id`, oldest first."""
+        return [envelope for envelope, _ in self.traced(correlation_id, slice_length)]
+
+    def traced(self, correlation_id: str, slice_length: int = 5000) -> list[tuple[dict[str, Any], str | None]]:
+        """(envelope as a dict, OpenTelemetry trace id or None) of each event logged under `correlation_id`."""
         script = self.redis.register_script(FILTER_SCRIPT)
-        start, envelopes = "-", []
+        start, entries = "-", []
         while True:
             last, found = script(keys=[Keys.event_log()], args=[start, correlation_id, slice_length])
             for _, fields in found:
                 values = dict(zip(fields[::2], fields[1::2], strict=True))
-                envelopes.append(json.loads(values[b"envelope"]))
+                entries.append((json.loads(values[b"envelope"]), values.get(b"trace", b"").decode() or None))
             if not last:
-                return envelopes
+                return entries
             start = "(" + last.decode()
 
     def append(self, messages: Sequence[OutgoingMessage], max_length: int = 200_000) -> None:
@@ -71,7 +76,8 @@ class RedisEventLog:
         with self.redis.pipeline(transaction=False) as pipe:
             for m in messages:
                 pipe.xadd(Keys.event_log(), {"type": m.type, "correlation_id": m.correlation_id,
-                                             "envelope": m.envelope, "signature": m.signature},
+                                             "envelope": m.envelope, "signature": m.signature,
+                                             "trace": tracing.trace_id(m.headers) or ""},
                           maxlen=max_length, approximate=True)
             pipe.execute()
 

@@ -32,6 +32,7 @@ class MessageFactory:
             # celery would otherwise build a safe repr of the whole signed envelope for every message
             argsrepr="()", kwargsrepr="{envelope, signature}",
         )
+        task.headers.update(message.headers)  # the trace context: celery hands custom headers to the task's request
         content_type, content_encoding, body = dumps(task.body, serializer="json")
         return kombu_channel.render(self._channel, queue, body, content_type, content_encoding, task.headers,
                                     task.properties)
