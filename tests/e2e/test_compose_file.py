@@ -27,7 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 ONE_SHOT = {"declare"}
-INFRASTRUCTURE = {"redis", "postgres"}  # images of their own, not the shop's
+BESIDES_SHOP_UP = {"metrics": ["shop", "metrics", "--serve"]}  # long-running shop processes `shop up` does not start
+OBSERVABILITY = {"prometheus", "grafana", "otel-collector", "jaeger"}
+INFRASTRUCTURE = {"redis", "postgres", *OBSERVABILITY}  # images of their own, not the shop's
+SECRETS = ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "SHOP_KEYS_DIR", "GRAFANA_ADMIN_PASSWORD")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,7 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def shop_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Every service that runs the shop image (all but Redis and PostgreSQL)."""
+    """Every service that runs the shop image (all but Redis, PostgreSQL and the observability stack)."""
     return {name: service for name, service in services.items() if name not in INFRASTRUCTURE}
 
 
@@ -76,7 +79,7 @@ def started_by_shop_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[
 # Same processes, same commands
 # ---------------------------------------------------------------------------------------------------------------------
 def test_the_compose_file_has_one_service_per_shop_process_plus_redis_and_declare(services: dict) -> None:
-    assert set(services) == set(shop_processes()) | ONE_SHOT | INFRASTRUCTURE
+    assert set(services) == set(shop_processes()) | ONE_SHOT | set(BESIDES_SHOP_UP) | INFRASTRUCTURE
 
 
 def test_every_process_runs_exactly_the_shop_command_that_shop_up_runs(services: dict) -> None:
@@ -89,7 +92,7 @@ def test_shop_up_supervises_the_processes_of_the_compose_file(monkeypatch: pytes
     from_compose = {
         name: shop_command(*command_of(service)[1:])
         for name, service in shop_services(services).items()
-        if name not in ONE_SHOT
+        if name not in ONE_SHOT and name not in BESIDES_SHOP_UP
     }
     assert started_by_shop_up(monkeypatch, tmp_path) == from_compose == supervised_commands()
 
@@ -178,7 +181,7 @@ def test_each_service_has_a_database_of_its_own_on_the_compose_postgresql(compos
 
 def test_no_secret_has_a_default(compose: dict, services: dict) -> None:
     text = COMPOSE_FILE.read_text()
-    for variable in ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "SHOP_KEYS_DIR"):
+    for variable in SECRETS:
         assert f"${{{variable}:-" not in text and f"${{{variable}:?" in text, variable
     assert "SHOP_SIGNING_KEY" not in text, "one shared key is gone: each service signs with its own"
     for name, service in shop_services(services).items():
@@ -193,7 +196,7 @@ def test_each_container_holds_its_own_private_key_and_every_public_key(compose: 
     for name, service in shop_services(services).items():
         assert service["environment"]["SHOP_KEYS_DIR"] == "/run/secrets", name
         held = set(service.get("secrets", []))
-        if name in ONE_SHOT:
+        if name in ONE_SHOT or name in BESIDES_SHOP_UP:
             assert not held, f"{name} signs nothing"
             continue
         assert held == public | {f"{signer[name]}.key"}, name
@@ -211,7 +214,7 @@ def test_workers_can_be_scaled(services: dict) -> None:
 
 
 def test_long_running_processes_restart_unless_stopped(services: dict) -> None:
-    for name in [*shop_processes(), *INFRASTRUCTURE]:
+    for name in [*shop_processes(), *BESIDES_SHOP_UP, *INFRASTRUCTURE]:
         assert services[name]["restart"] == "unless-stopped", name
 
 
@@ -233,6 +236,72 @@ def test_the_notification_log_is_on_a_named_volume(compose: dict, services: dict
     log = Path(service["environment"]["SHOP_NOTIFICATION_LOG"])
     assert any(source in compose["volumes"] and Path(target) in log.parents for source, target in mounts(service)), \
         f"{log} is not on a named volume"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Watching it: metrics, dashboards, traces
+# ---------------------------------------------------------------------------------------------------------------------
+def test_the_metrics_exporter_runs_shop_metrics_for_prometheus_inside_the_network(services: dict) -> None:
+    from shop.metrics import MetricsSettings
+
+    metrics = services["metrics"]
+    assert command_of(metrics) == BESIDES_SHOP_UP["metrics"]
+    assert metrics["environment"]["SHOP_METRICS_HOST"] == "0.0.0.0"
+    assert metrics["environment"]["SHOP_METRICS_PORT"] == str(MetricsSettings.model_fields["port"].default)
+    assert "ports" not in metrics, "Prometheus scrapes it inside the compose network"
+    assert "/metrics" in metrics["healthcheck"]["test"][-1], "not the image's check (the order API's port)"
+
+
+def published_on_loopback_only(service: dict[str, Any]) -> list[int]:
+    ports = []
+    for mapping in service.get("ports", []):
+        host, published, target = mapping.split(":")
+        assert host == "127.0.0.1" and published == target, mapping
+        ports.append(int(target))
+    return ports
+
+
+def test_prometheus_grafana_and_jaeger_answer_on_this_machine_only(services: dict) -> None:
+    assert published_on_loopback_only(services["prometheus"]) == [9090]
+    assert published_on_loopback_only(services["grafana"]) == [3000]
+    assert published_on_loopback_only(services["jaeger"]) == [16686]
+    assert "ports" not in services["otel-collector"]
+    assert services["prometheus"]["image"].startswith("prom/prometheus:")
+    assert services["grafana"]["image"].startswith("grafana/grafana:")
+    assert services["jaeger"]["image"].startswith("jaegertracing/all-in-one:")
+    assert services["otel-collector"]["image"].startswith("otel/opentelemetry-collector:")
+
+
+def test_the_observability_services_mount_the_files_of_deploy(services: dict) -> None:
+    def files(service: dict[str, Any]) -> dict[str, str]:
+        return {target: source for source, target in mounts(service) if source.startswith("./")}
+
+    assert files(services["prometheus"]) == {"/etc/prometheus/prometheus.yml": "./deploy/prometheus/prometheus.yml",
+                                             "/etc/prometheus/alerts.yml": "./deploy/prometheus/alerts.yml"}
+    assert files(services["grafana"]) == {"/etc/grafana/provisioning": "./deploy/grafana/provisioning",
+                                          "/etc/grafana/dashboards": "./deploy/grafana/dashboards"}
+    assert files(services["otel-collector"]) == {"/etc/otelcol/collector.yaml": "./deploy/otel/collector.yaml"}
+    assert command_of(services["otel-collector"]) == ["--config=/etc/otelcol/collector.yaml"]
+    for service in ("prometheus", "grafana", "otel-collector"):
+        for target, source in files(services[service]).items():
+            assert (ROOT / source).exists(), source
+            assert any(volume.endswith(f"{target}:ro") for volume in services[service]["volumes"]), target
+
+
+def test_grafanas_admin_password_has_no_default(services: dict) -> None:
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert grafana["GF_USERS_ALLOW_SIGN_UP"] == "false"
+
+
+def test_every_shop_process_sends_its_traces_to_the_collector_which_hands_them_to_jaeger(services: dict) -> None:
+    collector = yaml.safe_load((ROOT / "deploy" / "otel" / "collector.yaml").read_text())
+    receiving = collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"].rsplit(":", 1)[1]
+    for name, service in shop_services(services).items():
+        assert service["environment"]["OTEL_TRACES_EXPORTER"] == "otlp", name
+        assert service["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://otel-collector:{receiving}", name
+    assert collector["exporters"]["otlp/jaeger"]["endpoint"] == "jaeger:4317"
+    assert services["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -286,8 +355,7 @@ def compose_binary() -> list[str] | None:
 
 
 def compose_config(binary: list[str], **variables: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "SHOP_KEYS_DIR")}
+    env = {key: value for key, value in os.environ.items() if key not in SECRETS}
     return subprocess.run([*binary, "-f", str(COMPOSE_FILE), "config", "-q"], cwd=ROOT, env={**env, **variables},
                           capture_output=True, text=True, timeout=60)
 
@@ -299,7 +367,9 @@ def test_docker_compose_accepts_the_file_with_its_secrets_and_refuses_it_without
     from events.adapters.ed25519.keyring import generate
 
     generate(tmp_path / "keys", SERVICES)
-    secrets = {"REDIS_PASSWORD": "r-secret", "POSTGRES_PASSWORD": "p-secret", "SHOP_KEYS_DIR": str(tmp_path / "keys")}
+    secrets = {"REDIS_PASSWORD": "r-secret", "POSTGRES_PASSWORD": "p-secret", "SHOP_KEYS_DIR": str(tmp_path / "keys"),
+               "GRAFANA_ADMIN_PASSWORD": "g-secret"}
+    assert set(secrets) == set(SECRETS)
     accepted = compose_config(binary, **secrets)
     assert accepted.returncode == 0, accepted.stderr
     for missing in secrets:
