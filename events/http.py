@@ -10,6 +10,9 @@ FastAPI app, and the monolith serves them side by side, so an answer reads the s
   offline with its public key: no service calls another to authenticate a request. Roles: `customer`, `admin`.
 * Limits: a body larger than `max_body_bytes` is refused with 413 before it is read whole; a store or broker that is
   unavailable (down, out of memory) answers 503 with `Retry-After`, never 500.
+* Health: `/health/live` (and `/health`) answers without any I/O; `/health/ready` runs the edge's `ready` check (built
+  by the composition root from its stores and broker: this module knows none of them) and answers 503 when it fails.
+* Metrics: `/metrics`, each request counted by method, route template and status, and timed (Prometheus text).
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from typing import Any, Literal, Protocol, TypeVar
 import jwt
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from events.unit_of_work import ConcurrentUpdate, UnitOfWork
 
@@ -84,13 +89,22 @@ class Caller:
         return self.is_admin or self.user_id == customer_id
 
 
+class NotReady(Exception):
+    """Raised by an edge's `ready` check when something the API needs does not answer; /health/ready answers 503 with
+    its message (which says what, never where: no URL, no password)."""
+
+
 @dataclass
 class Edge:
-    """What an API needs beside its bus: the token keys, what counts as "unavailable", the limits."""
+    """What an API needs beside its bus: the token keys, what counts as "unavailable", the limits, and what "ready"
+    means."""
 
     keys: TokenKeys
     unavailable: tuple[type[Exception], ...] = ()
     settings: EdgeSettings = field(default_factory=EdgeSettings)
+    ready: Callable[[], None] | None = None
+    """/health/ready: returns when this API's store and the broker answer, raises NotReady (or an `unavailable`
+    error) otherwise; None: nothing to check (an in-process bus)"""
 
     def issue(self, user_id: str, role: Role) -> str:
         now = int(time.time())
@@ -182,7 +196,8 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def prepare(app: FastAPI, edge: Edge | None = None) -> None:
-    """Every app's common parts: the error shape, the body limit, 503 for an unavailable store, /health."""
+    """Every app's common parts: the error shape, the body limit, 503 for an unavailable store, the health checks,
+    the request metrics."""
 
     @app.exception_handler(RequestValidationError)
     async def readable_422(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -203,16 +218,93 @@ def prepare(app: FastAPI, edge: Edge | None = None) -> None:
         for error in unavailable:
             app.add_exception_handler(error, unavailable_503)
     app.add_middleware(BodyLimit, max_bytes=(edge.settings if edge else EdgeSettings()).max_body_bytes)
+    registry = CollectorRegistry(auto_describe=True)
+    app.add_middleware(RequestMetrics, metrics=HttpMetrics(registry), routes=app.router.routes)
+    ready = edge.ready if edge else None
 
-    @app.get("/health")
-    def healthy() -> dict[str, str]:
+    @app.get("/health", summary="Live (as /health/live)")
+    @app.get("/health/live", summary="Live")
+    def live() -> dict[str, str]:
+        """The process answers: no I/O at all, so a store or broker that is down never gets the API restarted."""
         return {"status": "ok"}
+
+    @app.get("/health/ready", summary="Ready", responses=responses(503))
+    def is_ready() -> dict[str, str]:
+        """This API's store and the broker answer now; 503 with Retry-After (and what does not answer) otherwise."""
+        if ready is not None:
+            try:
+                ready()
+            except NotReady as exc:
+                raise HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": "1"}) from None
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """This process's HTTP request counts and latencies, in Prometheus' text format."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+
+class HttpMetrics:
+    """The request metrics of one app, in a registry of its own (several apps may live in one process: the monolith,
+    the tests)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter("http_requests", "HTTP requests answered, by method, route template and status",
+                                ("method", "route", "status"), registry=registry)
+        self.latency = Histogram("http_request_duration_seconds",
+                                 "Seconds from a request's arrival to the end of its answer, by method and route "
+                                 "template", ("method", "route"), registry=registry)
+
+
+UNMATCHED = "unmatched"
+"""The route label of a request no route matches (its raw path would make a label value per URL ever tried)."""
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods counted by name; any other a client invents is counted as `other`."""
+
+
+def route_template(scope: Scope, routes: list[BaseRoute]) -> str:
+    """The path template of the route that answered (`/orders/{order_id}`, not the order's id): the one the router
+    chose, else (a request refused before routing, as a body over the limit) the first route matching it."""
+    route = scope.get("route")
+    if route is None:
+        route = next((candidate for candidate in routes if candidate.matches(scope)[0] is Match.FULL), None)
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+class RequestMetrics:
+    """ASGI middleware (the outermost of ours): counts and times every HTTP request; one that raised counts as 500."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], metrics: HttpMetrics,
+                 routes: list[BaseRoute]) -> None:
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status, started = 500, time.perf_counter()
+
+        async def noted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noted)
+        finally:
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            route = route_template(scope, self.routes)
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
 
 
 class BodyLimit:

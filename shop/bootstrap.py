@@ -50,7 +50,7 @@ from events.adapters.sql.store import SqlOutbox, SqlStore
 from events.bus import ServiceSpec, bind_handlers, build_dependencies
 from events.deadletters import CombinedDeadLetters, DeadLetterLimits, DeadLetters, unroutable_record
 from events.envelope import Envelope, Publishers
-from events.http import TOKEN_ISSUER, Edge
+from events.http import TOKEN_ISSUER, Edge, NotReady
 from events.messaging import Broker, Outbox, OutboxSender, OutgoingMessage, Periodic
 from events.runtime.celery_worker import BrokerHooks, worker_app
 from events.runtime.consumer import ServiceRuntime
@@ -364,7 +364,7 @@ def bootstrap_api(service: str, settings: BusSettings | None = None) -> FastAPI:
     wiring = bootstrap(settings)
     require_keys(wiring, [service])
     Periodic(f"relay-{service}", max(0.5, settings.redeliver_after / 4), wiring.relay(service), UNAVAILABLE).start()
-    edge = edge_of(wiring.keys)
+    edge = edge_of(wiring.keys, readiness(wiring, service))
     if service == "user_service":
         admin = AdminSettings()
         if admin.email and admin.password:
@@ -372,9 +372,54 @@ def bootstrap_api(service: str, settings: BusSettings | None = None) -> FastAPI:
     return instrument_app(APIS[service].create_app(wiring, edge))
 
 
-def edge_of(keys: KeyRing) -> Edge:
-    """The HTTP edge's settings: access tokens signed by the user service's key, 503 for an unavailable store."""
-    return Edge(ServiceTokenKeys(keys, TOKEN_ISSUER), UNAVAILABLE)
+def edge_of(keys: KeyRing, ready: Callable[[], None] | None = None) -> Edge:
+    """The HTTP edge's settings: access tokens signed by the user service's key, 503 for an unavailable store, and
+    what /health/ready checks (`readiness`)."""
+    return Edge(ServiceTokenKeys(keys, TOKEN_ISSUER), UNAVAILABLE, ready=ready)
+
+
+def answers(store: Store) -> Callable[[], object]:
+    """The cheapest round trip to a store: `SELECT 1` on a SQL database, PING on Redis."""
+    if isinstance(store, SqlStore):
+        def select_one() -> object:
+            with store.engines.read.connect() as connection:
+                return connection.execute(sqlalchemy.text("SELECT 1")).scalar()
+
+        return select_one
+    if isinstance(store, RedisStore):
+        return store.redis.ping
+    raise TypeError(f"no readiness check for a {type(store).__name__}")
+
+
+def ready_when(checks: dict[str, Callable[[], object]]) -> Callable[[], None]:
+    """An edge's `ready`: every check in turn; the first that cannot reach its server raises NotReady naming it (by
+    role, never by URL: an answer must not show a password)."""
+
+    def ready() -> None:
+        for what, check in checks.items():
+            try:
+                check()
+            except UNAVAILABLE as exc:
+                raise NotReady(f"{what} does not answer ({type(exc).__name__})") from exc
+
+    return ready
+
+
+def readiness(wiring: Wiring, service: str) -> Callable[[], None]:
+    """/health/ready of `service`'s API: its own store, the broker-side Redis (the broker itself, or the event log and
+    dead letters beside RabbitMQ) and, when RabbitMQ is the broker, a fresh connection to it."""
+    store = wiring.stores[service]
+    checks: dict[str, Callable[[], object]] = {}
+    if not (isinstance(store, RedisStore) and store.redis is wiring.redis):
+        checks[f"the store of {service}"] = answers(store)
+    checks["Redis"] = wiring.redis.ping
+    if broker_is_amqp(wiring.settings):
+        def connect() -> None:
+            with amqp.broker_connection(wiring.settings) as connection:
+                connection.connect()
+
+        checks["RabbitMQ"] = connect
+    return ready_when(checks)
 
 
 def bootstrap_monolith(settings: BusSettings | None = None, dispatch: str = "sync") -> SqlInProcessBus:

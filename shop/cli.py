@@ -4,6 +4,7 @@ its body; the wiring of every process is in shop/bootstrap.py."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import sys
 import time
@@ -58,9 +59,18 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(users_app, name="users")
-console = Console()
+UNLIMITED_WIDTH = 100_000
+"""Piped (no terminal), rich would fit tables to 80 columns and cut names short with "…": there, no limit, so a
+script or a log reads every name whole. On a terminal, tables fit the terminal's width."""
+console = Console() if sys.stdout.isatty() else Console(width=UNLIMITED_WIDTH)
 
 ServiceName = Annotated[str, typer.Argument(help=f"one of: {', '.join(CONSUMERS)}")]
+Json = Annotated[bool, typer.Option("--json", help="one JSON document on stdout instead of a table")]
+
+
+def print_json(document: Any) -> None:
+    """One JSON document on stdout, as it is (not through rich: no highlighting, no wrapping)."""
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
 
 
 def _check(name: str, choices: dict[str, Any], what: str) -> str:
@@ -310,11 +320,14 @@ def logs(
 
 
 @app.command()
-def status() -> None:
+def status(as_json: Json = False) -> None:
     """Queue depths, messages in flight, dead letters, retries and live workers."""
-    from shop.status import status_rows
+    from shop.status import status_report, status_rows
 
     settings = BusSettings()
+    if as_json:
+        print_json(status_report(settings))
+        return
     table = Table(title=f"shop on {settings.broker_url.split('@')[-1]}")
     rows = status_rows(settings)
     for column in rows[0]:
@@ -325,19 +338,50 @@ def status() -> None:
 
 
 @app.command()
+def health(
+    service: ServiceName,
+    name: Annotated[str | None, typer.Option(help="the worker's node name [default: SERVICE@this host, as `shop "
+                                                  "worker` names itself]")] = None,
+    any_node: Annotated[bool, typer.Option("--any", help="any live worker of SERVICE will do")] = False,
+) -> None:
+    """Exit 0 when SERVICE's worker on this host (this container) has a live heartbeat, 1 otherwise, with one line
+    saying which worker or why not: the healthcheck of a worker container (celery's remote control, which `celery
+    inspect ping` needs, is off by design)."""
+    from events.adapters.redis.connection import redis_client
+    from shop.health import worker_health
+
+    client = redis_client(BusSettings())
+    try:
+        result = worker_health(client, _check(service, CONSUMERS, "worker"), name, any_node)
+    finally:
+        client.close()
+    typer.echo(result.reason, err=not result.alive)
+    if not result.alive:
+        raise typer.Exit(1)
+
+
+@app.command()
 def trace(order_id: Annotated[str, typer.Argument(help="the order id (every event of an order carries it as "
-                                                         "correlation id)")]) -> None:
+                                                         "correlation id)")],
+          as_json: Json = False) -> None:
     """The order's journey across the services, from the event log: each event, who published it, what caused it and
     how long after its cause it was published."""
     from shop.bootstrap import bootstrap
-    from shop.trace import journey
+    from shop.trace import journey, journey_document
 
     hops = journey(bootstrap().event_log, order_id)
     if not hops:
+        if as_json:
+            typer.echo(f"shop: no event of {order_id} in the event log (wrong id, or older than the log keeps)",
+                       err=True)
+            raise typer.Exit(1)
         console.print(f"[red]no event of {order_id} in the event log[/] (wrong id, or older than the log keeps)")
         raise typer.Exit(1)
     handled_by = {model.type_name: [spec.name for spec in SERVICES.values() if model in spec.handlers]
                   for model in EVENT_TYPES.values()}
+    if as_json:
+        print_json(journey_document(order_id, hops, handled_by))
+        return
     number = {hop.event_id: index for index, hop in enumerate(hops, 1)}
     start = hops[0].occurred_at
     table = Table(title=f"order {order_id}: {len(hops)} events in "
@@ -400,11 +444,17 @@ def asyncapi(
 @dlq_app.command("list")
 def dlq_list(
     service: Annotated[str | None, typer.Argument(help="only this service ('unroutable' too)")] = None,
+    as_json: Json = False,
 ) -> None:
-    """One line per dead letter: id, service, reason, attempts, when."""
+    """One line per dead letter: id, service, reason, attempts, when (with --json: every field whole, but the message,
+    which `shop dlq show` prints)."""
     from shop.bootstrap import bootstrap
 
     records = bootstrap().dead_letters.list(service)
+    if as_json:
+        print_json({"count": len(records), "dead_letters": [
+            {key: value for key, value in record.items() if key != "message"} for record in records]})
+        return
     table = Table(title=f"{len(records)} dead letters")
     for column in ("id", "service", "reason", "attempts", "dead at", "detail"):
         table.add_column(column)

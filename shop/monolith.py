@@ -26,7 +26,7 @@ from events.adapters.sql.inprocess import SqlInProcessBus
 from events.http import Bus, Edge, prepare
 from events.settings import BusSettings
 from order_service.api import ApiSettings
-from shop.bootstrap import MissingKeys, bootstrap_monolith, edge_of
+from shop.bootstrap import MissingKeys, answers, bootstrap_monolith, edge_of, ready_when
 from shop.services import APIS, SERVICES
 from shop.telemetry import configure_tracing, instrument_app
 from user_service.api import AdminSettings, ensure_admin
@@ -75,6 +75,11 @@ def create_monolith_app(bus: Bus, edge: Edge, control: SqlInProcessBus | None = 
     return app
 
 
+def monolith_edge(keys: KeyRing, bus: SqlInProcessBus) -> Edge:
+    """The HTTP edge of the monolith: ready while its one database answers (its broker is in process)."""
+    return edge_of(keys, ready_when({"the database": answers(bus.store)}))
+
+
 def run_monolith(settings: BusSettings | None = None, dispatch: str | None = None) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn handles both), then finish what is due before exiting."""
     import uvicorn
@@ -93,7 +98,8 @@ def run_monolith(settings: BusSettings | None = None, dispatch: str | None = Non
         ensure_admin(bus, admin.email, admin.password)
     bus.start()
     try:
-        app = instrument_app(create_monolith_app(bus, edge_of(keys), bus if settings.fault_injection else None))
+        app = instrument_app(create_monolith_app(bus, monolith_edge(keys, bus),
+                                                 bus if settings.fault_injection else None))
         uvicorn.run(app, host=api_settings.host, port=api_settings.port, log_level="warning")
     finally:
         left = bus.stop(timeout=monolith.shutdown_timeout)

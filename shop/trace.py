@@ -5,8 +5,10 @@ Every published event is in the log, with its correlation id: the order id for e
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from events.adapters.redis.eventlog import RedisEventLog
 
@@ -51,3 +53,27 @@ def journey(event_log: RedisEventLog, correlation_id: str) -> list[Hop]:
         return hops[event_id]
 
     return sorted((hop(event_id) for event_id in envelopes), key=lambda each: each.occurred_at)
+
+
+def journey_document(
+    correlation_id: str, hops: Sequence[Hop], handled_by: Mapping[str, Sequence[str]]
+) -> dict[str, Any]:
+    """`shop trace --json`: the journey as one JSON document, every id whole. Per event: when it was published (also as
+    milliseconds since the first event), its cause (`cause_type` null when the cause is not in the log), the
+    milliseconds from its cause to it, and the services that handle its type."""
+    start = hops[0].occurred_at if hops else None
+
+    def since_start(hop: Hop) -> float:
+        return (hop.occurred_at - start).total_seconds() * 1000 if start is not None else 0.0
+
+    return {
+        "order_id": correlation_id,
+        "duration_ms": since_start(hops[-1]) if hops else 0.0,
+        "events": [
+            {"event_id": hop.event_id, "type": hop.type, "producer": hop.producer,
+             "occurred_at": hop.occurred_at.isoformat(), "offset_ms": since_start(hop),
+             "causation_id": hop.causation_id, "cause_type": hop.cause.type if hop.cause else None,
+             "hop_ms": hop.latency_ms, "handled_by": list(handled_by.get(hop.type, ()))}
+            for hop in hops
+        ],
+    }
