@@ -48,8 +48,12 @@ def dead_letter_record(
     service: str, reason: str, detail: str, message: Sealed | dict[str, Any] | str | None, attempts: int,
     limits: DeadLetterLimits = DEFAULT_LIMITS,
 ) -> dict[str, Any]:
+    """The record's id is derived from the service and the event id when the message has one: a second copy of one
+    event dead-lettered in one service (delivery is at least once) replaces the first record instead of adding one."""
+    event_id = event_id_of(message.envelope if isinstance(message, Sealed) else
+                           message.get("envelope") if isinstance(message, dict) else None)
     return {
-        "id": uuid4().hex[:12],
+        "id": hashlib.sha256(f"{service}:{event_id}".encode()).hexdigest()[:12] if event_id else uuid4().hex[:12],
         "service": service,
         "reason": reason,
         "detail": detail[:4000],

@@ -77,3 +77,15 @@ def test_purge_reports_what_it_deleted(dead_letters: DeadLetters) -> None:
     assert dead_letters.purge("svc") == 3
     assert dead_letters.purge() == 1
     assert dead_letters.purge() == 0 and dead_letters.list() == []
+
+
+def test_a_second_copy_of_one_event_dead_lettered_in_one_service_is_one_record(dead_letters: DeadLetters) -> None:
+    # Delivery is at least once: a poison event published twice dies twice; the operator sees it once.
+    envelope = json.dumps({"event_id": "2b1f0f7e-1111-4222-8333-944455556666", "type": "StockReserved"})
+    first = dead_letters.add("svc", "poison message", "", Sealed(envelope=envelope, signature="s"), 2)
+    again = dead_letters.add("svc", "poison message", "", Sealed(envelope=envelope, signature="s"), 2)
+    elsewhere = dead_letters.add("other", "poison message", "", Sealed(envelope=envelope, signature="s"), 2)
+
+    assert first["id"] == again["id"] != elsewhere["id"]
+    assert dead_letters.counts() == {"svc": 1, "other": 1}
+    assert dead_letters.evicted() == {}

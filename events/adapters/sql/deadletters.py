@@ -7,7 +7,7 @@ import json
 import logging
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from events.adapters.sql.engine import Engines
@@ -30,8 +30,12 @@ class SqlDeadLetters:
     def store(self, record: dict[str, Any]) -> None:
         name = record["service"]
         with self.engines.write.begin() as connection:
-            connection.execute(insert(dead_letters).values(
-                id=record["id"], service=name, dead_at=record["dead_at"], record=json.dumps(record)))
+            dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+            row = dialect_insert(dead_letters).values(id=record["id"], service=name, dead_at=record["dead_at"],
+                                                      record=json.dumps(record))
+            connection.execute(row.on_conflict_do_update(  # the same event again: the newer record replaces it
+                index_elements=[dead_letters.c.id],
+                set_={"service": row.excluded.service, "dead_at": row.excluded.dead_at, "record": row.excluded.record}))
             evicted = self._evict(connection, name)
         if evicted:
             log.warning("dead letters of %s over the cap of %d: evicted the %d oldest", name,
