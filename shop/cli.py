@@ -397,6 +397,8 @@ def trace(order_id: Annotated[str, typer.Argument(help="the order id (every even
             ", ".join(handled_by.get(hop.type, [])) or "[dim]nobody[/]", hop.event_id[:8],
         )
     console.print(table)
+    if traces := sorted({hop.trace_id for hop in hops if hop.trace_id}):
+        console.print(f"OpenTelemetry trace: {', '.join(traces)}")
 
 
 @app.command()

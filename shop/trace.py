@@ -23,6 +23,8 @@ class Hop:
     occurred_at: datetime
     causation_id: str | None
     cause: Hop | None = None
+    trace_id: str | None = None
+    """the OpenTelemetry trace the event was published in (when tracing was on): what to look up in Jaeger"""
 
     @property
     def latency_ms(self) -> float | None:
@@ -35,7 +37,9 @@ class Hop:
 def journey(event_log: RedisEventLog, correlation_id: str) -> list[Hop]:
     """The order's events in the order they happened, each linked to its cause (looked up by id, not by position:
     clocks of two hosts may disagree by a few milliseconds)."""
-    envelopes = {envelope["event_id"]: envelope for envelope in event_log.of(correlation_id)}
+    traced = event_log.traced(correlation_id)
+    envelopes = {envelope["event_id"]: envelope for envelope, _ in traced}
+    traces = {envelope["event_id"]: trace_id for envelope, trace_id in traced}
     hops: dict[str, Hop] = {}
 
     def hop(event_id: str) -> Hop:
@@ -49,6 +53,7 @@ def journey(event_log: RedisEventLog, correlation_id: str) -> list[Hop]:
                 occurred_at=datetime.fromisoformat(envelope["occurred_at"]),
                 causation_id=causation_id,
                 cause=hop(causation_id) if causation_id is not None and causation_id in envelopes else None,
+                trace_id=traces.get(event_id),
             )
         return hops[event_id]
 
@@ -68,6 +73,7 @@ def journey_document(
 
     return {
         "order_id": correlation_id,
+        "trace_ids": sorted({hop.trace_id for hop in hops if hop.trace_id}),
         "duration_ms": since_start(hops[-1]) if hops else 0.0,
         "events": [
             {"event_id": hop.event_id, "type": hop.type, "producer": hop.producer,
