@@ -19,6 +19,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import typer
 import yaml
 
 from shop.processes import shop_processes
@@ -159,6 +160,15 @@ def test_every_deployment_runs_exactly_the_shop_command_that_shop_up_runs() -> N
 def test_every_worker_deployment_is_named_after_its_service() -> None:
     for name in CONSUMERS:
         assert the_container(deployments()[name])["command"] == ["shop", "worker", name]
+
+
+def test_every_worker_is_alive_while_its_heartbeat_is() -> None:
+    import shop.cli
+
+    for name in CONSUMERS:
+        probe = the_container(deployments()[name])["livenessProbe"]
+        assert probe["exec"]["command"] == ["shop", "health", name]
+    assert "health" in typer.main.get_command(shop.cli.app).commands  # type: ignore[attr-defined]
 
 
 def test_a_job_declares_the_topology_and_migrates_every_database() -> None:
