@@ -26,6 +26,7 @@ import jwt
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
@@ -189,10 +190,23 @@ def invalid_request(problems: list[str]) -> JSONResponse:
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for the error statuses an operation can answer, each in the problem shape."""
+    """OpenAPI `responses` for the error statuses an operation can answer, each in the problem shape. An operation
+    with a body (it can answer 413) can also answer 400: a body FastAPI cannot even parse (not UTF-8, a broken
+    form)."""
+    if 413 in statuses:
+        statuses = (400, *statuses)
     return {status: {"model": Problem, "description": TITLES.get(status, "Error"),
                      "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
-            for status in statuses}
+            for status in sorted(set(statuses))}
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route of `app` answers on `path` (what a 405's `Allow` must list)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, APIRoute) and route.path_regex.match(path):
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 def prepare(app: FastAPI, edge: Edge | None = None) -> None:
@@ -207,8 +221,11 @@ def prepare(app: FastAPI, edge: Edge | None = None) -> None:
         ])
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_problem(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # Starlette names the methods of the first route on the path only
+            headers["Allow"] = ", ".join(allowed_methods(app, request.url.path))
+        return problem(exc.status_code, str(exc.detail), headers=headers or None)
 
     unavailable = edge.unavailable if edge else ()
     if unavailable:

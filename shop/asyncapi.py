@@ -101,7 +101,7 @@ def asyncapi_document(services: Iterable[ServiceSpec]) -> dict[str, Any]:
                 "messages": [{"$ref": f"#/channels/{spec.queue}/messages/{name}"}],
             }
     return {
-        "asyncapi": "3.0.0",
+        "asyncapi": "3.1.0",
         "info": {
             "title": "shop events",
             "version": "1",

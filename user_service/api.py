@@ -71,8 +71,8 @@ def create_app(bus: Bus, edge: Edge) -> FastAPI:
         return user_view(user)
 
     @app.post("/token", response_model=Token, responses=responses(401, 413, 422, 503))
-    def token(username: Annotated[str, Form(max_length=254, description="the email address")],
-              password: Annotated[str, Form(max_length=128)]) -> Token:
+    def token(username: Annotated[str, Form(min_length=1, max_length=254, description="the email address")],
+              password: Annotated[str, Form(min_length=1, max_length=128)]) -> Token:
         """OAuth2 password flow: an access token (a JWT signed by this service) for the email and password."""
         user = sign_in(bus.unit_of_work(SERVICE_NAME), email=username, password=password)
         if user is None:

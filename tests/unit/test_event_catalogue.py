@@ -29,7 +29,7 @@ def test_the_committed_asyncapi_document_is_up_to_date(document: dict[str, Any])
 
 
 def test_the_document_is_asyncapi_3_and_every_reference_resolves(document: dict[str, Any]) -> None:
-    assert document["asyncapi"] == "3.0.0"
+    assert document["asyncapi"] == "3.1.0"
     rendered = yaml.safe_load(render(document))
 
     def resolve(pointer: str) -> Any:
