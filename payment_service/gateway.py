@@ -10,10 +10,11 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import uuid4
 
 import redis
@@ -79,9 +80,13 @@ class RedisLedger:
 
     RESULTS, CHARGES, ATTEMPTS = "shop:gateway:results", "shop:gateway:charges", "shop:gateway:attempts"
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis,
+                 lua_script: Callable[[redis.Redis, str], Callable[..., Any]] | None = None) -> None:
+        """`lua_script(client, source)` registers a script (the bootstrap passes the Redis adapter's, which reads a
+        refusal at the memory limit the same on every Redis version); by default, redis-py's own."""
         self.redis = client
-        self._record_once = client.register_script(self.RECORD_ONCE)
+        register = lua_script or (lambda c, source: c.register_script(source))
+        self._record_once = register(client, self.RECORD_ONCE)
 
     def recall(self, idempotency_key: str) -> ChargeResult | None:
         raw = self.redis.hget(self.RESULTS, idempotency_key)

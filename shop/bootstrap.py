@@ -32,6 +32,7 @@ from events.adapters.redis.connection import redis_client
 from events.adapters.redis.deadletters import RedisDeadLetters
 from events.adapters.redis.eventlog import RedisEventLog
 from events.adapters.redis.keys import Keys
+from events.adapters.redis.scripts import lua_script
 from events.adapters.redis.store import RedisOutbox, RedisStore
 from events.adapters.redis.worker import (
     RedisDeliveryCounter,
@@ -261,7 +262,7 @@ def require_keys(wiring: Wiring, signing_as: Iterable[str]) -> None:
 def resources(wiring: Wiring) -> dict[str, Any]:
     """What services may ask for in their `dependencies`: the simulated gateway's books live in the broker-side
     Redis (the gateway is an outside system, not one of the services' stores)."""
-    return {"ledger": RedisLedger(wiring.redis)}
+    return {"ledger": RedisLedger(wiring.redis, lua_script)}
 
 
 @dataclass

@@ -28,7 +28,8 @@ def redis_server_binary() -> str:
 
 class RedisServer:
     def __init__(
-        self, directory: Path, port: int | None = None, password: str | None = None, persistent: bool = True
+        self, directory: Path, port: int | None = None, password: str | None = None, persistent: bool = True,
+        binary: str | None = None,
     ) -> None:
         self.persistent = persistent
         """False: nothing written to disk (the benchmark's servers, like the local Redis CI uses)"""
@@ -37,6 +38,7 @@ class RedisServer:
         self.port = port or free_port()
         self.password = password
         self.process: subprocess.Popen | None = None
+        self.binary = binary or redis_server_binary()
 
     @property
     def url(self) -> str:
@@ -45,7 +47,7 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         argv = [
-            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
             "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always", "--save", "",
             "--maxmemory-policy", "noeviction",
             "--logfile", "redis.log",

@@ -35,5 +35,5 @@ def test_a_configured_redis_that_does_not_answer_is_an_error_not_a_silent_fallba
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{embedded_redis.free_port()}/0")
-    with pytest.raises(RuntimeError, match="does not answer"):
+    with pytest.raises(ConnectionError, match="does not answer"):
         embedded_redis.choose_broker(tmp_path)

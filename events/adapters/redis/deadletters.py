@@ -12,6 +12,7 @@ import redis
 
 from events.adapters.redis.connection import text
 from events.adapters.redis.keys import Keys
+from events.adapters.redis.scripts import lua_script
 from events.deadletters import DEFAULT_LIMITS, DeadLetterLimits, dead_letter_record
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ return 0
 class RedisDeadLetters:
     def __init__(self, client: redis.Redis, limits: DeadLetterLimits = DEFAULT_LIMITS) -> None:
         self.redis, self.limits = client, limits
-        self._store = client.register_script(STORE_SCRIPT)
+        self._store = lua_script(client, STORE_SCRIPT)
 
     def add(self, service: str, reason: str, detail: str, message: Any, attempts: int) -> dict[str, Any]:
         record = dead_letter_record(service, reason, detail, message, attempts, self.limits)

@@ -14,6 +14,7 @@ import redis
 
 from events import tracing
 from events.adapters.redis.keys import Keys
+from events.adapters.redis.scripts import lua_script
 from events.messaging import OutgoingMessage
 
 PAGE = 500
@@ -60,7 +61,7 @@ class RedisEventLog:
 
     def traced(self, correlation_id: str, slice_length: int = 5000) -> list[tuple[dict[str, Any], str | None]]:
         """(envelope as a dict, OpenTelemetry trace id or None) of each event logged under `correlation_id`."""
-        script = self.redis.register_script(FILTER_SCRIPT)
+        script = lua_script(self.redis, FILTER_SCRIPT)
         start, entries = "-", []
         while True:
             last, found = script(keys=[Keys.event_log()], args=[start, correlation_id, slice_length])

@@ -20,6 +20,7 @@ import redis
 from events.adapters.redis.broker import AtomicStep, Cause, Delivery, RedisBroker
 from events.adapters.redis.connection import text
 from events.adapters.redis.keys import Keys
+from events.adapters.redis.scripts import lua_script
 from events.envelope import Envelope, Signatures
 from events.messaging import OutgoingMessage
 from events.settings import BusSettings
@@ -143,7 +144,7 @@ class RedisOutbox:
 
     def __init__(self, client: redis.Redis, settings: BusSettings) -> None:
         self.redis, self.settings = client, settings
-        self._claim = client.register_script(CLAIM_SCRIPT)
+        self._claim = lua_script(client, CLAIM_SCRIPT)
 
     def claim(self, limit: int) -> list[OutgoingMessage]:
         now = time.time()
