@@ -23,6 +23,7 @@ from notification_service.notification_log import read_notifications_from
 from notification_service.service import NotificationSettings
 from order_service.api import ApiSettings
 from shop.services import APIS, CONSUMERS, SERVICES
+from shop.services import handled_by as services_handling
 
 SECRET_IN_URL = re.compile(r"(\w+://[^/:@\s]*:)[^@\s]+@")
 
@@ -176,19 +177,28 @@ def api(service: Annotated[str, typer.Argument(help=f"one of: {', '.join(APIS)}"
     uvicorn.run(bootstrap_api(service), host=settings.host, port=settings.port, log_level="warning")
 
 
+WithConsole = Annotated[bool, typer.Option(help="serve the live console (SHOP_CONSOLE_HOST/PORT, default "
+                                            "http://127.0.0.1:5000; SHOP_CONSOLE_PORT=0 also turns it off)")]
+
+
 @app.command()
-def up() -> None:
-    """Declare the topology and run every worker and every API in the foreground. Ctrl-C stops them all."""
+def up(with_console: WithConsole = True) -> None:
+    """Declare the topology and run every worker and every API in the foreground, and the live console. Ctrl-C stops
+    them all."""
+    from shop.console.run import start_console
     from shop.processes import start_everything
 
-    supervisor, embedded = start_everything(
-        BusSettings().var_dir, report=lambda text: console.print(f"[dim]up:[/] {text}"))
+    report = lambda text: console.print(f"[dim]up:[/] {text}")  # noqa: E731
+    supervisor, embedded = start_everything(BusSettings().var_dir, report=report)
+    stop_console = start_console(supervisor, report) if with_console else None
     apis = ", ".join(
         f"{service.removesuffix('_service')}s on {api.settings().base_url}" for service, api in APIS.items())
     console.print(f"[green]shop is up[/]: {apis}  (Ctrl-C to stop)")
     try:
         supervisor.run_forever()
     finally:
+        if stop_console:
+            stop_console()
         if embedded:
             embedded.stop()
 
@@ -197,12 +207,14 @@ def up() -> None:
 def demo(
     keep_running: Annotated[bool, typer.Option(help="stay up after the sample orders are notified")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for every notification")] = 60.0,
+    with_console: WithConsole = True,
 ) -> None:
     """`shop up`, register a few users, stock a few products, place sample orders (confirmed; one refused for
     stock; one declined, its stock released) and follow the notification log until each customer is told."""
     from shop.demo import run_demo
 
-    if not run_demo(console.print, _print_notification, timeout=timeout, keep_running=keep_running):
+    if not run_demo(console.print, _print_notification, timeout=timeout, keep_running=keep_running,
+                    with_console=with_console):
         raise typer.Exit(1)
 
 
@@ -377,8 +389,7 @@ def trace(order_id: Annotated[str, typer.Argument(help="the order id (every even
             raise typer.Exit(1)
         console.print(f"[red]no event of {order_id} in the event log[/] (wrong id, or older than the log keeps)")
         raise typer.Exit(1)
-    handled_by = {model.type_name: [spec.name for spec in SERVICES.values() if model in spec.handlers]
-                  for model in EVENT_TYPES.values()}
+    handled_by = services_handling()
     if as_json:
         print_json(journey_document(order_id, hops, handled_by))
         return

@@ -17,6 +17,7 @@ from events.settings import BusSettings
 from notification_service.notification_log import read_notifications
 from notification_service.service import NotificationSettings
 from shop.client import bearer, place_order, register, sign_in, stock, wait_for_api
+from shop.console.run import start_console
 from shop.processes import start_everything
 from shop.seeding import NewProduct, seed_products_over_http
 from shop.services import APIS
@@ -54,7 +55,7 @@ def demo_admin_password(var_dir: Path) -> str:
 
 def run_demo(
     say: Callable[[str], None], show_notification: Callable[[dict[str, Any]], None], timeout: float = 60.0,
-    keep_running: bool = False,
+    keep_running: bool = False, with_console: bool = True,
 ) -> bool:
     """Returns False when some sample order was not notified within `timeout` seconds."""
     settings = BusSettings()
@@ -63,6 +64,7 @@ def run_demo(
     os.environ.setdefault("SHOP_ADMIN_EMAIL", DEMO_ADMIN)  # the user API registers this admin when it starts
     os.environ.setdefault("SHOP_ADMIN_PASSWORD", admin_password)
     supervisor, embedded = start_everything(settings.var_dir, report=lambda text: say(f"[dim]up:[/] {text}"), demo=True)
+    stop_console = start_console(supervisor, lambda text: say(f"[dim]up:[/] {text}")) if with_console else None
     try:
         urls = {service: api.settings().base_url for service, api in APIS.items()}
         for url in urls.values():
@@ -111,6 +113,8 @@ def run_demo(
             supervisor.run_forever()
         return True
     finally:
+        if stop_console:
+            stop_console()
         supervisor.stop()
         if embedded:
             embedded.stop()

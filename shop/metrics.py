@@ -76,6 +76,14 @@ class RedisMetricsCollector:
         yield from (messages, failed, latency, stored, waiting)
 
 
+def handled_totals(client: redis.Redis, services: Iterable[ServiceSpec]) -> dict[str, int]:
+    """service -> messages its workers handled so far: the `shop_messages{outcome="handled"}` series `shop metrics`
+    exports, read through the same collector (the console derives handled/s from it)."""
+    return {sample.labels["service"]: int(sample.value)
+            for family in RedisMetricsCollector(client, services).collect() if family.name == "shop_messages"
+            for sample in family.samples if sample.labels.get("outcome") == "handled"}
+
+
 def _cumulative(fields: dict[str, Any]) -> list[tuple[str, float]]:
     buckets: list[tuple[str, float]] = []
     total = 0

@@ -38,3 +38,11 @@ APIS: dict[str, ServiceApi] = {
     "user_service": ServiceApi("user_api", user_api.create_app, user_api.ApiSettings),
     "product_service": ServiceApi("product_api", product_api.create_app, product_api.ApiSettings),
 }
+
+
+def handled_by() -> dict[str, list[str]]:
+    """event type -> the services that handle it (whose queues receive it): `shop trace` and the console show it."""
+    from events.catalog import EVENT_TYPES
+
+    return {model.type_name: [spec.name for spec in SERVICES.values() if model in spec.handlers]
+            for model in EVENT_TYPES.values()}

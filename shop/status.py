@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from events.settings import BusSettings
-from shop.bootstrap import bootstrap
+from shop.bootstrap import Wiring, bootstrap
 
 COLUMNS = ("queue", "waiting", "in flight", "unsettled", "relayed", "retries", "outbox", "dead letters", "workers")
 COUNTS = ("waiting", "in_flight", "unsettled", "relayed", "retries", "outbox")
@@ -19,16 +19,21 @@ def status_report(settings: BusSettings) -> dict[str, Any]:
     then the unroutable dead letters."""
     wiring = bootstrap(settings)
     try:
-        counts, evicted = wiring.dead_letters.counts(), wiring.dead_letters.evicted()
-        services = {
-            name: {**{count: None if queue[count] in ("-", "?") else queue[count] for count in COUNTS},
-                   "dead_letters": counts.get(name, 0), "evicted": evicted.get(name, 0), "workers": queue["workers"]}
-            for name, queue in wiring.queues().items()
-        }
-        return {"broker": settings.broker_url.split("@")[-1], "services": services,
-                "unroutable": {"dead_letters": counts.get("unroutable", 0), "evicted": evicted.get("unroutable", 0)}}
+        return status_of(wiring)
     finally:
         wiring.close()
+
+
+def status_of(wiring: Wiring) -> dict[str, Any]:
+    """`status_report` over a wiring the caller keeps (the console asks every second)."""
+    counts, evicted = wiring.dead_letters.counts(), wiring.dead_letters.evicted()
+    services = {
+        name: {**{count: None if queue[count] in ("-", "?") else queue[count] for count in COUNTS},
+               "dead_letters": counts.get(name, 0), "evicted": evicted.get(name, 0), "workers": queue["workers"]}
+        for name, queue in wiring.queues().items()
+    }
+    return {"broker": wiring.settings.broker_url.split("@")[-1], "services": services,
+            "unroutable": {"dead_letters": counts.get("unroutable", 0), "evicted": evicted.get("unroutable", 0)}}
 
 
 def dead(entry: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ class Child:
     started_at: float = 0.0
     restart_at: float | None = None
     failures_in_a_row: int = 0
+    held: bool = False
+    """stopped on purpose (`Supervisor.stop_child`): not restarted until `start_child`"""
     log: list[str] = field(default_factory=list)
 
 
@@ -58,10 +61,31 @@ class Supervisor:
         self.report = report
         self.backoff, self.max_backoff = backoff, max_backoff
         self.stopping = False
+        self._lock = threading.RLock()
+        """`poll` runs in the foreground loop, `stop_child`/`start_child` in the console's threads"""
 
     def start(self) -> None:
-        for child in self.children.values():
-            self._spawn(child)
+        with self._lock:
+            for child in self.children.values():
+                self._spawn(child)
+
+    def stop_child(self, name: str, timeout: float = 10.0) -> None:
+        """Stop one child (its process group, as `stop` does) and hold it stopped: `poll` does not restart a child
+        stopped on purpose. KeyError for a name it does not supervise."""
+        with self._lock:
+            child = self.children[name]
+            child.held, child.restart_at = True, None
+            if child.process is not None:
+                stop_process_group(child.process, timeout)
+            self.report(f"stopped {name} (held until started again)")
+
+    def start_child(self, name: str) -> None:
+        """Start a child held by `stop_child` (a running child is left as it is)."""
+        with self._lock:
+            child = self.children[name]
+            child.held, child.failures_in_a_row = False, 0
+            if not self.stopping and (child.process is None or child.process.poll() is not None):
+                self._spawn(child)
 
     def _spawn(self, child: Child) -> None:
         child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True)
@@ -70,9 +94,12 @@ class Supervisor:
 
     def poll(self) -> None:
         """Restart children that exited; call this in the foreground loop."""
-        now = time.monotonic()
+        with self._lock:
+            self._poll(time.monotonic())
+
+    def _poll(self, now: float) -> None:
         for child in self.children.values():
-            if self.stopping or child.process is None:
+            if self.stopping or child.process is None or child.held:
                 continue
             if child.restart_at is not None:
                 if now >= child.restart_at:
@@ -92,6 +119,10 @@ class Supervisor:
     def alive(self) -> dict[str, bool]:
         return {name: c.process is not None and c.process.poll() is None for name, c in self.children.items()}
 
+    def held(self) -> list[str]:
+        """The children stopped on purpose."""
+        return [name for name, child in self.children.items() if child.held]
+
     def run_forever(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Until Ctrl-C or SIGTERM (`docker stop`, a service manager): both stop every child before returning."""
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -105,6 +136,10 @@ class Supervisor:
             self.stop()
 
     def stop(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            self._stop_all(timeout)
+
+    def _stop_all(self, timeout: float) -> None:
         self.stopping = True
         running = [(c.name, c.process) for c in self.children.values()
                    if c.process is not None and c.process.poll() is None]

@@ -72,6 +72,17 @@ class RedisEventLog:
                 return entries
             start = "(" + last.decode()
 
+    def follow(self, after: str, count: int, block_ms: int) -> list[tuple[str, dict[str, Any], str | None]]:
+        """(stream id, envelope as a dict, trace id or None) of at most `count` events logged after the stream id
+        `after` ('$': only what comes next), waiting up to `block_ms` for the first one: a live view tails the log."""
+        replies: list[Any] = self.redis.xread({Keys.event_log(): after}, count=count, block=block_ms) or []  # type: ignore[assignment]
+        return [_entry(entry) for _, entries in replies for entry in entries]
+
+    def latest(self, count: int) -> list[tuple[str, dict[str, Any], str | None]]:
+        """The last `count` logged events, oldest first, as `follow` returns them."""
+        entries = self.redis.xrevrange(Keys.event_log(), count=count)
+        return [_entry(entry) for entry in reversed(entries)]  # type: ignore[arg-type]
+
     def append(self, messages: Sequence[OutgoingMessage], max_length: int = 200_000) -> None:
         """Log events published by a broker that keeps no history of its own (RabbitMQ)."""
         with self.redis.pipeline(transaction=False) as pipe:
@@ -84,3 +95,8 @@ class RedisEventLog:
 
     def length(self) -> int:
         return int(self.redis.xlen(Keys.event_log()))
+
+
+def _entry(entry: tuple[bytes, dict[bytes, bytes]]) -> tuple[str, dict[str, Any], str | None]:
+    stream_id, fields = entry
+    return stream_id.decode(), json.loads(fields[b"envelope"]), fields.get(b"trace", b"").decode() or None

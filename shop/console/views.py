@@ -1,0 +1,140 @@
+"""What the console shows, read through the code the CLI uses: the board is `shop status`'s report (shop/status.py)
+plus the handled counters `shop metrics` exports (shop/metrics.py), the journey is `shop trace`'s (shop/trace.py), the
+stream tails the event log `shop trace` and `shop replay` read, dead letters are `shop dlq`'s.
+
+`ShopView` is the microservices (`shop up`, `shop demo`): the events come from the Redis event log, stopping a
+service's workers goes through `shop up`'s supervisor. `MonolithView` is `shop monolith`: one process, its in-process
+queue (the deliveries table) and its one database's dead letters; it keeps no event log to stream.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from events.deadletters import replay as replay_dead_letter
+from notification_service.notification_log import read_notifications_from
+from shop.services import CONSUMERS, handled_by
+
+HISTORY_SECONDS = 60
+NOTIFICATION_BACKLOG_BYTES = 64 * 1024
+"""A page that connects is shown the notifications in the log's last 64 KiB, never the whole file."""
+
+
+class RateHistory:
+    """Handled messages per second per service over the last minute, from one sample of the counters per second (a
+    bounded deque, whoever watches)."""
+
+    def __init__(self, totals: Callable[[], dict[str, int]], seconds: int = HISTORY_SECONDS) -> None:
+        self.totals = totals
+        self.samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=seconds + 1)
+        self._lock = threading.Lock()
+
+    def sample(self) -> None:
+        totals = self.totals()
+        with self._lock:
+            self.samples.append((time.monotonic(), totals))
+
+    def rates(self) -> dict[str, list[float]]:
+        with self._lock:
+            samples = list(self.samples)
+        rates: dict[str, list[float]] = {}
+        for (before, old), (after, new) in itertools.pairwise(samples):
+            for service, total in new.items():
+                rates.setdefault(service, []).append(
+                    round(max(0, total - old.get(service, 0)) / max(after - before, 1e-3), 2))
+        return rates
+
+
+def event_item(stream_id: str, envelope: dict[str, Any], trace_id: str | None,
+               consumers: dict[str, list[str]]) -> dict[str, Any]:
+    """One event as the page lists it: type, producer -> consumer queues, order id, when."""
+    return {"id": stream_id, "event_id": envelope["event_id"], "type": envelope["type"],
+            "producer": envelope["producer"], "consumers": consumers.get(envelope["type"], []),
+            "order_id": envelope.get("correlation_id"), "causation_id": envelope.get("causation_id"),
+            "occurred_at": envelope["occurred_at"], "trace_id": trace_id}
+
+
+class NotificationTail:
+    """Follows the notification log from where a page connected (its last lines first)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        size = path.stat().st_size if path.exists() else 0
+        self.offset = max(0, size - NOTIFICATION_BACKLOG_BYTES)
+
+    def read(self) -> list[dict[str, Any]]:
+        lines, self.offset = read_notifications_from(self.path, self.offset)
+        return lines
+
+
+def dead_letter_items(records: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """The newest `limit` dead letters, without the message itself (as `shop dlq list --json`)."""
+    records = sorted(records, key=lambda record: record.get("dead_at", ""), reverse=True)[:limit]
+    return [{key: value for key, value in record.items() if key != "message"} for record in records]
+
+
+class ShopView:
+    """The microservices as the console sees them."""
+
+    mode = "microservices"
+    streams_events = True
+
+    def __init__(self, wiring: Any, supervisor: Any, notification_log: Path) -> None:
+        from shop.metrics import handled_totals
+
+        self.wiring, self.supervisor, self.notification_log = wiring, supervisor, notification_log
+        self.consumers = handled_by()
+        self.history = RateHistory(lambda: handled_totals(wiring.redis, CONSUMERS.values()))
+
+    def board(self) -> dict[str, Any]:
+        from shop.status import status_of
+
+        report = status_of(self.wiring)
+        rates, held = self.history.rates(), set(self.supervisor.held())
+        for name, counts in report["services"].items():
+            counts["handled_per_second"] = rates.get(name, [])
+            counts["stopped"] = name in held
+        return {"mode": self.mode, **report}
+
+    def latest_events(self, count: int) -> list[dict[str, Any]]:
+        return [event_item(stream_id, envelope, trace, self.consumers)
+                for stream_id, envelope, trace in self.wiring.event_log.latest(count)]
+
+    def events_after(self, after: str, count: int, block_ms: int) -> list[dict[str, Any]]:
+        return [event_item(stream_id, envelope, trace, self.consumers)
+                for stream_id, envelope, trace in self.wiring.event_log.follow(after, count, block_ms)]
+
+    def journey(self, order_id: str) -> dict[str, Any]:
+        from shop.trace import journey, journey_document
+
+        return journey_document(order_id, journey(self.wiring.event_log, order_id), self.consumers)
+
+    def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        return dead_letter_items(self.wiring.dead_letters.list(), limit)
+
+    def replay(self, record_id: str) -> str:
+        """`shop dlq replay ID`: KeyError when there is no such dead letter, ValueError when it cannot be replayed."""
+        record = self.wiring.dead_letters.get(record_id)
+        if record is None:
+            raise KeyError(record_id)
+        return replay_dead_letter(record, self.wiring.dead_letters, self.wiring.broker, self.wiring.fresh_count)
+
+    def purge(self, record_id: str) -> None:
+        record = self.wiring.dead_letters.get(record_id)
+        if record is None or not self.wiring.dead_letters.remove(record):
+            raise KeyError(record_id)
+
+    def stop_workers(self, service: str) -> None:
+        self.supervisor.stop_child(service)
+
+    def start_workers(self, service: str) -> None:
+        self.supervisor.start_child(service)
+
+    def services(self) -> list[str]:
+        return list(CONSUMERS)
