@@ -10,6 +10,7 @@ queue (the deliveries table) and its one database's dead letters; it keeps no ev
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from collections import deque
@@ -74,9 +75,18 @@ class NotificationTail:
 
 
 def dead_letter_items(records: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
-    """The newest `limit` dead letters, without the message itself (as `shop dlq list --json`)."""
+    """The newest `limit` dead letters, without the message itself (as `shop dlq list --json`), each with the order
+    its message belongs to when the message is a readable envelope."""
     records = sorted(records, key=lambda record: record.get("dead_at", ""), reverse=True)[:limit]
-    return [{key: value for key, value in record.items() if key != "message"} for record in records]
+    return [{**{key: value for key, value in record.items() if key != "message"},
+             "order_id": _correlation_id(record.get("message"))} for record in records]
+
+
+def _correlation_id(message: Any) -> str | None:
+    try:
+        return str(json.loads(message["envelope"])["correlation_id"])
+    except (TypeError, KeyError, ValueError):
+        return None
 
 
 class ShopView:

@@ -11,14 +11,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from events.adapters.ed25519.keyring import KeyRing
 from shop.bootstrap import edge_of
 from shop.embedded_redis import free_port
 from shop.services import APIS
-from tests.support.waiting import stop_process, wait_until
+from tests.support.waiting import api_is_up, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,18 +39,11 @@ def apis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         urls[service] = f"http://127.0.0.1:{port}"
     try:
         for url in urls.values():
-            wait_until(lambda url=url: _answers(url), timeout=60, message=f"{url} never answered")
+            wait_until(lambda url=url: api_is_up(url), timeout=60, message=f"{url} never answered")
         yield urls
     finally:
         for process in processes:
             stop_process(process)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health/live", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.mark.timeout(300)

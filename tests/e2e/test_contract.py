@@ -13,7 +13,6 @@ of its own so that stock levels stay predictable.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from shop.embedded_redis import free_port
 from shop.seeding import NewProduct, seed_products_over_http
 from tests.support.brokers import TEST_REDIS_URL, broker_env, delete_rabbitmq_topology, rabbitmq_missing
 from tests.support.databases import POSTGRES_URL, drop_postgres_databases, postgres_missing
-from tests.support.waiting import stop_process, wait_until
+from tests.support.waiting import api_is_up, stop_gracefully, wait_until
 
 MODES = {
     "microservices-sqlite": "up",
@@ -110,26 +109,6 @@ class RunningShop:
         return [line for line in read_notifications(self.notification_log) if line["order_id"] in order_ids]
 
 
-def _api_is_up(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _stop_gracefully(process: subprocess.Popen) -> None:
-    """SIGINT first: `shop up` stops its supervised children only on Ctrl-C (its children run in their own
-    sessions, so a signal to this process group alone would orphan them); the monolith drains on it. Then
-    `stop_process` makes sure the group is gone."""
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGINT)
-            process.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    stop_process(process)
-
-
 @pytest.fixture(scope="module", params=list(MODES))
 def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningShop]:
     mode = request.param
@@ -177,7 +156,7 @@ def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     running = RunningShop(mode, url["ORDER"], url["USER"], url["PRODUCT"], directory / "notifications.log", process)
     try:
         wait_until(
-            lambda: process.poll() is not None or all(_api_is_up(base) for base in url.values()),
+            lambda: process.poll() is not None or all(api_is_up(base) for base in url.values()),
             timeout=STARTUP_TIMEOUT, interval=0.2, message=f"`shop {MODES[mode]}` to answer /health",
         )
         assert process.poll() is None, f"`shop {MODES[mode]}` exited with code {process.returncode}"
@@ -187,7 +166,7 @@ def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         seed_products_over_http(running.product_url, running.base_url, CATALOGUE, admin_token, timeout=SAGA_TIMEOUT)
         yield running
     finally:
-        _stop_gracefully(process)
+        stop_gracefully(process)
         client.flushdb()
         client.close()
         if broker == "rabbitmq":

@@ -65,7 +65,10 @@ $("#place").addEventListener("submit", async (event) => {
   const outcome = $("#outcome").value, count = Number($("#count").value);
   say(`placing ${count} ${outcome} order(s)…`);
   const answer = await act("/api/orders", { outcome, count });
-  if (answer) say(`placed ${answer.orders.length} ${outcome} order(s): ${answer.orders.map(short).join(", ")}`);
+  if (answer) {
+    say(`placed ${answer.orders.length} ${outcome} order(s): ${answer.orders.map(short).join(", ")}`);
+    $("#action-result").dataset.orders = answer.orders.join(" ");
+  }
 });
 
 // ---- live stream: events and notifications ------------------------------------------------------------------------
@@ -164,8 +167,8 @@ async function refreshDeadLetters() {
     const purge = el("button", { type: "button", class: "purge" }, "purge");
     replay.addEventListener("click", async () => { const a = await act(`/api/dead-letters/${record.id}/replay`); if (a) say(`replayed into ${a.into}`); refreshDeadLetters(); });
     purge.addEventListener("click", async () => { const a = await act(`/api/dead-letters/${record.id}/purge`); if (a) say(`purged ${short(record.id)}`); refreshDeadLetters(); });
-    body.append(el("tr", { class: "dead-letter", "data-id": record.id, "data-reason": record.reason, title: record.detail || "" },
-      el("td", {}, record.service), el("td", {}, record.reason), el("td", { class: "num" }, record.attempts),
+    body.append(el("tr", { class: "dead-letter", "data-id": record.id, "data-reason": record.reason, "data-order": record.order_id || "", title: record.detail || "" },
+      el("td", {}, record.service), el("td", {}, record.reason), el("td", {}, short(record.order_id)), el("td", { class: "num" }, record.attempts),
       el("td", {}, (record.dead_at || "").slice(11, 19)), el("td", {}, replay, " ", purge)));
   }
 }
