@@ -223,6 +223,7 @@ def monolith(
     dispatch: Annotated[str | None, typer.Option(
         help="sync: the whole saga in the request, in one transaction (default); queued: answered at once, the saga "
         "runs on a dispatcher thread [default: SHOP_MONOLITH_DISPATCH or sync]")] = None,
+    with_console: WithConsole = True,
 ) -> None:
     """Run every service in ONE process over ONE database (SHOP_MONOLITH_DATABASE_URL, a SQLite file by default),
     behind the same HTTP APIs (all on port 5001 unless SHOP_ORDER_API_PORT says otherwise) and notification log. No
@@ -232,7 +233,8 @@ def monolith(
     if dispatch not in (None, "sync", "queued"):
         raise typer.BadParameter("--dispatch is sync or queued")
     console.print(f"[green]shop monolith[/]: APIs on {ApiSettings().base_url}  (Ctrl-C to stop)")
-    run_monolith(dispatch=dispatch)
+    run_monolith(dispatch=dispatch, console=with_console,
+                 report=lambda text: console.print(f"[dim]monolith:[/] {text}"))
 
 
 def _print_notification(line: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ accepted order, retry and dead letter is in the database: a killed and restarted
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException
@@ -27,6 +28,7 @@ from events.http import Bus, Edge, prepare
 from events.settings import BusSettings
 from order_service.api import ApiSettings
 from shop.bootstrap import MissingKeys, answers, bootstrap_monolith, edge_of, ready_when
+from shop.console.run import monolith_console
 from shop.services import APIS, SERVICES
 from shop.telemetry import configure_tracing, instrument_app
 from user_service.api import AdminSettings, ensure_admin
@@ -80,7 +82,8 @@ def monolith_edge(keys: KeyRing, bus: SqlInProcessBus) -> Edge:
     return edge_of(keys, ready_when({"the database": answers(bus.store)}))
 
 
-def run_monolith(settings: BusSettings | None = None, dispatch: str | None = None) -> None:
+def run_monolith(settings: BusSettings | None = None, dispatch: str | None = None, console: bool = True,
+                 report: Callable[[str], None] = print) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn handles both), then finish what is due before exiting."""
     import uvicorn
 
@@ -97,11 +100,14 @@ def run_monolith(settings: BusSettings | None = None, dispatch: str | None = Non
     if admin.email and admin.password:
         ensure_admin(bus, admin.email, admin.password)
     bus.start()
+    stop_console = monolith_console(bus, monolith_edge(keys, bus), report) if console else None
     try:
         app = instrument_app(create_monolith_app(bus, monolith_edge(keys, bus),
                                                  bus if settings.fault_injection else None))
         uvicorn.run(app, host=api_settings.host, port=api_settings.port, log_level="warning")
     finally:
+        if stop_console:
+            stop_console()
         left = bus.stop(timeout=monolith.shutdown_timeout)
         if left:
             log.warning("%d deliveries left in the database; the next start takes them", left)

@@ -43,6 +43,19 @@ def service_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["SHOP_KEYS_DIR"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_console() -> Iterator[None]:
+    """`shop up` and `shop demo` serve the console on port 5000 unless told otherwise: the processes tests start do not
+    (the console's own tests choose a free port)."""
+    previous = os.environ.get("SHOP_CONSOLE_PORT")
+    os.environ["SHOP_CONSOLE_PORT"] = "0"
+    yield
+    if previous is None:
+        os.environ.pop("SHOP_CONSOLE_PORT", None)
+    else:
+        os.environ["SHOP_CONSOLE_PORT"] = previous
+
+
 @pytest.fixture
 def redis_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     client = redis.Redis.from_url(TEST_REDIS_URL)

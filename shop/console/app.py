@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -210,9 +211,13 @@ class ConsoleServer:
                                                     timeout_graceful_shutdown=1))
         self.thread = threading.Thread(target=self.server.run, name="console", daemon=True)
 
-    def start(self) -> ConsoleServer:
+    def start(self, timeout: float = 10.0) -> bool:
+        """True once it listens; False when it could not (the port is taken: uvicorn says so and its thread ends)."""
         self.thread.start()
-        return self
+        deadline = time.monotonic() + timeout
+        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return bool(self.server.started)
 
     def stop(self) -> None:
         self.server.should_exit = True

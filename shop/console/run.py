@@ -4,13 +4,17 @@ supervisor), `shop monolith` (`monolith_console`, inside the one process)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from fastapi import FastAPI
+
+from events.http import Edge
 from events.messaging import Periodic
 from events.settings import BusSettings
 from notification_service.service import NotificationSettings
 from shop.console.app import ConsoleServer, ConsoleSettings, create_console_app
 from shop.console.samples import SampleOrders
-from shop.console.views import ShopView
+from shop.console.views import MonolithView, ShopView
 from shop.services import APIS
 from shop.supervisor import Supervisor
 
@@ -30,12 +34,36 @@ def start_console(supervisor: Supervisor, report: Callable[[str], None]) -> Call
     urls = {service: api.settings().base_url for service, api in APIS.items()}
     samples = SampleOrders(urls["order_service"], urls["product_service"], urls["user_service"], bus.fault_injection)
     app = create_console_app(view, edge_of(wiring.keys), samples, urls["user_service"], log)
-    server = ConsoleServer(app, settings).start()
-    report(f"console on {settings.base_url}")
+
+    def close() -> None:
+        sampler.stop()
+        wiring.close()
+
+    return _serve(app, settings, report, close)
+
+
+def monolith_console(bus: Any, edge: Edge, report: Callable[[str], None]) -> Callable[[], None] | None:
+    """The console inside `shop monolith`: the same page over the one process (every API on the order API's port)."""
+    settings = ConsoleSettings()
+    if not settings.enabled:
+        return None
+    base_url = APIS["order_service"].settings().base_url
+    # No poison orders here: a charge that kills the process would take the whole monolith down with it.
+    samples = SampleOrders(base_url, base_url, base_url, fault_injection=False)
+    app = create_console_app(MonolithView(bus), edge, samples, base_url, NotificationSettings().notification_log)
+    return _serve(app, settings, report, lambda: None)
+
+
+def _serve(app: FastAPI, settings: ConsoleSettings, report: Callable[[str], None],
+           close: Callable[[], None]) -> Callable[[], None]:
+    server = ConsoleServer(app, settings)
+    if server.start():
+        report(f"console on {settings.base_url}")
+    else:
+        report(f"the console could not listen on {settings.base_url} (SHOP_CONSOLE_PORT chooses another port)")
 
     def stop() -> None:
         server.stop()
-        sampler.stop()
-        wiring.close()
+        close()
 
     return stop

@@ -89,7 +89,36 @@ def _correlation_id(message: Any) -> str | None:
         return None
 
 
-class ShopView:
+class ConsoleView:
+    """What both views share: the consuming services (each a row of the board), and `shop dlq list/replay/purge` for
+    one dead letter over the view's dead-letter store (`letters`) and its way of putting a message back in its queue
+    (`reinject`)."""
+
+    letters: Any
+
+    def services(self) -> list[str]:
+        return list(CONSUMERS)
+
+    def reinject(self, record: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        return dead_letter_items(self.letters.list(), limit)
+
+    def replay(self, record_id: str) -> str:
+        """KeyError when there is no such dead letter, ValueError when it cannot be replayed."""
+        record = self.letters.get(record_id)
+        if record is None:
+            raise KeyError(record_id)
+        return self.reinject(record)
+
+    def purge(self, record_id: str) -> None:
+        record = self.letters.get(record_id)
+        if record is None or not self.letters.remove(record):
+            raise KeyError(record_id)
+
+
+class ShopView(ConsoleView):
     """The microservices as the console sees them."""
 
     mode = "microservices"
@@ -99,6 +128,7 @@ class ShopView:
         from shop.metrics import handled_totals
 
         self.wiring, self.supervisor, self.notification_log = wiring, supervisor, notification_log
+        self.letters = wiring.dead_letters
         self.consumers = handled_by()
         self.history = RateHistory(lambda: handled_totals(wiring.redis, CONSUMERS.values()))
 
@@ -125,20 +155,8 @@ class ShopView:
 
         return journey_document(order_id, journey(self.wiring.event_log, order_id), self.consumers)
 
-    def dead_letters(self, limit: int) -> list[dict[str, Any]]:
-        return dead_letter_items(self.wiring.dead_letters.list(), limit)
-
-    def replay(self, record_id: str) -> str:
-        """`shop dlq replay ID`: KeyError when there is no such dead letter, ValueError when it cannot be replayed."""
-        record = self.wiring.dead_letters.get(record_id)
-        if record is None:
-            raise KeyError(record_id)
+    def reinject(self, record: dict[str, Any]) -> str:
         return replay_dead_letter(record, self.wiring.dead_letters, self.wiring.broker, self.wiring.fresh_count)
-
-    def purge(self, record_id: str) -> None:
-        record = self.wiring.dead_letters.get(record_id)
-        if record is None or not self.wiring.dead_letters.remove(record):
-            raise KeyError(record_id)
 
     def stop_workers(self, service: str) -> None:
         self.supervisor.stop_child(service)
@@ -146,5 +164,46 @@ class ShopView:
     def start_workers(self, service: str) -> None:
         self.supervisor.start_child(service)
 
-    def services(self) -> list[str]:
-        return list(CONSUMERS)
+
+class MonolithView(ConsoleView):
+    """`shop monolith` as the console sees it: one process, its in-process queue (the deliveries waiting per service)
+    and its one database's dead letters. "Stop workers" pauses a service's deliveries (they wait, as a stopped worker's
+    messages do). It keeps no event log, so there is no stream of events and no journey to draw."""
+
+    mode = "monolith"
+    streams_events = False
+
+    def __init__(self, bus: Any) -> None:
+        self.bus, self.letters = bus, bus.dead_letters
+
+    def board(self) -> dict[str, Any]:
+        import os
+
+        waiting, dead = self.bus.backlog_by_service(), self.bus.dead_letters.counts()
+        services = {
+            name: {"waiting": waiting.get(name, 0), "in_flight": None, "retries": None,
+                   "dead_letters": dead.get(name, 0),
+                   "workers": [] if name in self.bus.paused else [f"monolith pid {os.getpid()}"],
+                   "handled_per_second": [], "stopped": name in self.bus.paused}
+            for name in CONSUMERS
+        }
+        return {"mode": self.mode, "broker": "in process", "services": services,
+                "unroutable": {"dead_letters": dead.get("unroutable", 0), "evicted": 0}}
+
+    def latest_events(self, count: int) -> list[dict[str, Any]]:
+        return []
+
+    def events_after(self, after: str, count: int, block_ms: int) -> list[dict[str, Any]]:
+        return []
+
+    def journey(self, order_id: str) -> dict[str, Any]:
+        return {"order_id": order_id, "trace_ids": [], "duration_ms": 0.0, "events": []}
+
+    def reinject(self, record: dict[str, Any]) -> str:
+        return str(self.bus.replay(record))
+
+    def stop_workers(self, service: str) -> None:
+        self.bus.pause(service)
+
+    def start_workers(self, service: str) -> None:
+        self.bus.resume(service)

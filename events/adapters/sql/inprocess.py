@@ -221,6 +221,12 @@ class SqlInProcessBus:
         with self.store.engines.read.connect() as connection:
             return int(connection.execute(query).scalar_one())
 
+    def backlog_by_service(self) -> dict[str, int]:
+        """Deliveries waiting per consuming service: the in-process queue, as the console shows it."""
+        query = select(deliveries.c.consumer, func.count()).group_by(deliveries.c.consumer)
+        with self.store.engines.read.connect() as connection:
+            return {str(consumer): int(count) for consumer, count in connection.execute(query)}
+
     def drain(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while self.backlog():

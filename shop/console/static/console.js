@@ -153,7 +153,7 @@ async function refreshBoard() {
       el("td", { class: "num retries" }, count(s.retries)),
       el("td", { class: "num dead_letters" }, count(s.dead_letters)),
       el("td", { class: "rate" }, sparkline(rates.length ? rates : [0]), ` ${(rates.at(-1) ?? 0).toFixed(1)}/s`),
-      el("td", {}, board.mode === "microservices" ? toggle : "")));
+      el("td", {}, toggle)));
   }
 }
 
