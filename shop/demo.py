@@ -17,6 +17,7 @@ from events.settings import BusSettings
 from notification_service.notification_log import read_notifications
 from notification_service.service import NotificationSettings
 from shop.client import bearer, place_order, register, sign_in, stock, wait_for_api
+from shop.console.app import ConsoleSettings
 from shop.console.run import start_console
 from shop.processes import start_everything
 from shop.seeding import NewProduct, seed_products_over_http
@@ -60,6 +61,10 @@ def run_demo(
     """Returns False when some sample order was not notified within `timeout` seconds."""
     settings = BusSettings()
     os.environ.setdefault("SHOP_LOG_MESSAGES", "false")  # the workers' per-message lines would bury the story
+    # The console's poison orders (a charge that kills the payment worker, as `shop chaos` injects them): a demo is a
+    # throwaway playground, never production; two deliveries that never finish make a message poison, as in chaos.
+    os.environ.setdefault("SHOP_FAULT_INJECTION", "1")
+    os.environ.setdefault("SHOP_MAX_DELIVERIES", "2")
     admin_password = demo_admin_password(settings.var_dir)
     os.environ.setdefault("SHOP_ADMIN_EMAIL", DEMO_ADMIN)  # the user API registers this admin when it starts
     os.environ.setdefault("SHOP_ADMIN_PASSWORD", admin_password)
@@ -109,7 +114,8 @@ def run_demo(
         say(f"[green]all {len(placed)} sample orders notified[/]; log: {log_path}")
         say(f"admin: {os.environ['SHOP_ADMIN_EMAIL']} (password in {settings.var_dir / 'demo-admin-password'})")
         if keep_running:
-            say("still up (Ctrl-C to stop); try `shop order place` or `shop logs -f` in another terminal")
+            where = f"the console on {ConsoleSettings().base_url}, " if stop_console else ""
+            say(f"still up (Ctrl-C to stop); try {where}`shop order place` or `shop logs -f` in another terminal")
             supervisor.run_forever()
         return True
     finally:
