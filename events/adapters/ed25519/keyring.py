@@ -1,6 +1,10 @@
 """Key pairs on disk: `<service>.key` (private, PKCS#8 PEM, mode 600) and `<service>.pub` (public, PEM), one pair per
 service, in one directory (`SHOP_KEYS_DIR`). A deployment mounts each service's private key where that service runs
-and every public key everywhere; `shop keys generate` writes a set, `shop demo` and the tests a throwaway one."""
+and every public key everywhere; `shop keys generate` writes a set, `shop demo` and the tests a throwaway one.
+
+Why asymmetric, though an HMAC is some fifty times cheaper: whoever can verify an HMAC can also forge it, so every
+consumer of an event type could speak for its producer. With Ed25519 a compromised service can sign only as itself.
+`shop bench` prints what signing and verifying cost per order beside the worker CPU they add to; it is a few percent."""
 
 from __future__ import annotations
 
