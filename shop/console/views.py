@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import threading
 import time
 from collections import deque
@@ -177,8 +178,6 @@ class MonolithView(ConsoleView):
         self.bus, self.letters = bus, bus.dead_letters
 
     def board(self) -> dict[str, Any]:
-        import os
-
         waiting, dead = self.bus.backlog_by_service(), self.bus.dead_letters.counts()
         services = {
             name: {"waiting": waiting.get(name, 0), "in_flight": None, "retries": None,

@@ -42,6 +42,7 @@ return {last, found}
 class RedisEventLog:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
+        self._filter = lua_script(client, FILTER_SCRIPT)
 
     def history(self, page: int = PAGE) -> Iterator[tuple[str, str, str]]:
         """(type, envelope, signature) of every logged event, oldest first."""
@@ -61,10 +62,9 @@ class RedisEventLog:
 
     def traced(self, correlation_id: str, slice_length: int = 5000) -> list[tuple[dict[str, Any], str | None]]:
         """(envelope as a dict, OpenTelemetry trace id or None) of each event logged under `correlation_id`."""
-        script = lua_script(self.redis, FILTER_SCRIPT)
         start, entries = "-", []
         while True:
-            last, found = script(keys=[Keys.event_log()], args=[start, correlation_id, slice_length])
+            last, found = self._filter(keys=[Keys.event_log()], args=[start, correlation_id, slice_length])
             for _, fields in found:
                 values = dict(zip(fields[::2], fields[1::2], strict=True))
                 entries.append((json.loads(values[b"envelope"]), values.get(b"trace", b"").decode() or None))
