@@ -607,15 +607,42 @@ def bench(
         int | None, typer.Option(help="alternating saturation runs per pipeline (>= 3 for a headline)")
     ] = None,
     rates: Annotated[str | None, typer.Option(help="offered loads for latency, e.g. '50,100,200' orders/s "
-                                                      "[default: fractions of the slowest saturation]")] = None,
+                                                      "[default: fractions of each mode's own saturation]")] = None,
+    soak: Annotated[int | None, typer.Option(
+        "--soak", help="instead: N orders through the full system, sampled every tenth (growth with the data)")] = None,
+    store: Annotated[str, typer.Option(help="with --soak: redis | sqlite | postgres")] = "redis",
 ) -> None:
     """Measure the full system on each store (Redis, SQLite, PostgreSQL) against a bare celery pipeline of the same
     shape, and the monolith in both dispatch modes: throughput, latency at fixed offered loads, CPU per order, peak
     RSS. Each pipeline runs on a private redis-server of its own; the PostgreSQL databases are SHOP_BENCH_POSTGRES_URL
     (dropped first)."""
+    import signal
+
     from shop.bench.measure import Stalled
-    from shop.bench.report import print_report
+    from shop.bench.report import print_report, print_soak
     from shop.bench.runner import BenchSettings, run
+
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the workers and Redis servers of the run are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    if soak is not None:
+        from pydantic import ValidationError
+
+        from shop.bench.soak import SoakSettings, run_soak
+
+        try:
+            soak_overrides: dict[str, Any] = {"orders": soak, "store": store, **({"out_dir": out} if out else {})}
+            soak_settings = SoakSettings(**soak_overrides)
+        except ValidationError as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from None
+        try:
+            soaked = run_soak(soak_settings, report=lambda text: console.print(f"[dim]{text}[/]"))
+        except (Stalled, RuntimeError) as exc:
+            console.print(f"[red]soak aborted:[/] {exc}")
+            raise typer.Exit(1) from None
+        print_soak(console, soaked, soak_settings.out_dir)
+        return
 
     overrides: dict[str, Any] = {
         key: value for key, value in {"out_dir": out, "runs": runs}.items() if value is not None}

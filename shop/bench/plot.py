@@ -29,11 +29,11 @@ def plot(result: dict, path: Path) -> None:
 
     for name in names:
         points = modes[name]["latency"]
-        rates = [point["offered_rate"] for point in points]
+        rates = [100 * point.get("fraction_of_saturation", 0) or point["offered_rate"] for point in points]
         for key, style in (("p50_ms", "-o"), ("p99_ms", "--^")):
             latency.plot(rates, [point[key] for point in points], style, color=COLOURS.get(name),
                          label=f"{name} {key[:3]}")
-    latency.set_xlabel("offered load (orders/s)")
+    latency.set_xlabel("offered load (% of the mode's own saturation; orders/s when given)")
     latency.set_ylabel("placed -> notified (ms)")
     latency.set_yscale("log")
     latency.legend(fontsize=8)
@@ -61,6 +61,48 @@ def plot(result: dict, path: Path) -> None:
     scaling.set_title("scaling the payment hop")
 
     figure.suptitle(f"shop bench {result['meta']['started_at']} ({result['meta']['cpus']} CPUs)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_soak(result: dict, path: Path) -> None:
+    """soak.png: per tenth of the run, throughput, latency, worker memory and what Redis / the databases hold."""
+    samples = result["samples"]
+    done = [sample["orders_done"] for sample in samples]
+    figure, ((throughput, latency), (rss, memory)) = plt.subplots(2, 2, figsize=(12, 8))
+
+    throughput.plot(done, [sample["throughput"] for sample in samples], "-o")
+    throughput.set_ylabel("orders/s in this tenth")
+    throughput.set_ylim(bottom=0)
+    throughput.set_title("throughput (closed loop)")
+
+    for key, style in (("p50_ms", "-o"), ("p99_ms", "--^")):
+        latency.plot(done, [sample[key] for sample in samples], style, label=key[:3])
+    latency.set_ylabel("placed -> notified (ms)")
+    latency.set_ylim(bottom=0)
+    latency.legend(fontsize=8)
+    latency.set_title("latency per tenth")
+
+    for name in samples[0]["worker_rss_mib"]:
+        rss.plot(done, [sample["worker_rss_mib"][name] for sample in samples], "-o", label=name.split(".")[1])
+    rss.set_ylabel("worker RSS (MiB)")
+    rss.set_ylim(bottom=0)
+    rss.legend(fontsize=8)
+    rss.set_title("worker memory")
+
+    memory.plot(done, [sample["redis"]["used_memory"] / 2**20 for sample in samples], "-o", label="Redis used_memory")
+    if samples[0].get("database_bytes") is not None:
+        memory.plot(done, [sample["database_bytes"] / 2**20 for sample in samples], "-s", label="databases on disk")
+    memory.set_ylabel("MiB")
+    memory.legend(fontsize=8)
+    memory.set_title("what the stores hold")
+
+    for axes in (throughput, latency, rss, memory):
+        axes.set_xlabel("orders done")
+    settings = result["meta"]["settings"]
+    figure.suptitle(f"shop bench --soak {settings['orders']} on {settings['store']} stores, "
+                    f"{result['meta']['started_at']} ({result['meta']['cpus']} CPUs)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -43,7 +43,7 @@ class BenchSettings(BaseSettings):
     warmup_s: float = 1.0
     measure_s: float = 6.0
     latency_fractions: tuple[float, ...] = Field(
-        (0.25, 0.5, 0.75), description="offered loads, as fractions of the slowest pipeline's saturation throughput"
+        (0.25, 0.5, 0.75), description="offered loads, as fractions of each pipeline's own saturation throughput"
     )
     latency_s: float = Field(5.0, description="seconds of sending per offered load")
     poll_interval_s: float = Field(0.005, description="completion polling period: the latency resolution")
@@ -54,7 +54,7 @@ class BenchSettings(BaseSettings):
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchSettings:
-        base = dict(runs=3, warmup_s=0.5, measure_s=1.5, latency_fractions=(0.5,), latency_s=1.5, settle_s=20.0,
+        base = dict(runs=2, warmup_s=0.3, measure_s=1.0, latency_fractions=(0.5,), latency_s=1.0, settle_s=20.0,
                     scaling=False)
         return cls(**{**base, **overrides})
 
@@ -63,6 +63,28 @@ def _env(work: Path) -> dict[str, str]:
     """Children see their own notification log and keys; each pipeline adds its Redis and its stores."""
     return {**os.environ, "SHOP_NOTIFICATION_LOG": str(work / "notifications.log"), "SHOP_LOG_MESSAGES": "false",
             "SHOP_KEYS_DIR": str(work / "keys")}
+
+
+def fresh_work(work: Path) -> str | None:
+    """An empty work directory with throwaway keys of its own (a self-contained run), which this process then signs
+    with (it places orders as the order service); returns the SHOP_KEYS_DIR to restore afterwards."""
+    from events.adapters.ed25519.keyring import generate
+    from shop.services import SERVICES
+
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    generate(work / "keys", SERVICES)
+    previous = os.environ.get("SHOP_KEYS_DIR")
+    os.environ["SHOP_KEYS_DIR"] = str(work / "keys")
+    return previous
+
+
+def restore_keys(previous: str | None) -> None:
+    if previous is None:
+        os.environ.pop("SHOP_KEYS_DIR", None)
+    else:
+        os.environ["SHOP_KEYS_DIR"] = previous
 
 
 def _fresh_postgres(template: str) -> str | None:
@@ -97,15 +119,7 @@ def run(settings: BenchSettings, rates: list[float] | None = None, report: Calla
     started = time.monotonic()
     out = settings.out_dir
     work = (out / "work").resolve()
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    from events.adapters.ed25519.keyring import generate
-    from shop.services import SERVICES
-
-    generate(work / "keys", SERVICES)  # a self-contained run: throwaway keys of its own
-    previous_keys = os.environ.get("SHOP_KEYS_DIR")
-    os.environ["SHOP_KEYS_DIR"] = str(work / "keys")  # this process signs the orders it places, as the order service
+    previous_keys = fresh_work(work)
     servers: list[RedisServer] = []
 
     def settings_for(mode: str) -> BusSettings:
@@ -193,12 +207,19 @@ def run(settings: BenchSettings, rates: list[float] | None = None, report: Calla
                + (f", {signed['share_of_worker_cpu']:.1%} of full-redis worker CPU" if "share_of_worker_cpu" in signed
                   else ""))
 
-        slowest = min(result["modes"][p.mode]["throughput"] for p in pipelines)
-        offered = rates or [round(fraction * slowest, 1) for fraction in settings.latency_fractions]
-        for rate in offered:
+        def offered(pipeline: Pipeline) -> list[float]:
+            """The given rates, else fractions of the mode's own saturation throughput (half of it = the target's
+            "half of saturation", whatever the mode)."""
+            own = result["modes"][pipeline.mode]["throughput"]
+            return rates or [round(fraction * own, 1) for fraction in settings.latency_fractions]
+
+        for step in range(len(rates or settings.latency_fractions)):
             for pipeline in pipelines:
+                rate = offered(pipeline)[step]
                 point = measure.latency(pipeline, rate=rate, duration_s=settings.latency_s,
                                         poll_interval=settings.poll_interval_s, settle_s=settings.settle_s)
+                if not rates:
+                    point["fraction_of_saturation"] = settings.latency_fractions[step]
                 result["modes"][pipeline.mode]["latency"].append(point)
                 report(f"latency {pipeline.mode:5} @ {rate:6.1f}/s: p50 {point['p50_ms']} p95 {point['p95_ms']} "
                        f"p99 {point['p99_ms']} max {point['max_ms']} ms ({point['incomplete']} incomplete, "
@@ -241,10 +262,7 @@ def run(settings: BenchSettings, rates: list[float] | None = None, report: Calla
             pipeline.close()
         for server in servers:
             server.stop()
-        if previous_keys is None:
-            os.environ.pop("SHOP_KEYS_DIR", None)
-        else:
-            os.environ["SHOP_KEYS_DIR"] = previous_keys
+        restore_keys(previous_keys)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     try:

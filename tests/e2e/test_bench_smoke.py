@@ -41,3 +41,31 @@ def test_quick_bench_measures_every_mode_and_the_headline_ratio(redis_url: str, 
     assert 0 < signed["share_of_worker_cpu"] < 1
     assert (out / "bench.png").stat().st_size > 0
     print(f"quick bench took {elapsed:.1f}s; ratios over bare: {result['ratios_over_bare']}")
+
+
+@pytest.mark.timeout(240)
+def test_a_short_soak_samples_every_tenth_and_its_bounds_apply(redis_url: str, tmp_path: Path) -> None:
+    """The CI form of `shop bench --soak`: 800 orders, with bounds small enough to apply within the run (inbox marks
+    kept 2 s, an event log of 500 entries): what would grow with the data must not."""
+    out = tmp_path / "soak"
+    completed = subprocess.run(
+        [sys.executable, "-m", "shop", "bench", "--soak", "800", "--out", str(out)],
+        env={**os.environ, "REDIS_URL": redis_url, "SHOP_SOAK_WARMUP_ORDERS": "100", "SHOP_SOAK_INBOX_TTL": "2",
+             "SHOP_SOAK_REDELIVER_AFTER": "1", "SHOP_SOAK_EVENT_LOG_LENGTH": "500"},
+        capture_output=True, text=True, timeout=220,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result = json.loads((out / "soak.json").read_text())
+    samples = result["samples"]
+    assert [sample["orders_done"] for sample in samples] == sorted(sample["orders_done"] for sample in samples)
+    assert len(samples) == 10 and samples[-1]["orders_done"] >= 800
+    assert all(sample["throughput"] > 0 and sample["p99_ms"] >= sample["p50_ms"] > 0 for sample in samples)
+    assert all(min(sample["worker_rss_mib"].values()) > 0 for sample in samples)
+    # ~5 events per order: 4000 were logged, the stream keeps about 500 (MAXLEN ~ trims whole nodes of 100)
+    assert all(sample["redis"]["event_log"] <= 700 for sample in samples), [s["redis"]["event_log"] for s in samples]
+    # every handled event leaves an inbox mark; with a 2 s TTL the marks of the first tenths are gone by the end
+    marks_at_end = samples[-1]["redis"]["expiring_keys"]
+    assert marks_at_end < 4 * 800 / 2, marks_at_end
+    assert set(result["verdict"]) >= {"throughput_last_over_first", "p99_last_over_first", "worker_rss_growth"}
+    assert (out / "soak.png").stat().st_size > 0
+    print(f"soak: {[sample['throughput'] for sample in samples]} orders/s per tenth, verdict {result['verdict']}")
