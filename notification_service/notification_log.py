@@ -1,9 +1,12 @@
 """The notification log: one JSON object per line, the customer-visible "sent" channel of this demo.
 
-A file cannot join a Redis transaction, so exactly-once is made here: the log knows every notification id it holds
-and refuses a second line for the same id, under an exclusive lock so two workers sharing the file cannot both
-write it. A crash after the line is written but before the service commits is therefore harmless: the redelivery
-finds the line and only commits.
+A file cannot join a Redis transaction, so exactly-once is made here: the log knows the ids of its recent lines and
+refuses a second line for the same id, under an exclusive lock so two workers sharing the file cannot both write it.
+A crash after the line is written but before the service commits is therefore harmless: the redelivery finds the line
+and only commits. Such a redelivery comes back within the redelivery window (the restarted worker takes back what it
+held; the relay re-sends after SHOP_REDELIVER_AFTER), so the log remembers the last `remember` ids, not every id it
+ever wrote: its memory stays bounded however long the log grows, and a restart reads only the log's tail. Once the
+service has committed, its own store refuses the duplicate (`notify_customer`), whatever the log remembers.
 """
 
 from __future__ import annotations
@@ -11,17 +14,23 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+LINE_BYTES = 512
+"""More than a notification line takes: how far back from the end a restart starts reading for `remember` lines."""
+
 
 class NotificationLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, remember: int = 100_000) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a+b")  # noqa: SIM115 - held for the life of the worker
-        self._known: set[str] = set()
-        self._read_up_to = 0
+        self._remember = remember
+        self._known: OrderedDict[str, None] = OrderedDict()  # the most recent ids, oldest first
+        # the tail only: a start in the middle of a line reads a torn line, which _catch_up skips
+        self._read_up_to = max(0, os.fstat(self._file.fileno()).st_size - remember * LINE_BYTES)
 
     def send(self, notification_id: str, line: dict[str, Any]) -> bool:
         """Append `line` unless a line for `notification_id` is already there. True if it was written now."""
@@ -34,7 +43,7 @@ class NotificationLog:
             self._file.write(prefix + json.dumps(line, separators=(",", ":")).encode() + b"\n")
             self._file.flush()
             self._read_up_to = self._file.tell()
-            self._known.add(notification_id)
+            self._learn(notification_id)
             return True
         finally:
             fcntl.flock(self._file, fcntl.LOCK_UN)
@@ -46,10 +55,15 @@ class NotificationLog:
         complete = chunk[: chunk.rfind(b"\n") + 1]
         for raw in complete.splitlines():
             try:
-                self._known.add(str(json.loads(raw)["notification_id"]))
+                self._learn(str(json.loads(raw)["notification_id"]))
             except (ValueError, KeyError, TypeError):
                 continue  # a torn line left by a crash mid-write: never ours to count
         self._read_up_to += len(complete)
+
+    def _learn(self, notification_id: str) -> None:
+        self._known[notification_id] = None
+        if len(self._known) > self._remember:
+            self._known.popitem(last=False)
 
     def _ends_with_newline(self) -> bool:
         size = os.fstat(self._file.fileno()).st_size

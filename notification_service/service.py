@@ -23,10 +23,14 @@ class NotificationSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHOP_", extra="ignore")
 
     notification_log: Path = Field(Path("var/notifications.log"), description="one JSON notification per line")
+    notification_log_remember: int = Field(
+        100_000, ge=1, description="ids of the log's most recent lines a worker keeps to refuse a second line for a "
+        "redelivered notification (its memory bound); must cover the lines written within the redelivery window")
 
 
 def dependencies() -> dict[str, Any]:
-    return {"notification_log": NotificationLog(NotificationSettings().notification_log)}
+    settings = NotificationSettings()
+    return {"notification_log": NotificationLog(settings.notification_log, settings.notification_log_remember)}
 
 
 CUSTOMERS = Projection(collection=store.CUSTOMERS, handlers={UserRegistered: handlers.remember_customer})

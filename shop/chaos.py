@@ -160,6 +160,7 @@ def run_chaos(
     try:
         restart_at = orders * 2 // 5
         outage_at = orders * 3 // 5
+        poison_at, tamper_at = orders // 4, orders // 2
         interval = 1.0 / rate
         next_at = time.monotonic()
         for n in range(orders):
@@ -172,7 +173,9 @@ def run_chaos(
                 outage = _database_outage(wiring, database, run_dir)
                 result.database_outages += 1
                 report(f"chaos: {outage} after {n} orders")
-            roll = rng.random()
+            # The dice decide most faults; one poison order and one tampered message are placed whatever they say,
+            # so that even a short run exercises both.
+            roll = 0.0 if n == poison_at else poison_ratio * 0.75 if n == tamper_at else rng.random()
             if roll < poison_ratio / 2:
                 method = "card_crash"
             elif roll < poison_ratio:

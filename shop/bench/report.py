@@ -66,7 +66,8 @@ def print_soak(console: Console, result: dict[str, Any], out_dir: Path) -> None:
     bounds = result["bounds"]
     console.print(f"bounds in this run: inbox marks kept {bounds['inbox_ttl_s']}s, event log "
                   f"{bounds['event_log_length']} entries, unsettled messages re-sent after "
-                  f"{bounds['redeliver_after_s']}s")
+                  f"{bounds['redeliver_after_s']}s, the notification log's last {bounds['notification_log_remember']} "
+                  "ids in memory")
     verdict = result["verdict"]
     mark = {True: "[green]met[/]", False: "[red]NOT met[/]"}
     console.print(f"last tenth / first tenth: throughput {verdict['throughput_last_over_first']:.3f} "

@@ -9,9 +9,11 @@ it notified. What a long run leaves behind is bounded by settings the run states
 * the event log: `SHOP_EVENT_LOG_LENGTH` entries (a capped stream, trimmed as it is written);
 * outbox entries: deleted when the broker took them (SQL) or when the consumer settled them (Redis); a leftover is
   re-sent by the relay after `SHOP_REDELIVER_AFTER` seconds, so none stays;
-* delivery counters: deleted by the commit that handles the message.
+* delivery counters: deleted by the commit that handles the message;
+* the notification log's ids in a worker's memory: the last `SHOP_NOTIFICATION_LOG_REMEMBER` (the log file itself is
+  the customer-visible output, and grows with it).
 
-The soak shortens the inbox TTL and the event log (`--inbox-ttl`, `--event-log-length`), so that the bounds apply
+The soak shortens these bounds (SHOP_SOAK_INBOX_TTL, SHOP_SOAK_EVENT_LOG_LENGTH, ...), so that they apply
 within the run and the memory per settled order can be seen to level off; the documents themselves (orders,
 payments, ...) are the shop's data and grow with it, by a constant amount per order.
 """
@@ -50,6 +52,8 @@ class SoakSettings(BaseSettings):
     redeliver_after: float = Field(60.0, gt=0, description="the relay re-sends unsettled messages after this, in "
                                    "this run (kept below the inbox TTL, as it must be)")
     event_log_length: int = Field(20_000, ge=100, description="events kept in the event log, in this run")
+    notification_log_remember: int = Field(10_000, ge=1, description="recent ids the notification log keeps to "
+                                           "refuse a redelivered line, in this run")
     poll_interval_s: float = 0.005
     settle_s: float = Field(60.0, description="longest pause without a completed order before the run is void")
     postgres_url: str = "postgresql://postgres@127.0.0.1:5432/shop_soak_{service}"
@@ -110,7 +114,8 @@ def run_soak(settings: SoakSettings, report: Callable[[str], None] = print) -> d
     work = (out / "soak-work").resolve()
     previous_keys = fresh_work(work)
     bounds = {"SHOP_INBOX_TTL": str(settings.inbox_ttl), "SHOP_REDELIVER_AFTER": str(settings.redeliver_after),
-              "SHOP_EVENT_LOG_LENGTH": str(settings.event_log_length)}
+              "SHOP_EVENT_LOG_LENGTH": str(settings.event_log_length),
+              "SHOP_NOTIFICATION_LOG_REMEMBER": str(settings.notification_log_remember)}
     url = {"redis": "redis", "sqlite": f"sqlite:///{work}/db-{{service}}.sqlite3",
            "postgres": settings.postgres_url}[settings.store]
     if settings.store == "postgres" and (skipped := _fresh_postgres(url)):
@@ -124,6 +129,7 @@ def run_soak(settings: SoakSettings, report: Callable[[str], None] = print) -> d
         "bounds": {
             "inbox_ttl_s": settings.inbox_ttl, "event_log_length": settings.event_log_length,
             "redeliver_after_s": settings.redeliver_after,
+            "notification_log_remember": settings.notification_log_remember,
             "outbox": "entries deleted once sent (SQL) or settled by their consumer (Redis)",
         },
         "samples": [],

@@ -15,7 +15,7 @@ from shop.postgres_server import postgres_bindir
 def test_chaos_short_form_loses_nothing_and_does_nothing_twice(store: str, tmp_path: Path) -> None:
     if store == "postgres" and postgres_bindir() is None:
         pytest.skip("PostgreSQL variant: no PostgreSQL server binaries (initdb, postgres) on this machine")
-    result = run_chaos(orders=300, kill_every=1.5, rate=30.0, poison_ratio=0.03, work_dir=tmp_path,
+    result = run_chaos(orders=200, kill_every=1.0, rate=40.0, poison_ratio=0.03, work_dir=tmp_path,
                        quiesce_timeout=180.0, store=store)
     assert result.passed, result.problems
     assert result.kills >= 3 and result.redis_restarts == 1

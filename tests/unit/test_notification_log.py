@@ -144,3 +144,37 @@ def test_following_the_log_reads_each_complete_line_once_and_waits_for_a_line_st
     lines, offset = read_notifications_from(path, offset)
     assert [line["notification_id"] for line in lines] == ["c", "d"]
     assert read_notifications_from(path, offset) == ([], offset)
+
+
+def test_the_log_remembers_a_bounded_number_of_recent_ids(path: Path):
+    """The memory bound: the last `remember` ids are refused again; an older one is no longer known to the log (the
+    service's own store refuses it once committed), and a restart reads only the tail that holds the recent ones."""
+    log = NotificationLog(path, remember=3)
+    try:
+        for n in range(5):
+            assert log.send(f"n{n}", line_for(f"n{n}")) is True
+        assert [log.send(f"n{n}", line_for(f"n{n}")) for n in (2, 3, 4)] == [False, False, False]
+        assert len(log._known) == 3
+        assert log.send("n0", line_for("n0", "long after")) is True
+    finally:
+        log.close()
+
+    restarted = NotificationLog(path, remember=3)
+    try:
+        assert restarted.send("n4", line_for("n4")) is False
+        assert len(restarted._known) <= 3
+    finally:
+        restarted.close()
+
+
+def test_a_restart_reads_the_tail_of_a_long_log_not_the_whole_file(path: Path):
+    path.parent.mkdir(parents=True)
+    lines = [line_for(f"old{i}", "x" * 100) for i in range(5000)]
+    path.write_bytes(b"".join(json.dumps(line, separators=(",", ":")).encode() + b"\n" for line in lines))
+    log = NotificationLog(path, remember=10)
+    try:
+        assert log.send("old4999", line_for("old4999")) is False  # the newest lines are known
+        assert len(log._known) == 10
+        assert log._read_up_to == path.stat().st_size
+    finally:
+        log.close()
