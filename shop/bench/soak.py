@@ -32,6 +32,7 @@ from hdrh.histogram import HdrHistogram
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from events.adapters.redis.keys import Keys
 from shop.bench import measure
 from shop.bench.pipelines import FullSystem
 from shop.bench.procs import WorkerGroup, cpu_seconds, rss_mib
@@ -65,7 +66,7 @@ def _redis_memory(pipeline: FullSystem) -> dict[str, int]:
     db: dict[str, Any] = next(iter(keyspace.values()), {}) if keyspace else {}
     return {"used_memory": int(memory["used_memory"]), "keys": int(db.get("keys", 0)),
             "expiring_keys": int(db.get("expires", 0)),
-            "event_log": int(pipeline.redis.xlen("shop:eventlog"))}
+            "event_log": int(pipeline.redis.xlen(Keys.event_log()))}
 
 
 def _database_bytes(store: str, work: Path, postgres_url: str) -> int | None:
@@ -112,14 +113,14 @@ def run_soak(settings: SoakSettings, report: Callable[[str], None] = print) -> d
     started = time.monotonic()
     out = settings.out_dir
     work = (out / "soak-work").resolve()
+    if settings.store == "postgres" and (skipped := _fresh_postgres(settings.postgres_url)):
+        raise RuntimeError(skipped)  # before anything is started or changed in this process
     previous_keys = fresh_work(work)
     bounds = {"SHOP_INBOX_TTL": str(settings.inbox_ttl), "SHOP_REDELIVER_AFTER": str(settings.redeliver_after),
               "SHOP_EVENT_LOG_LENGTH": str(settings.event_log_length),
               "SHOP_NOTIFICATION_LOG_REMEMBER": str(settings.notification_log_remember)}
     url = {"redis": "redis", "sqlite": f"sqlite:///{work}/db-{{service}}.sqlite3",
            "postgres": settings.postgres_url}[settings.store]
-    if settings.store == "postgres" and (skipped := _fresh_postgres(url)):
-        raise RuntimeError(skipped)
     server = RedisServer(work / "redis", persistent=False).start()
     workers = WorkerGroup({**_env(work), **bounds}, work / "logs")
     pipeline: FullSystem | None = None
@@ -156,13 +157,13 @@ def run_soak(settings: SoakSettings, report: Callable[[str], None] = print) -> d
         restore_keys(previous_keys)
     result["meta"]["seconds"] = round(time.monotonic() - started, 1)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "soak.json").write_text(json.dumps(result, indent=2))
     try:
         from shop.bench.plot import plot_soak
 
         plot_soak(result, out / "soak.png")
     except ImportError:
         result["meta"]["png"] = "no PNG: matplotlib is missing"
+    (out / "soak.json").write_text(json.dumps(result, indent=2))
     return result
 
 
