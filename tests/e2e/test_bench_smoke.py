@@ -63,9 +63,11 @@ def test_a_short_soak_samples_every_tenth_and_its_bounds_apply(redis_url: str, t
     assert all(min(sample["worker_rss_mib"].values()) > 0 for sample in samples)
     # ~5 events per order: 4000 were logged, the stream keeps about 500 (MAXLEN ~ trims whole nodes of 100)
     assert all(sample["redis"]["event_log"] <= 700 for sample in samples), [s["redis"]["event_log"] for s in samples]
-    # every handled event leaves an inbox mark; with a 2 s TTL the marks of the first tenths are gone by the end
+    # every delivery handled leaves an inbox mark: 6 per order (product; payment and the order catalogue; order;
+    # notification; order), so at least 4800 in the measured run. Without the TTL they would all still be there; with
+    # a 2 s TTL only the last seconds' marks are (plus expired ones Redis has not reclaimed yet): well under half.
     marks_at_end = samples[-1]["redis"]["expiring_keys"]
-    assert marks_at_end < 4 * 800 / 2, marks_at_end
+    assert marks_at_end < 6 * 800 / 2, marks_at_end
     assert set(result["verdict"]) >= {"throughput_last_over_first", "p99_last_over_first", "worker_rss_growth"}
     assert (out / "soak.png").stat().st_size > 0
     print(f"soak: {[sample['throughput'] for sample in samples]} orders/s per tenth, verdict {result['verdict']}")
