@@ -218,8 +218,10 @@ def bootstrap(settings: BusSettings | None = None, stores: StoreSettings | None 
                 database = engines(url)
                 migrate.upgrade(database)
                 closers.append(database.dispose)
-                relay = sender(SqlOutbox(database, settings))
-                built[url] = (SqlStore(database, settings, keys, on_commit=relay.send),
+                rows = SqlOutbox(database, settings)
+                closers.append(rows.flush)  # closers run last first: before the engine goes
+                relay = sender(rows)
+                built[url] = (SqlStore(database, settings, keys, on_commit=relay.send, settled=rows),
                               SqlDeadLetters(database, limits(settings)), relay, database)
         store, dead, relay_of, database_of = built[url]
         wiring.stores[name] = store

@@ -75,7 +75,7 @@ def test_a_crash_around_the_commit_leaves_one_effect_and_one_event(
     wait_until(lambda: order_id in payments(sql_wiring) and len(published_to_orders(sql_wiring, redis_client)) == 1,
                timeout=30, message="the payment and its one PaymentProcessed")
     assert redis_client.lrange(RedisLedger.CHARGES, 0, -1) == [order_id.encode()]
-    assert sql_wiring.outbox_pending() == 0
+    wait_until(lambda: sql_wiring.outbox_pending() == 0, timeout=10, message="its outbox row deleted once sent")
 
 
 def test_a_crash_between_the_commit_and_the_hand_over_is_repaired_by_the_relay(
@@ -117,5 +117,5 @@ def test_a_relay_killed_before_settling_sends_again_and_the_consumer_keeps_one_e
     wait_until(lambda: not redis_client.llen("order_service"), timeout=30, message="both copies consumed")
     assert sql_wiring.unit_of_work("order_service", first_copy).already_handled()
     assert sql_wiring.dead_letters.list("order_service") == []
-    assert sql_wiring.outbox_pending() == 0
+    wait_until(lambda: sql_wiring.outbox_pending() == 0, timeout=10, message="the resent row deleted")
     assert redis_client.lrange(RedisLedger.CHARGES, 0, -1) == [order_id.encode()]

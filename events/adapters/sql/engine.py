@@ -4,7 +4,8 @@ SQLite: WAL (readers never block the writer, several worker processes may share 
 of an immediate "database is locked", and `BEGIN IMMEDIATE` for every write transaction, so two processes never
 deadlock upgrading a read lock to a write lock. `synchronous=NORMAL` in WAL mode keeps every committed transaction
 across a process crash (not across a power loss: the last transactions before it may be lost). Reads go through a
-second engine in autocommit mode, so they take no lock at all.
+second engine in autocommit mode (every read is one statement, its own snapshot), so they take no lock at all and a
+connection going back to the pool has nothing to roll back.
 
 PostgreSQL: psycopg 3; `postgresql://` URLs are read as `postgresql+psycopg://`.
 """
@@ -49,11 +50,12 @@ def engines(url: str, busy_timeout_ms: int = 30_000) -> Engines:
         # No pre-ping (a round trip per checkout): a connection broken by a server restart fails once, as
         # "unavailable" (the message goes back), and SQLAlchemy replaces the pool's connections.
         options: dict[str, Any] = {"pool_size": 5, "max_overflow": 5}
-        return Engines(url, create_engine(url, **options), create_engine(url, isolation_level="AUTOCOMMIT", **options))
+        return Engines(url, create_engine(url, **options),
+                       create_engine(url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **options))
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     write = create_engine(url)
-    read = create_engine(url)
+    read = create_engine(url, pool_reset_on_return=None)
 
     def pragmas(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # transactions are begun explicitly, below
@@ -67,11 +69,7 @@ def engines(url: str, busy_timeout_ms: int = 30_000) -> Engines:
     def begin_immediate(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
-    def begin_deferred(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
-
     event.listen(write, "connect", pragmas)
     event.listen(write, "begin", begin_immediate)
     event.listen(read, "connect", pragmas)
-    event.listen(read, "begin", begin_deferred)
     return Engines(url, write, read)

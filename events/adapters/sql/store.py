@@ -2,10 +2,15 @@
 
 One database transaction holds what a handler changed (each document with an optimistic version check), the inbox row
 (unique per consumer and event id: a second delivery cannot commit) and one outbox row per published event. After the
-commit the events are handed to the broker at once (`on_commit`, an `OutboxSender`) and their rows deleted; whatever a
-crash left behind is found by the relay (`SqlOutbox.claim`: `FOR UPDATE SKIP LOCKED` on PostgreSQL, so several relays
-never send one row twice; SQLite has one writer at a time). A crash between the broker taking an event and its row
-being deleted sends it twice, which the consumers' inbox absorbs.
+commit the events are handed to the broker at once (`on_commit`, an `OutboxSender`); the rows the broker took are
+deleted by the store's next write transaction (or, when none comes soon, by a flush of their own: `SqlOutbox.settle`),
+so a unit of work costs one write transaction, not two. Whatever a crash left behind is found by the relay
+(`SqlOutbox.claim`: `FOR UPDATE SKIP LOCKED` on PostgreSQL, so several relays never send one row twice; SQLite has one
+writer at a time). A crash between the broker taking an event and its row being deleted sends it twice, which the
+consumers' inbox absorbs.
+
+Every statement is built once per store with bound parameters (`Statements`): SQLAlchemy then finds its compiled form
+in its cache instead of building, coercing and hashing a new statement per call.
 
 A unit of work can also run *attached* to an open transaction (`connection`): its reads and its commit then happen
 inside it, which is how the monolith runs a whole saga in one transaction (inprocess.py).
@@ -14,11 +19,13 @@ inside it, which is how the monolith runs a whole saga in one transaction (inpro
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Table, and_, delete, func, insert, select, update
+from sqlalchemy import BindParameter, Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from events.adapters.sql.engine import Engines
@@ -29,6 +36,30 @@ from events.messaging import OutgoingMessage
 from events.settings import BusSettings
 from events.unit_of_work import AlreadyHandled, ConcurrentUpdate, UnitOfWork
 
+log = logging.getLogger(__name__)
+
+
+class Statements:
+    """The statements of the hot path, built once (per dialect) with bound parameters."""
+
+    def __init__(self, engines: Engines) -> None:
+        dialect = sqlite if engines.is_sqlite else postgresql
+        service: BindParameter[str] = bindparam("b_service")
+        collection: BindParameter[str] = bindparam("b_collection")
+        key: BindParameter[str] = bindparam("b_key")
+        self.get = select(documents.c.version, documents.c.body).where(
+            documents.c.service == service, documents.c.collection == collection, documents.c.key == key)
+        self.handled = select(inbox_table.c.event_id).where(
+            inbox_table.c.consumer == bindparam("b_consumer"), inbox_table.c.event_id == bindparam("b_event_id"))
+        self.mark = dialect.insert(inbox_table).on_conflict_do_nothing().returning(inbox_table.c.event_id)
+        """INSERT that returns no row when the event id is already there, instead of failing the transaction"""
+        self.create = dialect.insert(documents).on_conflict_do_nothing().returning(documents.c.key)
+        self.change = update(documents).where(
+            documents.c.service == service, documents.c.collection == collection, documents.c.key == key,
+            documents.c.version == bindparam("b_read"))
+        self.outbox = insert(outbox)
+        self.settle = delete(outbox).where(outbox.c.id.in_(bindparam("b_ids", expanding=True)))
+
 
 class SqlStore:
     def __init__(
@@ -38,12 +69,16 @@ class SqlStore:
         keys: Signatures | None = None,
         on_commit: Callable[[list[OutgoingMessage]], object] | None = None,
         outbox: bool = True,
+        settled: SqlOutbox | None = None,
     ) -> None:  # keys: who signs the outgoing events (None: the monolith, whose events never leave the process)
         self.engines, self.settings, self.on_commit, self.keys = engines, settings, on_commit, keys
         if outbox and keys is None:
             raise ValueError("a store whose events go to a broker needs the keys to sign them")
         self.outbox = outbox
         """False for a store whose events are dispatched in process (the monolith): no outbox rows, no broker"""
+        self.settled = settled
+        """the relay's outbox: each write transaction also deletes the rows the broker took since the last one"""
+        self.statements = Statements(engines)
 
     def unit_of_work(
         self, service: str, cause: Envelope | None = None, inbox: str | None = None,
@@ -72,10 +107,12 @@ class SqlStore:
             result = connection.execute(delete(inbox_table).where(inbox_table.c.handled_at < older_than))
             return int(result.rowcount or 0)
 
-    def insert_new(self, table: Table) -> Insert:
-        """INSERT that does nothing when the key exists (no row RETURNED), instead of failing the transaction."""
-        dialect = postgresql if not self.engines.is_sqlite else sqlite
-        return dialect.insert(table).on_conflict_do_nothing()
+    def read(self, statement: Any, parameters: dict[str, Any], connection: Connection | None) -> Any:
+        """The first row of a query, inside `connection`'s transaction or on a reading connection of its own."""
+        if connection is not None:
+            return connection.execute(statement, parameters).first()
+        with self.engines.read.connect() as reader:
+            return reader.execute(statement, parameters).first()
 
 
 class SqlUnitOfWork(UnitOfWork):
@@ -91,34 +128,35 @@ class SqlUnitOfWork(UnitOfWork):
         """what the last commit wrote to the outbox (attached units of work leave sending to their owner)"""
 
     def get(self, collection: str, key: str) -> dict[str, Any] | None:
-        query = select(documents.c.version, documents.c.body).where(
-            documents.c.service == self.service, documents.c.collection == collection, documents.c.key == key)
-        if self._connection is not None:
-            row = self._connection.execute(query).first()
-        else:
-            with self._store.engines.read.connect() as connection:
-                row = connection.execute(query).first()
+        row = self._store.read(self._store.statements.get,
+                               {"b_service": self.service, "b_collection": collection, "b_key": key}, self._connection)
         self._versions[(collection, key)] = row.version if row else 0
         return None if row is None else dict(json.loads(row.body))
 
     def already_handled(self) -> bool:
         if self.cause is None:
             return False
-        query = select(inbox_table.c.event_id).where(inbox_table.c.consumer == self.inbox,
-                                                     inbox_table.c.event_id == str(self.cause.event_id))
-        if self._connection is not None:
-            return self._connection.execute(query).first() is not None
-        with self._store.engines.read.connect() as connection:
-            return connection.execute(query).first() is not None
+        row = self._store.read(self._store.statements.handled,
+                               {"b_consumer": self.inbox, "b_event_id": str(self.cause.event_id)}, self._connection)
+        return row is not None
 
     def commit(self) -> None:
         if self._connection is not None:
             self.commit_in(self._connection)
             return
-        with self._store.engines.write.begin() as connection:
-            self.commit_in(connection)
-        if self.messages and self._store.on_commit is not None:
-            self._store.on_commit(self.messages)
+        store = self._store
+        settled = store.settled.take() if store.settled is not None else []
+        try:
+            with store.engines.write.begin() as connection:
+                self.commit_in(connection)
+                if settled:
+                    connection.execute(store.statements.settle, {"b_ids": settled})
+        except BaseException:
+            if store.settled is not None:
+                store.settled.give_back(settled)
+            raise
+        if self.messages and store.on_commit is not None:
+            store.on_commit(self.messages)
 
     def commit_in(self, connection: Connection) -> list[Envelope]:
         """Write everything inside `connection`'s open transaction (the caller commits it); returns the published
@@ -140,47 +178,62 @@ class SqlUnitOfWork(UnitOfWork):
     def write(self, connection: Connection, messages: Sequence[OutgoingMessage]) -> None:
         """Everything this unit of work changes, inside `connection`'s transaction."""
         now = time.time()
-        store = self._store
+        statements = self._store.statements
         if self.cause is not None:
-            marked = connection.execute(store.insert_new(inbox_table).values(
-                consumer=self.inbox, event_id=str(self.cause.event_id), handled_at=now,
-            ).returning(inbox_table.c.event_id)).first()
+            event_id = str(self.cause.event_id)
+            marked = connection.execute(
+                statements.mark, {"consumer": self.inbox, "event_id": event_id, "handled_at": now}).first()
             if marked is None:
-                raise AlreadyHandled(str(self.cause.event_id))
+                raise AlreadyHandled(event_id)
         for (collection, key), document in self._writes.items():
             body = json.dumps(document, separators=(",", ":"))
             read = self._versions.get((collection, key), 0)
             if read == 0:
-                created = connection.execute(store.insert_new(documents).values(
-                    service=self.service, collection=collection, key=key, version=1, body=body,
-                ).returning(documents.c.key)).first()
+                created = connection.execute(statements.create, {
+                    "service": self.service, "collection": collection, "key": key, "version": 1, "body": body,
+                }).first()
                 if created is None:
                     raise ConcurrentUpdate(f"{collection}/{key}")
             else:
-                changed = connection.execute(update(documents).where(and_(
-                    documents.c.service == self.service, documents.c.collection == collection,
-                    documents.c.key == key, documents.c.version == read,
-                )).values(version=read + 1, body=body)).rowcount
+                changed = connection.execute(statements.change, {
+                    "b_service": self.service, "b_collection": collection, "b_key": key, "b_read": read,
+                    "version": read + 1, "body": body,
+                }).rowcount
                 if changed != 1:
                     raise ConcurrentUpdate(f"{collection}/{key}")
         if messages:
             due = now + self._store.settings.redeliver_after
-            connection.execute(insert(outbox), [
+            connection.execute(statements.outbox, [
                 {"id": message.id, "message": message.to_json(), "created_at": now, "due_at": due}
                 for message in messages
             ])
 
 
 class SqlOutbox:
-    """`Outbox` for the relay: rows left by a crash (or a broker outage) after their due time."""
+    """`Outbox` for the relay: rows left by a crash (or a broker outage) after their due time.
 
-    def __init__(self, engines: Engines, settings: BusSettings) -> None:
-        self.engines, self.settings = engines, settings
+    Rows the broker took are not deleted one transaction each: `settle` keeps their ids, the store's next write
+    transaction deletes them with its own writes (`take`, `give_back` if it rolls back), and a background flush
+    deletes whatever is left `linger` seconds later, so an idle service's outbox empties too. The relay and `pending`
+    flush first, so a settled row is never claimed nor counted. Until the delete, a crash only means the relay sends
+    those events again after their due time (the consumers' inbox absorbs them)."""
+
+    FLUSH_AT = 256
+    """ids kept at most before `settle` deletes them at once"""
+
+    def __init__(self, engines: Engines, settings: BusSettings, linger: float = 0.2) -> None:
+        self.engines, self.settings, self.linger = engines, settings, linger
+        self.statements = Statements(engines)
+        self._settled: list[str] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._flusher: threading.Thread | None = None
 
     def claim(self, limit: int) -> list[OutgoingMessage]:
         """Due rows, claimed by pushing their due time forward in the same transaction that locked them: two relays
         never send one row in the same period (PostgreSQL skips rows another relay holds; SQLite's write lock
         serialises the claim)."""
+        self.flush()
         now = time.time()
         query = select(outbox.c.id, outbox.c.message).where(outbox.c.due_at <= now).order_by(
             outbox.c.due_at).limit(limit)
@@ -194,10 +247,52 @@ class SqlOutbox:
         return [OutgoingMessage.from_json(row.message) for row in rows]
 
     def settle(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        with self._lock:
+            self._settled.extend(ids)
+            full = len(self._settled) >= self.FLUSH_AT
+            if not full and (self._flusher is None or not self._flusher.is_alive()):  # none yet, or lost in a fork
+                self._flusher = threading.Thread(target=self._flush_when_idle, name="outbox-settle", daemon=True)
+                self._flusher.start()
+        if full:
+            self.flush()
+        else:
+            self._wake.set()
+
+    def take(self) -> list[str]:
+        """The settled ids not deleted yet: the caller deletes them in its transaction, or gives them back."""
+        with self._lock:
+            ids, self._settled = self._settled, []
+        return ids
+
+    def give_back(self, ids: list[str]) -> None:
         if ids:
+            with self._lock:
+                self._settled[:0] = ids
+
+    def flush(self) -> None:
+        ids = self.take()
+        if not ids:
+            return
+        try:
             with self.engines.write.begin() as connection:
-                connection.execute(delete(outbox).where(outbox.c.id.in_(list(ids))))
+                connection.execute(self.statements.settle, {"b_ids": ids})
+        except BaseException:
+            self.give_back(ids)
+            raise
+
+    def _flush_when_idle(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self.linger)  # a write transaction in the meantime takes them along
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception as exc:  # noqa: BLE001 - the next settle, write or relay pass deletes them
+                log.warning("outbox: settled rows not deleted yet (%r)", exc)
 
     def pending(self) -> int:
+        self.flush()
         with self.engines.read.connect() as connection:
             return int(connection.execute(select(func.count()).select_from(outbox)).scalar_one())
