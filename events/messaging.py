@@ -64,12 +64,16 @@ class SendResult:
     """ids the broker accepted (for RabbitMQ: confirmed)"""
     unroutable: list[OutgoingMessage] = field(default_factory=list)
     """messages no queue is bound to: the caller dead-letters them (they count as settled)"""
+    acknowledged: bool = False
+    """the message being handled (`acknowledge`) was acknowledged in the same step"""
 
 
 class Broker(Protocol):
-    def send(self, messages: Sequence[OutgoingMessage]) -> SendResult:
+    def send(self, messages: Sequence[OutgoingMessage], acknowledge: object | None = None) -> SendResult:
         """Deliver each message to its queues. May stop early on a broker error: what is not in the result was
-        not sent and stays in the outbox."""
+        not sent and stays in the outbox. `acknowledge`: the broker's token of the message whose handling committed
+        these (`UnitOfWork.acknowledgement`); a broker that can acknowledge it in the same step does (one round trip
+        instead of two) and says so in the result, any other ignores it."""
         ...
 
     def subscribers(self, event_type: str) -> list[str]:
@@ -107,15 +111,26 @@ class OutboxSender:
         self.relayed = 0
 
     def send(self, messages: Sequence[OutgoingMessage]) -> int:
-        """Hand committed entries to the broker. A broker that cannot be reached is not the committer's problem: the
-        entries stay in the outbox for the relay, and the commit stands."""
+        """Hand committed entries to the broker; returns how many it took (or dead-lettered as unroutable)."""
+        result = self._send(messages, None)
+        return len(result.sent) + len(result.unroutable) if result else 0
+
+    def hand_over(self, messages: Sequence[OutgoingMessage], acknowledge: object | None) -> bool:
+        """A store's hand-over right after its commit: `send`, acknowledging the handled message in the same step
+        where the broker can. True when it did (the channel's own ack then has nothing left to do)."""
+        result = self._send(messages, acknowledge)
+        return bool(result and result.acknowledged)
+
+    def _send(self, messages: Sequence[OutgoingMessage], acknowledge: object | None) -> SendResult | None:
+        """A broker that cannot be reached is not the committer's problem: the entries stay in the outbox for the
+        relay, and the commit stands."""
         if not messages:
-            return 0
+            return None
         try:
-            result = self.broker.send(messages)
+            result = self.broker.send(messages, acknowledge)
         except Exception as exc:  # noqa: BLE001 - whatever the broker raised, the relay will send them later
             log.warning("the broker did not take %d committed event(s) (%r); the relay will", len(messages), exc)
-            return 0
+            return None
         for message in result.unroutable:
             self.dead_letter_unroutable(message)
         if self.after_send is not None and result.sent:
@@ -126,7 +141,7 @@ class OutboxSender:
             self.failpoint("after_send", "outbox", ",".join(sorted(done)))
         if done:
             self.outbox.settle(done)
-        return len(done)
+        return result
 
     def sweep(self, limit: int = 500) -> int:
         sent = self.send(self.outbox.claim(limit))

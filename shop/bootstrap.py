@@ -221,7 +221,7 @@ def bootstrap(settings: BusSettings | None = None, stores: StoreSettings | None 
                 rows = SqlOutbox(database, settings)
                 closers.append(rows.flush)  # closers run last first: before the engine goes
                 relay = sender(rows)
-                built[url] = (SqlStore(database, settings, keys, on_commit=relay.send, settled=rows),
+                built[url] = (SqlStore(database, settings, keys, on_commit=relay.hand_over, settled=rows),
                               SqlDeadLetters(database, limits(settings)), relay, database)
         store, dead, relay_of, database_of = built[url]
         wiring.stores[name] = store
@@ -350,12 +350,22 @@ def inject_store_faults(wiring: Wiring, service: str, fault: Callable[[str, str,
         return
     sender.failpoint = fault
 
-    def hand_over(messages: list[OutgoingMessage]) -> object:
+    def failing_before(messages: list[OutgoingMessage]) -> None:
         for message in messages:
             fault("before_publish", message.type, message.id)
-        return sender.send(messages)
 
-    store.on_commit = hand_over
+    if isinstance(store, SqlStore):
+        def hand_over(messages: list[OutgoingMessage], acknowledge: object | None) -> bool:
+            failing_before(messages)
+            return sender.hand_over(messages, acknowledge)
+
+        store.on_commit = hand_over
+    else:
+        def send(messages: list[OutgoingMessage]) -> object:
+            failing_before(messages)
+            return sender.send(messages)
+
+        store.on_commit = send
 
 
 def bootstrap_api(service: str, settings: BusSettings | None = None) -> FastAPI:

@@ -45,8 +45,9 @@ class Handed:
     def __init__(self) -> None:
         self.messages: list[OutgoingMessage] = []
 
-    def __call__(self, messages: list[OutgoingMessage]) -> None:
+    def __call__(self, messages: list[OutgoingMessage], acknowledge: object | None) -> bool:
         self.messages.extend(messages)
+        return False
 
 
 def rows(database: Engines) -> int:

@@ -46,7 +46,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, keys: KeyRing) -> Iter
             pytest.skip(missing)
         url = f"sqlite:///{tmp_path}/store.sqlite3" if request.param == "sqlite" else postgres_database("contract")
         sql = emptied(url)
-        yield SqlStore(sql, BusSettings(), keys, on_commit=lambda messages: None)
+        yield SqlStore(sql, BusSettings(), keys, on_commit=lambda messages, acknowledge: False)
         sql.dispose()
         return
     request.getfixturevalue("redis_url")

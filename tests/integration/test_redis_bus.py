@@ -18,9 +18,10 @@ from events.adapters.redis.keys import Keys
 from events.adapters.redis.topology import consumer_queue
 from events.adapters.redis.worker import RedisWorkerHooks
 from events.bus import ServiceSpec
-from events.catalog import NotificationSent, StockReserved
+from events.catalog import NotificationSent, PaymentProcessed, StockReserved
 from events.deadletters import UNROUTABLE, replay
 from events.envelope import open_envelope, seal
+from events.messaging import OutgoingMessage
 from events.runtime.celery_worker import make_celery_app
 from events.unit_of_work import AlreadyHandled, ConcurrentUpdate
 from shop.bootstrap import Wiring, bootstrap, declare_topology
@@ -326,6 +327,30 @@ def test_a_taken_message_is_recorded_in_the_taken_list_only_until_acknowledged(
     message.ack()
     assert redis_client.llen(taken) == 0 and redis_client.llen("payment_service") == 0
     assert unsettled(wiring, "payment_service") == 0, "the ack settles the queue's outbox copy too"
+
+
+def test_events_handed_over_after_a_commit_acknowledge_the_taken_message_in_the_same_step(
+    wiring: Wiring, redis_client: redis.Redis, take, hooks: RedisWorkerHooks
+):
+    """A store of its own (SQL) commits first, then hands its events over: that one step also does what the ack
+    would, so the channel's ack has nothing left to do."""
+    declare_topology(wiring.settings)
+    wiring.publish(wrap(stock_reserved()))
+    _, message = take()
+    request = type("Request", (), {"properties": message.properties})()
+    acknowledgement = hooks.acknowledgement(request)
+    assert acknowledgement is not None
+    payment = wrap(PaymentProcessed(order_id=uuid4(), payment_id=uuid4(), amount="1.00"))  # type: ignore[arg-type]
+
+    result = wiring.broker.send([OutgoingMessage.of(payment, session_keys())], acknowledgement)
+
+    assert result.acknowledged
+    assert redis_client.llen(Keys.taken("payment_service", TAKING_NODE)) == 0, "out of the taken list"
+    assert unsettled(wiring, "payment_service") == 0, "its queue-outbox copy settled"
+    assert payment.event_id in [e.event_id for e in queued_envelopes(redis_client, "order_service", wiring.settings)]
+    hooks.acknowledged(request)
+    message.ack()  # what celery does next: nothing left to remove
+    assert redis_client.llen("payment_service") == 0
 
 
 def test_a_rejected_message_goes_back_to_its_queue_flagged_redelivered(

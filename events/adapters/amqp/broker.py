@@ -144,10 +144,10 @@ class AmqpBroker:
     def subscribers(self, event_type: str) -> list[str]:
         return sorted(self._routes.get(event_type, []))
 
-    def send(self, messages: Sequence[OutgoingMessage]) -> SendResult:
+    def send(self, messages: Sequence[OutgoingMessage], acknowledge: object | None = None) -> SendResult:
         """Publish one by one, each confirmed before it counts as sent. On a broker error the rest are left out of
         the result (they stay in the outbox for the relay): raising would only make the caller redo work its inbox
-        already refuses."""
+        already refuses. (`acknowledge` is not for RabbitMQ: the consumer's channel acks its messages itself.)"""
         result = SendResult()
         try:
             with self._lock:

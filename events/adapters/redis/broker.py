@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import redis
 
 from events import tracing
+from events.adapters.redis import kombu_channel
 from events.adapters.redis.keys import Keys
 from events.adapters.redis.messages import MessageFactory
 from events.adapters.redis.scripts import lua_script
@@ -100,6 +101,7 @@ class Cause:
     """The message being handled: whose inbox marks it, and the queue it came from (its outbox copy is settled)."""
 
     inbox: str
+    """'' when the inbox is kept elsewhere (a store of its own, committed already): only the queue copy is settled"""
     event_id: str
     queue: str | None = None
 
@@ -122,8 +124,8 @@ class AtomicStep:
     ) -> int:
         """`writes` = (key, expected version, json); `acknowledge` = (taken list, message as taken)."""
         keys = [
-            Keys.inbox(cause.inbox, cause.event_id) if cause else "",
-            Keys.deliveries(cause.inbox, cause.event_id) if cause else "",
+            Keys.inbox(cause.inbox, cause.event_id) if cause and cause.inbox else "",
+            Keys.deliveries(cause.inbox, cause.event_id) if cause and cause.inbox else "",
             Keys.outbox(cause.queue) if cause and cause.queue else "",
             Keys.outbox_schedule(cause.queue) if cause and cause.queue else "",
             acknowledge[0] if acknowledge else "",
@@ -173,11 +175,17 @@ class RedisBroker:
                 deliveries.append(Delivery(key, payload, event_id, queue))
         return deliveries
 
-    def send(self, messages: Sequence[OutgoingMessage]) -> SendResult:
+    def send(self, messages: Sequence[OutgoingMessage], acknowledge: object | None = None) -> SendResult:
         """All of them in one atomic step; an unroutable one is dead-lettered in that step too (so it counts as
-        sent: there is nothing left for an outbox to retry)."""
-        self.step.run(deliveries=self.deliveries(messages), logged=[m for m in messages if m.queue is None])
-        return SendResult(sent=[message.id for message in messages])
+        sent: there is nothing left for an outbox to retry). `acknowledge` = (taken list, message as taken): the
+        message whose handling committed these, acknowledged in the same step as the channel's ack would (out of the
+        taken list, its queue-outbox copy settled), for a store of its own that commits before it hands over."""
+        taken = acknowledge if isinstance(acknowledge, tuple) else None
+        task_id = kombu_channel.task_id_of(taken[1]) if taken else None
+        event_id, _, queue = (task_id or "").partition(":")
+        self.step.run(deliveries=self.deliveries(messages), logged=[m for m in messages if m.queue is None],
+                      cause=Cause("", event_id, queue) if queue else None, acknowledge=taken)
+        return SendResult(sent=[message.id for message in messages], acknowledged=taken is not None)
 
     def close(self) -> None:
         self.router.close()

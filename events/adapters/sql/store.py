@@ -67,11 +67,13 @@ class SqlStore:
         engines: Engines,
         settings: BusSettings,
         keys: Signatures | None = None,
-        on_commit: Callable[[list[OutgoingMessage]], object] | None = None,
+        on_commit: Callable[[list[OutgoingMessage], object | None], bool] | None = None,
         outbox: bool = True,
         settled: SqlOutbox | None = None,
     ) -> None:  # keys: who signs the outgoing events (None: the monolith, whose events never leave the process)
         self.engines, self.settings, self.on_commit, self.keys = engines, settings, on_commit, keys
+        """on_commit(events, acknowledgement): hands the committed events to the broker (`OutboxSender.hand_over`);
+        True when the broker acknowledged the handled message in the same step"""
         if outbox and keys is None:
             raise ValueError("a store whose events go to a broker needs the keys to sign them")
         self.outbox = outbox
@@ -156,7 +158,8 @@ class SqlUnitOfWork(UnitOfWork):
                 store.settled.give_back(settled)
             raise
         if self.messages and store.on_commit is not None:
-            store.on_commit(self.messages)
+            own_delivery = self.inbox == self.service  # not a replay's own inbox
+            self.acknowledged = store.on_commit(self.messages, self.acknowledgement if own_delivery else None)
 
     def commit_in(self, connection: Connection) -> list[Envelope]:
         """Write everything inside `connection`'s open transaction (the caller commits it); returns the published
