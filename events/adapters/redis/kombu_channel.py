@@ -87,6 +87,11 @@ _TAKEN: dict[str, tuple[str, bytes] | None] = {}
 """Delivery tag -> (queue, message as taken) for every message this process's consuming channel took and has not yet
 acknowledged. None once the store's commit removed it from the taken list. One consuming channel per worker process
 (solo pool), so one registry."""
+_ACKS: list[tuple[str, bytes]] = []
+"""(queue, message as taken) acknowledged by the worker and not yet by Redis: sent ahead of the next take, in the
+same write (a pipeline), so an ack costs no round trip of its own. Lost with the process or the connection, an ack
+only means the message goes back to its queue when the node reconnects (`put_back`) and the consumer's inbox refuses
+the duplicate."""
 
 after_take: Callable[[str, bytes], None] | None = None
 """Fault injection only: called with (queue, item) right after a take (the crash tests kill the worker there)."""
@@ -132,6 +137,7 @@ def acknowledged(delivery_tag: str) -> None:
 def forget_taken() -> None:
     """A (re)connecting node puts back everything its taken list holds: no tag of the old connection is acked."""
     _TAKEN.clear()
+    _ACKS.clear()
 
 
 def task_id_of(item: bytes | str) -> str | None:
@@ -142,15 +148,22 @@ def task_id_of(item: bytes | str) -> str | None:
         return None
 
 
-def settle(pipe: Any, taken_key: str, outbox_pattern: str | None, queue: str, item: bytes) -> None:
-    """Queue the commands that acknowledge one taken message on `pipe`: out of the taken list, and its queue-outbox
-    copy settled (the task id is `<event id>:<queue>`)."""
-    pipe.lrem(taken_key, 1, item)
+def ack_commands(taken_key: str, outbox_pattern: str | None, queue: str, item: bytes) -> list[tuple[Any, ...]]:
+    """The commands that acknowledge one taken message: out of the taken list, and its queue-outbox copy settled (the
+    task id is `<event id>:<queue>`). Deletions only: Redis accepts them even at its memory limit."""
+    commands: list[tuple[Any, ...]] = [("LREM", taken_key, 1, item)]
     task_id = task_id_of(item)
     if outbox_pattern and task_id:
         event_id = task_id.split(":", 1)[0]
-        pipe.hdel(outbox_pattern.format(queue=queue), event_id)
-        pipe.zrem(outbox_pattern.format(queue=queue) + ":due", event_id)
+        commands += [("HDEL", outbox_pattern.format(queue=queue), event_id),
+                     ("ZREM", outbox_pattern.format(queue=queue) + ":due", event_id)]
+    return commands
+
+
+def settle(pipe: Any, taken_key: str, outbox_pattern: str | None, queue: str, item: bytes) -> None:
+    """Queue the commands that acknowledge one taken message on `pipe` (`ack_commands`)."""
+    for command in ack_commands(taken_key, outbox_pattern, queue, item):
+        pipe.execute_command(*command)
 
 
 def put_back(client: Any, taken_key: str, queue: str, item: bytes, leftmost: bool = False) -> None:
@@ -254,12 +267,12 @@ class TakenListQoS(kombu_redis.QoS):
             return super().ack(delivery_tag)
         taken = _TAKEN.pop(delivery_tag)
         if taken is not None:  # None: the commit acknowledged it already
-            # Without MULTI, which Redis refuses at its memory limit (the deletions alone it accepts). Should the
-            # node die between them, the queue-outbox copy outlives the ack: the relay re-sends it and the
-            # consumer's inbox refuses the duplicate.
-            with self.channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
-                settle(pipe, self.channel.taken_key, self.channel.outbox_pattern, taken[0], taken[1])
-                pipe.execute()
+            # Sent with the next take (`_brpop_start`), without MULTI, which Redis refuses at its memory limit (the
+            # deletions alone it accepts). Should the node die before, or between them, the message goes back to its
+            # queue (or its queue-outbox copy is re-sent by the relay) and the consumer's inbox refuses the duplicate.
+            _ACKS.append(taken)
+            if self.channel._moving_from is None:  # not taking with BLMOVE: no take to ride on
+                self.channel.flush_acks()
         virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
@@ -302,27 +315,69 @@ class TakenListChannel(kombu_redis.Channel):
     def outbox_pattern(self) -> str | None:
         return self.connection.client.transport_options.get(OUTBOX_KEY_OPTION)
 
+    _ack_replies = 0
+    """replies of acknowledgements sent ahead of the BLMOVE, to read before its own"""
+
+    def flush_acks(self) -> None:
+        """Send the pending acknowledgements now, in one round trip (when no take follows to carry them)."""
+        commands = self._pending_ack_commands()
+        if commands:
+            with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                pipe.execute()
+
+    def _pending_ack_commands(self) -> list[tuple[Any, ...]]:
+        acks = list(_ACKS)
+        _ACKS.clear()
+        return [command for queue, item in acks
+                for command in ack_commands(self.taken_key, self.outbox_pattern, queue, item)]
+
     def _brpop_start(self, timeout: float | None = None) -> None:
-        """BLMOVE the queue's oldest message into this node's taken list, where kombu would BRPOP it. Only for one
-        queue with one priority list (a service worker); anything else keeps kombu's BRPOP."""
+        """BLMOVE the queue's oldest message into this node's taken list, where kombu would BRPOP it, preceded in the
+        same write by the acknowledgements of the messages handled since the last take. Only for one queue with one
+        priority list (a service worker); anything else keeps kombu's BRPOP."""
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps
                 for queue in self._queue_cycle.consume(len(self.active_queues))]
         if len(keys) != 1 or not self.taken_key or self.global_keyprefix:
             self._moving_from = None
+            self.flush_acks()
             return super()._brpop_start(timeout)
         self._moving_from = keys[0]
-        self._in_poll = self.client.connection
+        connection = self.client.connection
+        self._in_poll = connection
         # kombu declares `_brpop_sent_at = None` and `_in_poll = False`, so mypy infers None and bool; kombu itself
         # stores a float and a connection or None in them.
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]
         wait = self.brpop_timeout if timeout is None else timeout
-        self.client.connection.send_command("BLMOVE", keys[0], self.taken_key, "RIGHT", "LEFT", wait or 0)
+        commands = self._pending_ack_commands()
+        self._ack_replies = len(commands)
+        commands.append(("BLMOVE", keys[0], self.taken_key, "RIGHT", "LEFT", wait or 0))
+        connection.send_packed_command(connection.pack_commands(commands))
 
     def _brpop_read(self, **options: Any) -> bool:
-        """The reply to the BLMOVE: deliver the message (or its dead-letter stand-in) as kombu delivers a BRPOP's."""
+        """The reply to the BLMOVE: deliver the message (or its dead-letter stand-in) as kombu delivers a BRPOP's.
+        The replies of the acknowledgements sent ahead of it come first; when the BLMOVE's is not there yet, the
+        take stays in flight and this is called again once it is."""
         source = self._moving_from
         if source is None:
             return bool(super()._brpop_read(**options))
+        if self._ack_replies:
+            connection = self.client.connection
+            try:
+                while self._ack_replies:
+                    self._ack_replies -= 1
+                    try:
+                        self.client.parse_response(connection, "ACK")
+                    except redis.exceptions.ResponseError as exc:  # that one reply consumed: the rest follow
+                        log.warning("an acknowledgement was refused (%s): the message goes back at reconnect", exc)
+                if not connection.can_read(timeout=0):
+                    return False
+            except self.connection_errors:
+                self._ack_replies = 0
+                self._in_poll = None  # type: ignore[assignment]  # kombu's untyped `_in_poll = False`, see below
+                connection.disconnect()
+                raise
         try:
             try:
                 item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
@@ -349,6 +404,15 @@ class TakenListChannel(kombu_redis.Channel):
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu's untyped `_in_poll = False`, see above
             self._flush_brpop_reauth()
+
+    def close(self) -> None:
+        """Send what is still to acknowledge before the channel goes (a worker stopping cleanly leaves nothing
+        taken); if Redis is gone, those messages go back to their queue when the node reconnects."""
+        try:
+            self.flush_acks()
+        except (*self.connection_errors, redis.exceptions.RedisError) as exc:
+            log.warning("closing with acknowledgements unsent (%r): their messages go back at reconnect", exc)
+        super().close()
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         """One synchronous client per channel instead of kombu's new `redis.Redis` per delivery record and per ack
