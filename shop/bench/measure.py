@@ -29,6 +29,20 @@ def _cpu(pids: dict[str, int]) -> dict[str, float]:
     return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
 
+def _database_cpu(pipeline: Pipeline) -> dict[int, float] | None:
+    """CPU seconds so far of each database server process serving the pipeline (None: no server of its own here)."""
+    pids = pipeline.database_pids()
+    return None if pids is None else {pid: cpu_seconds(pid) for pid in pids}
+
+
+def _database_cpu_spent(before: dict[int, float] | None, after: dict[int, float] | None) -> float | None:
+    """CPU the database's processes spent between two readings; a process that appeared meanwhile counts whole, one
+    that ended meanwhile is missed (the pools keep their connections, so neither happens in a steady run)."""
+    if before is None or after is None:
+        return None
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 def _redis_cpu(pipeline: Pipeline) -> float:
     info = pipeline.redis.info("cpu")
     return float(info.get("used_cpu_user", 0.0)) + float(info.get("used_cpu_sys", 0.0))
@@ -47,6 +61,9 @@ class SaturationResult:
     generator_cpu_ms_per_order: float
     redis_cpu_ms_per_order: float
     """redis-server CPU (INFO cpu) per order; other clients of the same server are included, so an upper bound"""
+    database_cpu_ms_per_order: float | None
+    """the database server's CPU per order (its backends' /proc counters), None where the database runs inside the
+    workers (SQLite: in their CPU) or the store is Redis"""
     foreign_cpu_share: float
     """cores used by processes other than the workers, the load generator and Redis: the machine's noise"""
     in_flight: int
@@ -85,6 +102,7 @@ def saturation(
     measuring_until = measuring_from + measure_s
     before: dict[str, float] | None = None
     generator_before = redis_before = machine_before = 0.0
+    database_before: dict[int, float] | None = None
     window_start = 0.0
     completed = 0
     last_progress = started
@@ -101,6 +119,7 @@ def saturation(
             if now >= measuring_from:  # completions seen by this poll happened before the window: not counted
                 before, generator_before, window_start = _cpu(pids), own_cpu_seconds(), now
                 redis_before, machine_before = _redis_cpu(pipeline), machine_busy_seconds()
+                database_before = _database_cpu(pipeline)
         else:
             completed += len(finished)
             if now >= measuring_until:
@@ -109,11 +128,12 @@ def saturation(
         time.sleep(poll_interval)
     after, generator_after, window = _cpu(pids), own_cpu_seconds(), now - window_start
     redis_after, machine_after = _redis_cpu(pipeline), machine_busy_seconds()
+    database_cpu = _database_cpu_spent(database_before, _database_cpu(pipeline))
     settle(pipeline, outstanding, settle_s)
     per_worker = {name: after[name] - before[name] for name in pids}
     worker_cpu = sum(per_worker.values())
     generator_cpu, redis_cpu = generator_after - generator_before, redis_after - redis_before
-    foreign = (machine_after - machine_before) - worker_cpu - generator_cpu - redis_cpu
+    foreign = (machine_after - machine_before) - worker_cpu - generator_cpu - redis_cpu - (database_cpu or 0.0)
     return SaturationResult(
         throughput=completed / window,
         completed=completed,
@@ -123,6 +143,7 @@ def saturation(
         worker_cpu_share={name: round(cpu / window, 3) for name, cpu in per_worker.items()},
         generator_cpu_ms_per_order=1000 * generator_cpu / max(completed, 1),
         redis_cpu_ms_per_order=1000 * redis_cpu / max(completed, 1),
+        database_cpu_ms_per_order=None if database_cpu is None else 1000 * database_cpu / max(completed, 1),
         foreign_cpu_share=round(max(0.0, foreign) / window, 3),
         in_flight=in_flight,
     )
@@ -139,7 +160,7 @@ def latency(
     scheduled: dict[str, float] = {}
     start = time.monotonic() + 0.01
     machine_before, own_before, workers_before = machine_busy_seconds(), own_cpu_seconds(), _cpu(pipeline.pids())
-    redis_before = _redis_cpu(pipeline)
+    redis_before, database_before = _redis_cpu(pipeline), _database_cpu(pipeline)
     sent = 0
     max_lag = 0.0
     next_poll = start
@@ -163,7 +184,8 @@ def latency(
         wake = min(next_poll, start + sent / rate if sent < total else next_poll)
         time.sleep(max(0.0, min(wake - time.monotonic(), poll_interval)))
     elapsed = time.monotonic() - start
-    ours = (own_cpu_seconds() - own_before) + (_redis_cpu(pipeline) - redis_before) + sum(
+    database = _database_cpu_spent(database_before, _database_cpu(pipeline)) or 0.0
+    ours = database + (own_cpu_seconds() - own_before) + (_redis_cpu(pipeline) - redis_before) + sum(
         after - workers_before.get(name, after) for name, after in _cpu(pipeline.pids()).items()
     )
     foreign = max(0.0, machine_busy_seconds() - machine_before - ours) / elapsed

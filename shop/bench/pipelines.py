@@ -51,6 +51,11 @@ class Pipeline(abc.ABC):
     def pids(self) -> dict[str, int]:
         return self.workers.pids(self.worker_names)
 
+    def database_pids(self) -> list[int] | None:
+        """The processes of a database server that serve this pipeline, where it runs one on this machine; None
+        where the database lives inside the workers (SQLite) or there is none of its own."""
+        return None
+
     @abc.abstractmethod
     def worker_argv(self, role: str) -> list[str]: ...
 
@@ -88,6 +93,7 @@ class FullSystem(Pipeline):
         self._orders = self._wiring.store("order_service")
         self._place_order = handlers.place_order
         self._items = journey.order_items()
+        self._backends = _PostgresBackends(database_url) if store == "postgres" else None
 
     def start(self) -> None:
         super().start()
@@ -123,9 +129,46 @@ class FullSystem(Pipeline):
         found = self._orders.documents("order_service", COLLECTION, order_ids)
         return [order_id for order_id, order in found.items() if order.get("notified_at") is not None]
 
+    def database_pids(self) -> list[int] | None:
+        return None if self._backends is None else self._backends.pids()
+
     def close(self) -> None:
         super().close()
         self._wiring.close()
+        if self._backends is not None:
+            self._backends.close()
+
+
+class _PostgresBackends:
+    """The server processes of a pipeline's PostgreSQL databases (one backend per connection, pg_stat_activity), so
+    that their CPU can be read from /proc like a worker's: the database's share of the cost of an order. Only for a
+    server on this machine; the load generator's own connections are among them, as Redis' figure includes its
+    polls."""
+
+    def __init__(self, template: str) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+
+        from events.adapters.sql.engine import normalise
+        from shop.services import SERVICES
+
+        url = make_url(normalise(template.replace("{service}", "x")))
+        self.local = url.host in (None, "", "127.0.0.1", "localhost", "::1")
+        self.names = [make_url(normalise(template.replace("{service}", service))).database for service in SERVICES]
+        self._engine = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT", pool_size=1)
+
+    def pids(self) -> list[int] | None:
+        from sqlalchemy import bindparam, text
+
+        if not self.local:
+            return None
+        query = text("SELECT pid FROM pg_stat_activity WHERE datname IN :names").bindparams(
+            bindparam("names", expanding=True))
+        with self._engine.connect() as connection:
+            return [int(pid) for pid in connection.execute(query, {"names": self.names}).scalars()]
+
+    def close(self) -> None:
+        self._engine.dispose()
 
 
 class BareCelery(Pipeline):

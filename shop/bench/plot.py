@@ -39,10 +39,10 @@ def plot(result: dict, path: Path) -> None:
     latency.legend(fontsize=8)
     latency.set_title("end-to-end latency, open loop")
 
-    parts = ("cpu_ms_per_order", "redis_cpu_ms_per_order", "generator_cpu_ms_per_order")
+    parts = ("cpu_ms_per_order", "redis_cpu_ms_per_order", "database_cpu_ms_per_order", "generator_cpu_ms_per_order")
     bottom = [0.0] * len(names)
     for part in parts:
-        values = [modes[name].get(part, 0.0) for name in names]
+        values = [modes[name].get(part) or 0.0 for name in names]
         cpu.bar(range(len(names)), values, bottom=bottom, label=part.replace("_cpu_ms_per_order", "").replace(
             "cpu_ms_per_order", "workers"))
         bottom = [b + v for b, v in zip(bottom, values, strict=False)]

@@ -184,6 +184,8 @@ def run(settings: BenchSettings, rates: list[float] | None = None, report: Calla
             mode["generator_cpu_ms_per_order"] = round(
                 measure.median([r["generator_cpu_ms_per_order"] for r in runs]), 3)
             mode["redis_cpu_ms_per_order"] = round(measure.median([r["redis_cpu_ms_per_order"] for r in runs]), 3)
+            database = [r["database_cpu_ms_per_order"] for r in runs if r["database_cpu_ms_per_order"] is not None]
+            mode["database_cpu_ms_per_order"] = round(measure.median(database), 3) if database else None
         bare_runs = [r["throughput"] for r in result["modes"]["bare"]["runs"]]
         result["ratios_over_bare"] = {}
         for pipeline in pipelines:
