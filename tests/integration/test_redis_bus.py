@@ -333,6 +333,40 @@ def test_a_taken_message_is_recorded_in_the_taken_list_only_until_acknowledged(
     assert unsettled(wiring, "payment_service") == 0, "the ack settles the queue's outbox copy too"
 
 
+def test_a_backlog_is_taken_up_to_the_prefetch_count_per_round_trip_in_order_each_in_the_taken_list(
+    wiring: Wiring, redis_client: redis.Redis, hooks: RedisWorkerHooks
+):
+    declare_topology(wiring.settings)
+    published = [wrap(stock_reserved()) for _ in range(5)]
+    for envelope in published:
+        wiring.publish(envelope)
+    taken_key = Keys.taken("payment_service", TAKING_NODE)
+    seen: list[tuple[str, int, int]] = []  # (event id, taken list length, queue length) as each is handed over
+
+    def handle(body: Any, message: Any) -> None:
+        event_id = message.headers["id"].split(":", 1)[0]  # the task id: "<event id>:<queue>"
+        seen.append((event_id, redis_client.llen(taken_key), redis_client.llen("payment_service")))
+        message.ack()
+
+    app = make_celery_app("probe", wiring.settings, hooks)
+    connection = app.connection_for_read()
+    try:
+        consumer = connection.Consumer([consumer_queue(PAYMENT)], accept=["json"], callbacks=[handle])
+        consumer.qos(prefetch_count=3)
+        consumer.consume()
+        connection.drain_events(timeout=5)
+        assert [(taken, queued) for _, taken, queued in seen] == [(3, 2), (3, 2), (3, 2)], (
+            "one take moved three messages into the taken list; they are handed over one after the other")
+        connection.drain_events(timeout=5)
+        assert len(seen) == 5 and seen[3][1:] == (2, 0), "the three acks rode ahead of the next take"
+        with contextlib.suppress(TimeoutError):
+            connection.drain_events(timeout=0.3)
+    finally:
+        connection.release()
+    assert [event_id for event_id, _, _ in seen] == [str(e.event_id) for e in published], "in the queue's order"
+    assert redis_client.llen(taken_key) == 0 and unsettled(wiring, "payment_service") == 0
+
+
 def test_events_handed_over_after_a_commit_acknowledge_the_taken_message_in_the_same_step(
     wiring: Wiring, redis_client: redis.Redis, take, hooks: RedisWorkerHooks
 ):

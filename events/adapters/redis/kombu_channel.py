@@ -14,6 +14,11 @@ exactly one list, and a delivery costs one round trip less than kombu's take-the
 taken list goes back to its queue, flagged redelivered, when the node (re)connects (`put_back`). kombu's visibility
 timeout does not apply to taken messages: a slow handler is never handed its message a second time. Needs Redis 6.2.
 
+Batched take. The BLMOVE is followed, in the same write, by LMOVEs up to the prefetch count: with a backlog one round
+trip takes several messages, each moved into the taken list atomically like the first, and the worker hands them to
+celery one after the other (nil replies cost nothing when the queue is empty). The acknowledgements of the messages
+handled since the last take ride ahead of the BLMOVE in that same write.
+
 Garbage. kombu json-parses each item it takes and builds a Message from it before celery sees it; an item that is not
 JSON, or not a kombu message, raises inside the worker's event loop, the worker exits and the popped item is lost.
 The channel checks every taken item and swaps an unusable one for a well-formed kombu message that carries the
@@ -96,6 +101,8 @@ the duplicate."""
 after_take: Callable[[str, bytes], None] | None = None
 """Fault injection only: called with (queue, item) right after a take (the crash tests kill the worker there)."""
 
+TAKE_BATCH_MAX = 16
+"""Most messages one take moves into the taken list (the BLMOVE and the LMOVEs that follow it in one write)."""
 OUT_OF_MEMORY_PAUSE = 0.5
 """Seconds a take waits after Redis refused it for lack of memory."""
 PUT_BACK_PATIENCE = 120.0
@@ -317,6 +324,8 @@ class TakenListChannel(kombu_redis.Channel):
 
     _ack_replies = 0
     """replies of acknowledgements sent ahead of the BLMOVE, to read before its own"""
+    _more_replies = 0
+    """replies of the LMOVEs sent after the BLMOVE (takes ahead, up to the prefetch count), read after its own"""
 
     def flush_acks(self) -> None:
         """Send the pending acknowledgements now, in one round trip (when no take follows to carry them)."""
@@ -353,7 +362,17 @@ class TakenListChannel(kombu_redis.Channel):
         commands = self._pending_ack_commands()
         self._ack_replies = len(commands)
         commands.append(("BLMOVE", keys[0], self.taken_key, "RIGHT", "LEFT", wait or 0))
+        # Up to the prefetch count in one round trip: Redis runs these once the BLMOVE returned, so with a backlog
+        # they take the next messages, each into the taken list like the first; with none they answer nil.
+        self._more_replies = self._take_batch() - 1
+        commands += [("LMOVE", keys[0], self.taken_key, "RIGHT", "LEFT")] * self._more_replies
         connection.send_packed_command(connection.pack_commands(commands))
+
+    def _take_batch(self) -> int:
+        """How many messages one take may move: what the QoS still allows in flight (celery's prefetch count), at
+        most TAKE_BATCH_MAX; at least the one the BLMOVE waits for."""
+        allowed = self.qos.can_consume_max_estimate()
+        return max(1, min(TAKE_BATCH_MAX, allowed or TAKE_BATCH_MAX))
 
     def _brpop_read(self, **options: Any) -> bool:
         """The reply to the BLMOVE: deliver the message (or its dead-letter stand-in) as kombu delivers a BRPOP's.
@@ -379,31 +398,73 @@ class TakenListChannel(kombu_redis.Channel):
                 connection.disconnect()
                 raise
         try:
+            more, self._more_replies = self._more_replies, 0
             try:
                 item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
             except redis.exceptions.OutOfMemoryError as exc:  # nothing was taken: wait, then take again
+                self._read_more(more)  # refused as well, but their replies are on the connection
                 _OutOfMemory.refused("a take", exc)
                 sleep(OUT_OF_MEMORY_PAUSE)
                 raise Empty() from None
+            taken = [item, *self._read_more(more)] if item is not None else self._read_more(more)
             _OutOfMemory.accepted()
-            if item is None:
+            if not taken:
                 raise Empty()
-            if after_take is not None:
-                after_take(source, item)
-            self.last_taken = (source, item)
-            problem = kombu_payload_problem(item)
-            if problem is not None:
-                log.warning("unusable item in queue %s, handing it to the dead-letter path: %s", source, problem)
-                item = undecodable_kombu_message(item, source, problem)
-            self._queue_cycle.rotate(source)
-            self.connection._deliver(kombu_loads(bytes_to_str(item)), source)
+            for index, item in enumerate(taken):
+                try:
+                    self._deliver_taken(source, item)
+                except BaseException:
+                    self._put_back_undelivered(source, taken[index + 1 :])
+                    raise
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu's untyped `_in_poll = False`, see above
             self._flush_brpop_reauth()
+
+    def _read_more(self, replies: int) -> list[bytes]:
+        """The replies of the LMOVEs that followed the BLMOVE: the messages they took (nil: the queue was empty).
+        Every reply is read, whatever it is, so the connection stays in step."""
+        taken = []
+        connection = self.client.connection
+        for _ in range(replies):
+            try:
+                item = self.client.parse_response(connection, "LMOVE")
+            except self.connection_errors:
+                connection.disconnect()
+                raise
+            except redis.exceptions.ResponseError as exc:  # e.g. at the memory limit: nothing taken by that one
+                log.debug("a take ahead was refused: %s", exc)
+                continue
+            if item is not None:
+                taken.append(item)
+        return taken
+
+    def _deliver_taken(self, source: str, item: bytes) -> None:
+        """Hand one taken message to celery as kombu hands over a BRPOP's (or its dead-letter stand-in); with the
+        solo pool its task has run, and its ack is recorded, when this returns."""
+        if after_take is not None:
+            after_take(source, item)
+        self.last_taken = (source, item)
+        problem = kombu_payload_problem(item)
+        if problem is not None:
+            log.warning("unusable item in queue %s, handing it to the dead-letter path: %s", source, problem)
+            item = undecodable_kombu_message(item, source, problem).encode()
+        self._queue_cycle.rotate(source)
+        self.connection._deliver(kombu_loads(bytes_to_str(item)), source)
+
+    def _put_back_undelivered(self, source: str, items: list[bytes]) -> None:
+        """The delivery of a batch's message failed (the worker is stopping, or lost Redis): the messages taken
+        with it and not handed over yet go back to their queue now, in order, or when the node reconnects."""
+        try:
+            with self.conn_or_acquire() as client:
+                for item in items:
+                    put_back(client, self.taken_key, source, item, leftmost=False)
+        except (*self.connection_errors, redis.exceptions.RedisError) as exc:
+            log.warning("%d taken messages not put back now (%r): they go back when the node reconnects",
+                        len(items), exc)
 
     def close(self) -> None:
         """Send what is still to acknowledge before the channel goes (a worker stopping cleanly leaves nothing
