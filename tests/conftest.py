@@ -15,6 +15,7 @@ import redis
 
 from events.settings import BusSettings
 from shop.bootstrap import Wiring, bootstrap
+from shop.supervisor import stop_process_groups
 from tests.support.brokers import (
     BROKERS,
     TEST_REDIS_URL,
@@ -23,7 +24,6 @@ from tests.support.brokers import (
     delete_rabbitmq_topology,
     rabbitmq_missing,
 )
-from tests.support.waiting import stop_process
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -112,8 +112,7 @@ def start_worker(redis_url: str) -> Iterator[Callable[..., subprocess.Popen]]:
         return process
 
     yield start
-    for process in started:
-        stop_process(process)
+    stop_process_groups(started)  # their warm shutdowns overlap instead of adding up
 
 
 @pytest.fixture(params=BROKERS)

@@ -17,7 +17,8 @@ from events.adapters.ed25519.keyring import KeyRing
 from shop.bootstrap import edge_of
 from shop.embedded_redis import free_port
 from shop.services import APIS
-from tests.support.waiting import api_is_up, stop_process, wait_until
+from shop.supervisor import stop_process_groups
+from tests.support.waiting import api_is_up, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,8 +43,7 @@ def apis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
             wait_until(lambda url=url: api_is_up(url), timeout=60, message=f"{url} never answered")
         yield urls
     finally:
-        for process in processes:
-            stop_process(process)
+        stop_process_groups(processes)
 
 
 @pytest.mark.timeout(300)
