@@ -367,6 +367,34 @@ def test_a_backlog_is_taken_up_to_the_prefetch_count_per_round_trip_in_order_eac
     assert redis_client.llen(taken_key) == 0 and unsettled(wiring, "payment_service") == 0
 
 
+def test_when_a_delivery_of_a_batch_fails_the_rest_of_the_batch_goes_back_to_its_queue_in_order(
+    wiring: Wiring, redis_client: redis.Redis, hooks: RedisWorkerHooks
+):
+    declare_topology(wiring.settings)
+    published = [wrap(stock_reserved()) for _ in range(4)]
+    for envelope in published:
+        wiring.publish(envelope)
+
+    def fail(body: Any, message: Any) -> None:
+        raise RuntimeError("the worker is stopping")
+
+    app = make_celery_app("probe", wiring.settings, hooks)
+    connection = app.connection_for_read()
+    try:
+        consumer = connection.Consumer([consumer_queue(PAYMENT)], accept=["json"], callbacks=[fail])
+        consumer.qos(prefetch_count=3)
+        consumer.consume()
+        with pytest.raises(RuntimeError):
+            connection.drain_events(timeout=5)  # took 3; the first one's delivery fails
+        waiting = queued(redis_client, "payment_service")
+        assert [e.event_id for e in queued_envelopes(redis_client, "payment_service", wiring.settings)] == [
+            e.event_id for e in published[1:]], "the two taken with it are next again, then the one never taken"
+        assert [m["redelivered"] for m in waiting] == [True, True, False]
+        assert redis_client.llen(Keys.taken("payment_service", TAKING_NODE)) == 1, "the one handed over, unacked"
+    finally:
+        connection.release()
+
+
 def test_events_handed_over_after_a_commit_acknowledge_the_taken_message_in_the_same_step(
     wiring: Wiring, redis_client: redis.Redis, take, hooks: RedisWorkerHooks
 ):

@@ -460,7 +460,7 @@ class TakenListChannel(kombu_redis.Channel):
         with it and not handed over yet go back to their queue now, in order, or when the node reconnects."""
         try:
             with self.conn_or_acquire() as client:
-                for item in items:
+                for item in reversed(items):  # each to the end takes come from: the oldest must be there last
                     put_back(client, self.taken_key, source, item, leftmost=False)
         except (*self.connection_errors, redis.exceptions.RedisError) as exc:
             log.warning("%d taken messages not put back now (%r): they go back when the node reconnects",
