@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from typing import Any
 from uuid import uuid4
@@ -21,7 +21,7 @@ from events.adapters.redis.worker import RedisWorkerHooks
 from events.bus import ServiceSpec
 from events.catalog import NotificationSent, PaymentProcessed, StockReserved
 from events.deadletters import UNROUTABLE, replay
-from events.envelope import open_envelope, seal
+from events.envelope import Envelope, open_envelope, seal
 from events.messaging import OutgoingMessage
 from events.runtime.celery_worker import make_celery_app
 from events.unit_of_work import AlreadyHandled, ConcurrentUpdate
@@ -333,13 +333,29 @@ def test_a_taken_message_is_recorded_in_the_taken_list_only_until_acknowledged(
     assert unsettled(wiring, "payment_service") == 0, "the ack settles the queue's outbox copy too"
 
 
+@contextlib.contextmanager
+def consuming(
+    wiring: Wiring, hooks: RedisWorkerHooks, callback: Callable[[Any, Any], None], prefetch: int, backlog: int
+) -> Iterator[tuple[Connection, list[Envelope]]]:
+    """`backlog` events queued for the payment service, and a worker's consuming connection with that prefetch
+    count calling `callback` for each message; yields the connection and the events, oldest first."""
+    declare_topology(wiring.settings)
+    published = [wrap(stock_reserved()) for _ in range(backlog)]
+    for envelope in published:
+        wiring.publish(envelope)
+    connection = make_celery_app("probe", wiring.settings, hooks).connection_for_read()
+    try:
+        consumer = connection.Consumer([consumer_queue(PAYMENT)], accept=["json"], callbacks=[callback])
+        consumer.qos(prefetch_count=prefetch)
+        consumer.consume()
+        yield connection, published
+    finally:
+        connection.release()
+
+
 def test_a_backlog_is_taken_up_to_the_prefetch_count_per_round_trip_in_order_each_in_the_taken_list(
     wiring: Wiring, redis_client: redis.Redis, hooks: RedisWorkerHooks
 ):
-    declare_topology(wiring.settings)
-    published = [wrap(stock_reserved()) for _ in range(5)]
-    for envelope in published:
-        wiring.publish(envelope)
     taken_key = Keys.taken("payment_service", TAKING_NODE)
     seen: list[tuple[str, int, int]] = []  # (event id, taken list length, queue length) as each is handed over
 
@@ -348,12 +364,7 @@ def test_a_backlog_is_taken_up_to_the_prefetch_count_per_round_trip_in_order_eac
         seen.append((event_id, redis_client.llen(taken_key), redis_client.llen("payment_service")))
         message.ack()
 
-    app = make_celery_app("probe", wiring.settings, hooks)
-    connection = app.connection_for_read()
-    try:
-        consumer = connection.Consumer([consumer_queue(PAYMENT)], accept=["json"], callbacks=[handle])
-        consumer.qos(prefetch_count=3)
-        consumer.consume()
+    with consuming(wiring, hooks, handle, prefetch=3, backlog=5) as (connection, published):
         connection.drain_events(timeout=5)
         assert [(taken, queued) for _, taken, queued in seen] == [(3, 2), (3, 2), (3, 2)], (
             "one take moved three messages into the taken list; they are handed over one after the other")
@@ -361,8 +372,6 @@ def test_a_backlog_is_taken_up_to_the_prefetch_count_per_round_trip_in_order_eac
         assert len(seen) == 5 and seen[3][1:] == (2, 0), "the three acks rode ahead of the next take"
         with contextlib.suppress(TimeoutError):
             connection.drain_events(timeout=0.3)
-    finally:
-        connection.release()
     assert [event_id for event_id, _, _ in seen] == [str(e.event_id) for e in published], "in the queue's order"
     assert redis_client.llen(taken_key) == 0 and unsettled(wiring, "payment_service") == 0
 
@@ -370,20 +379,10 @@ def test_a_backlog_is_taken_up_to_the_prefetch_count_per_round_trip_in_order_eac
 def test_when_a_delivery_of_a_batch_fails_the_rest_of_the_batch_goes_back_to_its_queue_in_order(
     wiring: Wiring, redis_client: redis.Redis, hooks: RedisWorkerHooks
 ):
-    declare_topology(wiring.settings)
-    published = [wrap(stock_reserved()) for _ in range(4)]
-    for envelope in published:
-        wiring.publish(envelope)
-
     def fail(body: Any, message: Any) -> None:
         raise RuntimeError("the worker is stopping")
 
-    app = make_celery_app("probe", wiring.settings, hooks)
-    connection = app.connection_for_read()
-    try:
-        consumer = connection.Consumer([consumer_queue(PAYMENT)], accept=["json"], callbacks=[fail])
-        consumer.qos(prefetch_count=3)
-        consumer.consume()
+    with consuming(wiring, hooks, fail, prefetch=3, backlog=4) as (connection, published):
         with pytest.raises(RuntimeError):
             connection.drain_events(timeout=5)  # took 3; the first one's delivery fails
         waiting = queued(redis_client, "payment_service")
@@ -391,8 +390,6 @@ def test_when_a_delivery_of_a_batch_fails_the_rest_of_the_batch_goes_back_to_its
             e.event_id for e in published[1:]], "the two taken with it are next again, then the one never taken"
         assert [m["redelivered"] for m in waiting] == [True, True, False]
         assert redis_client.llen(Keys.taken("payment_service", TAKING_NODE)) == 1, "the one handed over, unacked"
-    finally:
-        connection.release()
 
 
 def test_events_handed_over_after_a_commit_acknowledge_the_taken_message_in_the_same_step(
