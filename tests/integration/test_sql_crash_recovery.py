@@ -11,6 +11,7 @@ from uuid import uuid4
 import pytest
 import redis
 
+from events.adapters.redis.worker import in_flight
 from events.envelope import Envelope, seal
 from events.messaging import OutgoingMessage
 from payment_service.gateway import RedisLedger
@@ -114,7 +115,10 @@ def test_a_relay_killed_before_settling_sends_again_and_the_consumer_keeps_one_e
     assert first_copy.event_id == second_copy.event_id, "the same event twice: the consumer's inbox keeps one effect"
 
     start_worker("order_service")
-    wait_until(lambda: not redis_client.llen("order_service"), timeout=30, message="both copies consumed")
+    # A take moves several messages at once into the worker's taken list: both copies are consumed once neither
+    # is queued nor taken.
+    wait_until(lambda: not redis_client.llen("order_service") and not in_flight(redis_client, "order_service"),
+               timeout=30, message="both copies consumed")
     assert sql_wiring.unit_of_work("order_service", first_copy).already_handled()
     assert sql_wiring.dead_letters.list("order_service") == []
     wait_until(lambda: sql_wiring.outbox_pending() == 0, timeout=10, message="the resent row deleted")
