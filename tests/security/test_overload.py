@@ -14,19 +14,24 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from events.adapters.redis import kombu_channel
 from events.adapters.redis.deadletters import RedisDeadLetters
 from events.adapters.redis.scripts import lua_script
+from events.adapters.redis.worker import RedisWorkerHooks
+from events.runtime.celery_worker import make_celery_app
 from events.settings import BusSettings
 from order_service.api import create_app as order_app
 from payment_service.gateway import ChargeResult, RedisLedger
 from shop.bootstrap import Wiring, bootstrap, declare_topology
 from shop.redis_server import RedisServer, redis_server_binary
-from tests.support.builders import admin, http_edge, stock_product, token
+from shop.services import SERVICES
+from tests.support.builders import admin, http_edge, place, stock_product, token
 from tests.support.waiting import wait_until
 
 WORKERS = ("order_service", "product_service", "payment_service", "notification_service")
@@ -96,6 +101,57 @@ def test_at_the_memory_limit_the_api_answers_503_no_worker_exits_and_everything_
     assert all(queue["in_flight"] == 0 and queue["waiting"] == 0 for queue in queues.values())
     print(f"overload: {dict(statuses)} answers, {len(accepted)} accepted, all settled {settled_in:.1f} s after "
           "memory was freed")
+
+
+def test_at_the_memory_limit_a_consumer_can_still_declare_its_queue_and_a_discarded_put_back_is_retried(
+    private_wiring: Wiring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer (re)starting declares its queue, which kombu counts in a MULTI that Redis refuses at the limit (the
+    worker exited: "Unrecoverable error: OutOfMemoryError"); a put-back whose memory ran out between queueing and
+    EXEC is discarded as EXECABORT, not OOM (the worker exited: "Unrecoverable error: ExecAbortError")."""
+    wiring = private_wiring
+    client: redis.Redis = wiring.redis
+    declare_topology(wiring.settings)
+    place(wiring)
+    hooks = RedisWorkerHooks(SERVICES["product_service"], wiring.settings, client, "probe@test")
+    connection = make_celery_app("probe", wiring.settings, hooks).connection_for_read()
+    client.config_set("maxmemory", 1)  # below what it holds already: every write is refused from now on
+    try:
+        assert connection.default_channel.queue_declare("product_service").message_count == 1
+    finally:
+        client.config_set("maxmemory", 0)
+        connection.release()
+
+    attempts: list[str] = []
+
+    class DiscardedOnce:
+        """A pipeline whose first EXEC Redis discards for lack of memory."""
+
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
+        def __enter__(self) -> DiscardedOnce:
+            self.real.__enter__()
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.real.__exit__(*exc)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+        def execute(self) -> Any:
+            attempts.append("exec")
+            if len(attempts) == 1:
+                self.real.reset()
+                raise redis.exceptions.ExecAbortError("Transaction discarded because of: OOM command not allowed")
+            return self.real.execute()
+
+    monkeypatch.setattr(kombu_channel, "sleep", lambda seconds: None)
+    taken = client.rpoplpush("product_service", "probe-taken")
+    flaky = type("Client", (), {"pipeline": lambda self, **kw: DiscardedOnce(client.pipeline(**kw))})()
+    kombu_channel.put_back(flaky, "probe-taken", "product_service", taken)
+    assert attempts == ["exec", "exec"] and client.llen("product_service") == 1 and not client.llen("probe-taken")
 
 
 def redis_binaries() -> list:

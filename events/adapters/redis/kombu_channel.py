@@ -27,9 +27,9 @@ item by the runtime).
 
 Redis at its memory limit. With `noeviction` Redis refuses every command that may grow memory (BLMOVE, LPUSH, any
 MULTI) with an OOM error, which kombu treats as unrecoverable: the worker exits. Here a take that meets it waits and
-tries again (nothing was taken), the ack runs without MULTI (its deletions are allowed), a put-back waits until Redis
-takes it again, and kombu's sweep of its own unacked hash skips a pass. The worker stays up and resumes by itself
-once memory is freed.
+tries again (nothing was taken), the ack runs without MULTI (its deletions are allowed), a consumer (re)declaring its
+queue counts it without MULTI, a put-back (refused, or discarded at EXEC) waits until Redis takes it again, and
+kombu's sweep of its own unacked hash skips a pass. The worker stays up and resumes by itself once memory is freed.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ TESTED_KOMBU = "5.7."
 _PRIVATE_NAMES: dict[type, tuple[str, ...]] = {
     kombu_redis.Channel: ("_brpop_start", "_brpop_read", "_q_for_pri", "_create_client", "_put", "conn_or_acquire",
                           "_flush_brpop_reauth", "_get_message_priority", "_in_poll", "_brpop_sent_at",
-                          "priority_steps", "global_keyprefix", "QoS"),
+                          "priority_steps", "global_keyprefix", "QoS", "_size"),
     kombu_redis.Transport: ("_deliver",),
     kombu_redis.QoS: ("append", "ack", "reject", "restore_by_tag", "restore_visible"),
     virtual.QoS: ("append", "ack"),
@@ -191,7 +191,9 @@ def put_back(client: Any, taken_key: str, queue: str, item: bytes, leftmost: boo
                 pipe.lrem(taken_key, 1, item)
                 (pipe.lpush if leftmost else pipe.rpush)(queue, restored)
                 pipe.execute()
-        except redis.exceptions.OutOfMemoryError as exc:
+        except (redis.exceptions.OutOfMemoryError, redis.exceptions.ExecAbortError) as exc:
+            if not out_of_memory(exc):
+                raise
             _OutOfMemory.refused("a put-back", exc)
             if monotonic() + pause > deadline:
                 log.error("gave up putting a message back to %s after %.0f s: it stays in %s until the node reconnects",
@@ -202,6 +204,12 @@ def put_back(client: Any, taken_key: str, queue: str, item: bytes, leftmost: boo
             continue
         _OutOfMemory.accepted()
         return
+
+
+def out_of_memory(exc: redis.exceptions.ResponseError) -> bool:
+    """Redis refused for lack of memory: a command queued in a MULTI is refused as OOM, but a transaction whose
+    memory ran out between queueing and EXEC is discarded whole, as EXECABORT "... because of: OOM ..."."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM" in str(exc)
 
 
 def kombu_payload_problem(item: bytes | str) -> str | None:
@@ -474,6 +482,15 @@ class TakenListChannel(kombu_redis.Channel):
         except (*self.connection_errors, redis.exceptions.RedisError) as exc:
             log.warning("closing with acknowledgements unsent (%r): their messages go back at reconnect", exc)
         super().close()
+
+    def _size(self, queue: str) -> int:
+        """kombu counts a queue's lists in a MULTI, which Redis refuses at its memory limit (it refuses queueing any
+        command in a transaction then), so a worker (re)starting its consumer there would exit: plain LLENs, which
+        Redis still answers, in one round trip."""
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            for priority in self.priority_steps:
+                pipe.llen(self._q_for_pri(queue, priority))
+            return sum(size for size in pipe.execute() if isinstance(size, int))
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         """One synchronous client per channel instead of kombu's new `redis.Redis` per delivery record and per ack
