@@ -120,7 +120,8 @@ def run_chaos(
         "SHOP_VISIBILITY_TIMEOUT": "5",
         "SHOP_REDELIVER_AFTER": "10",
         # A poison message costs one worker restart per delivery (solo pool: the process dies with it), so the
-        # threshold is kept low; a message would need to be mid-handling at two random kills to be mistaken for one.
+        # threshold is kept low; a message would need to be the one running at two random kills to be mistaken for
+        # one (the rest of a killed worker's batch never ran, and is not counted).
         "SHOP_MAX_DELIVERIES": "2",
         "SHOP_FAULT_INJECTION": "1",
         "SHOP_GATEWAY_FLAKY_FAILURES": "1",

@@ -48,6 +48,11 @@ class BrokerHooks(Protocol):
         """Runs on every (re)connection of the consuming channel, before it consumes."""
         ...
 
+    def may_have_died(self, request: Any) -> bool:
+        """A redelivered message: whether its previous delivery may have died with its worker (False when the
+        broker knows it never ran, or was given back), which the runtime counts to stop poison messages."""
+        ...
+
     def decode_error_detail(self, message: Any, exc: Exception) -> str: ...
 
 
@@ -92,6 +97,7 @@ def worker_app(runtime: ServiceRuntime, hooks: BrokerHooks, settings: BusSetting
         decision = runtime.handle(Delivery(
             envelope, signature, kwargs, retries=request.retries,
             redelivered=bool((request.delivery_info or {}).get("redelivered")),
+            may_have_died=hooks.may_have_died(request),
             acknowledgement=hooks.acknowledgement(request), trace=trace_headers(request),
         ))
         if decision.acknowledged:

@@ -1,10 +1,11 @@
 """What a service worker decides for each message it is handed: verify, deduplicate, handle, commit.
 
 Every message is verified (signature, size, JSON, schema, known type) before any handler runs. A first delivery goes
-straight to the handler; a redelivery is checked against the inbox and counted, so a poison message (one that kills
-the worker every time) is dead-lettered instead of delivered forever. The handler's effects are committed in one
-atomic step by the service's store. A transient failure is retried with backoff, then dead-lettered; a store or
-broker that is unreachable gives the message back untouched; anything else is dead-lettered with its reason at once.
+straight to the handler; a redelivery is checked against the inbox and, when its worker may have died with it,
+counted, so a poison message (one that kills the worker every time) is dead-lettered instead of delivered forever.
+The handler's effects are committed in one atomic step by the service's store. A transient failure is retried with
+backoff, then dead-lettered; a store or broker that is unreachable gives the message back untouched; anything else
+is dead-lettered with its reason at once.
 
 `ServiceRuntime.handle` returns a `Decision` and touches no broker: the celery glue (celery_worker.py) turns it into
 an ack, a retry or a requeue, and unit tests drive it with fakes (tests/unit/test_runtime.py).
@@ -53,6 +54,9 @@ class Delivery:
     """fields of the message besides the two expected ones (the message is then malformed)"""
     retries: int = 0
     redelivered: bool = False
+    may_have_died: bool = True
+    """redelivered: the previous delivery may have died with its worker (False when the broker knows it did not run,
+    or was given back by the task); only these count towards `max_deliveries`"""
     acknowledgement: object | None = None
     """the broker's token for this message, for a store that acknowledges it inside its commit"""
     trace: Mapping[str, str] = field(default_factory=dict)
@@ -138,7 +142,10 @@ class ServiceRuntime:
             if self.store.unit_of_work(self.spec.name, envelope).already_handled():
                 self.counter.forget(self.spec.name, event_id)
                 return Decision("duplicate")
-            unfinished = self.counter.count(self.spec.name, event_id)  # the uncounted first delivery is the +1
+            # Each redelivery after a worker that may have died with the message counts one death; one after a
+            # requeue, a retry, or from a dead worker's batch it never got to, counts none.
+            counted = delivery.redelivered and delivery.may_have_died
+            unfinished = self.counter.count(self.spec.name, event_id) if counted else 0
             if unfinished >= self.settings.max_deliveries:
                 self.dead_letters.add(
                     self.spec.name, "poison message",

@@ -353,9 +353,14 @@ def consuming(
         connection.release()
 
 
+@pytest.mark.parametrize("pool", ["solo", "threads"])
 def test_a_backlog_is_taken_up_to_the_prefetch_count_per_round_trip_in_order_each_in_the_taken_list(
-    wiring: Wiring, redis_client: redis.Redis, hooks: RedisWorkerHooks
+    wiring: Wiring, redis_client: redis.Redis, pool: str
 ):
+    """With the solo pool a message's task runs inside its delivery: its ack (here not folded into a commit) leaves
+    the taken list before the next one is handed over. With a pool of its own the acks ride on the next take."""
+    hooks = RedisWorkerHooks(PAYMENT, wiring.settings.model_copy(update={"worker_pool": pool}), wiring.redis,
+                             TAKING_NODE)
     taken_key = Keys.taken("payment_service", TAKING_NODE)
     seen: list[tuple[str, int, int]] = []  # (event id, taken list length, queue length) as each is handed over
 
@@ -366,12 +371,13 @@ def test_a_backlog_is_taken_up_to_the_prefetch_count_per_round_trip_in_order_eac
 
     with consuming(wiring, hooks, handle, prefetch=3, backlog=5) as (connection, published):
         connection.drain_events(timeout=5)
-        assert [(taken, queued) for _, taken, queued in seen] == [(3, 2), (3, 2), (3, 2)], (
+        in_taken_list = [(3, 2), (2, 2), (1, 2)] if pool == "solo" else [(3, 2), (3, 2), (3, 2)]
+        assert [(taken, queued) for _, taken, queued in seen] == in_taken_list, (
             "one take moved three messages into the taken list; they are handed over one after the other")
         deadline = time.monotonic() + 5
         while len(seen) < 5 and time.monotonic() < deadline:  # an event may be the acks' replies, ahead of the take's
             connection.drain_events(timeout=5)
-        assert len(seen) == 5 and seen[3][1:] == (2, 0), "the three acks rode ahead of the next take"
+        assert len(seen) == 5 and seen[3][1:] == (2, 0), "the next take moved the last two; no ack was left behind"
         with contextlib.suppress(TimeoutError):
             connection.drain_events(timeout=0.3)
     assert [event_id for event_id, _, _ in seen] == [str(e.event_id) for e in published], "in the queue's order"
@@ -391,6 +397,7 @@ def test_when_a_delivery_of_a_batch_fails_the_rest_of_the_batch_goes_back_to_its
         assert [e.event_id for e in queued_envelopes(redis_client, "payment_service", wiring.settings)] == [
             e.event_id for e in published[1:]], "the two taken with it are next again, then the one never taken"
         assert [m["redelivered"] for m in waiting] == [True, True, False]
+        assert [m["may_have_died"] for m in waiting] == [False, False, None], "never handed over: they killed nothing"
         assert redis_client.llen(Keys.taken("payment_service", TAKING_NODE)) == 1, "the one handed over, unacked"
 
 
@@ -427,7 +434,8 @@ def test_a_rejected_message_goes_back_to_its_queue_flagged_redelivered(
     _, message = take()
     message.reject(requeue=True)
     [back] = queued(redis_client, "payment_service")
-    assert back["redelivered"] is True, "the runtime counts redeliveries to stop poison messages"
+    assert back["redelivered"] is True, "the runtime checks a redelivery against the inbox"
+    assert back["may_have_died"] is False, "the solo pool's task gave it back: no death to count"
     assert queued_envelopes(redis_client, "payment_service", wiring.settings)[0].event_id == envelope.event_id
     assert redis_client.llen(Keys.taken("payment_service", TAKING_NODE)) == 0
 
@@ -447,3 +455,36 @@ def test_what_a_closing_channel_held_goes_back_and_a_reconnecting_node_puts_back
     hooks.on_connected()  # what the node runs when it (re)connects
     assert redis_client.llen(taken) == 0
     assert [m["redelivered"] for m in queued(redis_client, "payment_service")] == [True]
+
+
+@pytest.mark.parametrize("pool", ["solo", "prefork"])
+def test_a_restarted_node_marks_only_the_message_its_predecessor_was_running_as_one_that_may_have_killed_it(
+    wiring: Wiring, redis_client: redis.Redis, pool: str
+):
+    """A solo worker runs what it took one at a time, oldest first, and acknowledges each before the next: what its
+    taken list holds when it dies is the one it was running (the oldest) and the rest of its batch, which never ran.
+    Only that one counts towards a poison message's deliveries; after a mere reconnection none does. A pool of child
+    processes runs several at once: each may have."""
+    declare_topology(wiring.settings)
+    published = [wrap(stock_reserved()) for _ in range(3)]
+    for envelope in published:
+        wiring.publish(envelope)
+    taken = Keys.taken("payment_service", TAKING_NODE)
+    for _ in published:  # as a worker killed in the middle of its batch leaves its taken list
+        redis_client.lmove("payment_service", taken, "RIGHT", "LEFT")
+    hooks = RedisWorkerHooks(PAYMENT, wiring.settings.model_copy(update={"worker_pool": pool}), wiring.redis,
+                             TAKING_NODE)
+
+    hooks.on_connected()  # the node's next process connects
+
+    waiting = queued(redis_client, "payment_service")
+    assert [e.event_id for e in queued_envelopes(redis_client, "payment_service", wiring.settings)] == [
+        e.event_id for e in published], "back in their order"
+    assert [m["redelivered"] for m in waiting] == [True, True, True]
+    assert [m["may_have_died"] for m in waiting] == ([True, False, False] if pool == "solo" else [True] * 3)
+
+    for _ in published:  # the same process takes them again, then loses its connection
+        redis_client.lmove("payment_service", taken, "RIGHT", "LEFT")
+    hooks.on_connected()
+    again = [m["may_have_died"] for m in queued(redis_client, "payment_service")]
+    assert again == ([False, False, False] if pool == "solo" else [True] * 3)

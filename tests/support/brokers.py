@@ -18,6 +18,7 @@ from kombu import Connection
 
 from events.adapters.amqp.broker import Topology
 from events.adapters.ed25519.keyring import KeyRing
+from events.adapters.redis import kombu_channel
 from events.bus import ServiceSpec
 from events.envelope import Envelope, open_envelope
 from events.settings import BusSettings
@@ -109,7 +110,7 @@ class Broker:
 
 def queued(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
     """The celery messages waiting in a Redis `queue`, oldest first: {'task', 'delivery_info', 'redelivered',
-    'kwargs'}; they stay queued."""
+    'may_have_died' (None: never put back), 'kwargs'}; they stay queued."""
     messages = []
     for raw in reversed(client.lrange(queue, 0, -1)):
         message = json.loads(raw)
@@ -122,6 +123,7 @@ def queued(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
                 "task": message["headers"].get("task"),
                 "delivery_info": message["properties"].get("delivery_info"),
                 "redelivered": message["headers"].get("redelivered", False),
+                "may_have_died": message["headers"].get(kombu_channel.MAY_HAVE_DIED_HEADER),
                 "kwargs": kwargs,
             }
         )

@@ -109,8 +109,9 @@ def test_a_message_redelivered_until_the_limit_is_dead_lettered_as_poison() -> N
     again = Delivery(delivery.envelope, delivery.signature, redelivered=True)
     harness.counter.count("payment_service", "not this one")  # other events' counts are their own
 
-    # The worker died on the first delivery (never counted: a first delivery costs no round trip), and on the
-    # second and third (counted when they started). The fourth finds three unfinished deliveries: the limit.
+    # The worker died with each of the first three deliveries. A redelivery whose worker may have died with the
+    # delivery before it counts that death when it begins: the second and third counted one each, the fourth
+    # counts the third: the limit.
     for _ in range(2):
         harness.counter.count("payment_service", again_event_id(again))
     decision = harness.handle(again)
@@ -118,6 +119,34 @@ def test_a_message_redelivered_until_the_limit_is_dead_lettered_as_poison() -> N
     assert decision.outcome == "dead-lettered"
     assert harness.dead.reasons == ["poison message"] and harness.dead.records[0]["attempts"] == 3
     assert harness.store.documents("payment_service", "payment") == {}
+
+
+def test_only_a_redelivery_whose_worker_may_have_died_with_it_counts_towards_the_limit() -> None:
+    harness = Harness(record_payment, max_deliveries=3)
+    _, delivery = harness.message()
+    event_id = again_event_id(delivery)
+    for _ in range(3):  # three deaths counted already: one more would be the limit
+        harness.counter.count("payment_service", event_id)
+    # Given back by a worker that did not die (never run, from the rest of a dead worker's batch; or requeued), and
+    # a retry's own first delivery: neither counts, so the message runs.
+    unrun = Delivery(delivery.envelope, delivery.signature, redelivered=True, may_have_died=False)
+    retry = Delivery(delivery.envelope, delivery.signature, retries=1)
+    assert harness.handle(retry).outcome == "handled"
+    assert harness.counter.deliveries == {("payment_service", event_id): 3}
+    assert harness.handle(unrun).outcome == "duplicate"
+    assert harness.dead.reasons == []
+
+
+def test_a_redelivery_that_never_ran_is_handled_even_past_the_limit() -> None:
+    harness = Harness(record_payment, max_deliveries=2)
+    _, delivery = harness.message()
+    for _ in range(5):
+        harness.counter.count("payment_service", again_event_id(delivery))
+
+    decision = harness.handle(Delivery(delivery.envelope, delivery.signature, redelivered=True, may_have_died=False))
+
+    assert decision.outcome == "handled" and harness.dead.reasons == []
+    assert harness.store.documents("payment_service", "payment") != {}
 
 
 def again_event_id(delivery: Delivery) -> str:

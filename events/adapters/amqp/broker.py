@@ -251,6 +251,10 @@ class AmqpWorkerHooks:
     def on_connected(self) -> None:
         """RabbitMQ requeued what the previous connection held as soon as it dropped."""
 
+    def may_have_died(self, request: Any) -> bool:
+        """RabbitMQ flags every message a lost consumer held as redelivered, run or not: each may have killed it."""
+        return True
+
     def decode_error_detail(self, message: Any, exc: Exception) -> str:
         return repr(exc)
 

@@ -17,7 +17,11 @@ timeout does not apply to taken messages: a slow handler is never handed its mes
 Batched take. The BLMOVE is followed, in the same write, by LMOVEs up to the prefetch count: with a backlog one round
 trip takes several messages, each moved into the taken list atomically like the first, and the worker hands them to
 celery one after the other (nil replies cost nothing when the queue is empty). The acknowledgements of the messages
-handled since the last take ride ahead of the BLMOVE in that same write.
+handled since the last take ride ahead of the BLMOVE in that same write. With the solo pool a message's task runs
+inside its delivery and is acknowledged before the next one runs (inside the store's commit, or right after it), so
+the node's taken list holds the messages not run yet and, oldest, the one running: a node that restarts puts them all
+back, only that oldest one marked as one that may have killed its worker (`put_back`, `MAY_HAVE_DIED_HEADER`), so a
+message that merely sat in a dead worker's batch is never taken for poison.
 
 Garbage. kombu json-parses each item it takes and builds a Message from it before celery sees it; an item that is not
 JSON, or not a kombu message, raises inside the worker's event loop, the worker exits and the popped item is lost.
@@ -85,6 +89,13 @@ TAKEN_KEY_OPTION = "shop_taken_key"
 """The transport option that names a worker node's taken list; kombu ignores options it does not know."""
 OUTBOX_KEY_OPTION = "shop_outbox_key"
 """The transport option with the key pattern of a queue's outbox (`{queue}` is replaced): the ack settles the copy."""
+SOLO_POOL_OPTION = "shop_solo_pool"
+"""The transport option that says the worker runs each task inside the delivery (celery's solo pool): one at a time,
+in the order taken, so the oldest message of a node's taken list is the one it was running (see `put_back`)."""
+MAY_HAVE_DIED_HEADER = "shop_may_have_died"
+"""Set by `put_back`: whether the delivery that ends with this put-back may have died with its worker. False when
+the node knows it did not (never handed to the task, or given back by it): the runtime then does not count it
+towards a poison message's deliveries. Absent (kombu's own restore, another broker): it may have."""
 UNDECODABLE_CONTENT_TYPE = "application/x-shop-undecodable"
 UNDECODABLE_HEADER = "x-shop-undecodable"
 
@@ -173,13 +184,16 @@ def settle(pipe: Any, taken_key: str, outbox_pattern: str | None, queue: str, it
         pipe.execute_command(*command)
 
 
-def put_back(client: Any, taken_key: str, queue: str, item: bytes, leftmost: bool = False) -> None:
+def put_back(client: Any, taken_key: str, queue: str, item: bytes, leftmost: bool = False,
+             may_have_died: bool = True) -> None:
     """Move one taken message back to its queue, in one MULTI, flagged as redelivered as kombu flags a restored
-    message (the runtime counts redeliveries to stop poison messages). An item that is not a kombu message goes
-    back as it was: the channel dead-letters it when it is taken again."""
+    message, and with `may_have_died` in its `MAY_HAVE_DIED_HEADER` (the runtime counts the redeliveries whose
+    worker may have died with them, to stop poison messages). An item that is not a kombu message goes back as it
+    was: the channel dead-letters it when it is taken again."""
     try:
         payload = json.loads(item)
         payload["headers"]["redelivered"] = True
+        payload["headers"][MAY_HAVE_DIED_HEADER] = may_have_died
         payload["properties"]["delivery_info"]["redelivered"] = True
         restored: bytes | str = json.dumps(payload)
     except (ValueError, TypeError, KeyError):
@@ -312,8 +326,11 @@ class TakenListQoS(kombu_redis.QoS):
             return super().restore_by_tag(tag, client=client, leftmost=leftmost)
         taken = _TAKEN.pop(tag)
         if taken is not None:
+            # With the solo pool the task gave it back (a requeue) or never ran (a closing channel); with a pool of
+            # child processes the child may have died running it (celery rejects the message then).
             with self.channel.conn_or_acquire(client) as redis_client:
-                put_back(redis_client, self.channel.taken_key, taken[0], taken[1], leftmost=leftmost)
+                put_back(redis_client, self.channel.taken_key, taken[0], taken[1], leftmost=leftmost,
+                         may_have_died=not self.channel.solo_pool)
 
 
 class TakenListChannel(kombu_redis.Channel):
@@ -329,6 +346,10 @@ class TakenListChannel(kombu_redis.Channel):
     @property
     def outbox_pattern(self) -> str | None:
         return self.connection.client.transport_options.get(OUTBOX_KEY_OPTION)
+
+    @property
+    def solo_pool(self) -> bool:
+        return bool(self.connection.client.transport_options.get(SOLO_POOL_OPTION))
 
     _ack_replies = 0
     """replies of acknowledgements sent ahead of the BLMOVE, to read before its own"""
@@ -421,9 +442,15 @@ class TakenListChannel(kombu_redis.Channel):
             _OutOfMemory.accepted()
             if not taken:
                 raise Empty()
+            solo_pool = self.solo_pool
             for index, item in enumerate(taken):
                 try:
                     self._deliver_taken(source, item)
+                    if solo_pool and _ACKS:
+                        # Its task ran and was not acknowledged inside a commit (a duplicate, a dead letter, a
+                        # retry, a store commit that handed nothing over): acknowledge it before the next one runs,
+                        # so the node's taken list holds only messages not yet run, and the one running, oldest.
+                        self.flush_acks()
                 except BaseException:
                     self._put_back_undelivered(source, taken[index + 1 :])
                     raise
@@ -469,7 +496,7 @@ class TakenListChannel(kombu_redis.Channel):
         try:
             with self.conn_or_acquire() as client:
                 for item in reversed(items):  # each to the end takes come from: the oldest must be there last
-                    put_back(client, self.taken_key, source, item, leftmost=False)
+                    put_back(client, self.taken_key, source, item, leftmost=False, may_have_died=False)
         except (*self.connection_errors, redis.exceptions.RedisError) as exc:
             log.warning("%d taken messages not put back now (%r): they go back when the node reconnects",
                         len(items), exc)

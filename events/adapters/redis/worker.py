@@ -29,6 +29,7 @@ class RedisWorkerHooks:
     def __init__(self, spec: ServiceSpec, settings: BusSettings, client: redis.Redis, node: str) -> None:
         self.spec, self.settings, self.redis, self.node = spec, settings, client, node
         self.taken_key = Keys.taken(spec.name, node)
+        self._connected_before = False
 
     def configure(self, app: Celery) -> None:
         app.conf.broker_transport = kombu_channel.TRANSPORT
@@ -37,6 +38,7 @@ class RedisWorkerHooks:
             **Keys.unacked(self.spec.name, self.node),
             kombu_channel.TAKEN_KEY_OPTION: self.taken_key,
             kombu_channel.OUTBOX_KEY_OPTION: Keys.OUTBOX_PATTERN,
+            kombu_channel.SOLO_POOL_OPTION: self.settings.worker_pool == "solo",
         }
         if ssl := kombu_ssl(self.settings):
             app.conf.broker_use_ssl = ssl
@@ -65,14 +67,24 @@ class RedisWorkerHooks:
 
     def on_connected(self) -> None:
         """Return to the queue, marked redelivered, every message this node took and never acknowledged (it died, or
-        lost Redis, meanwhile): whatever a previous connection held will never be acknowledged through it."""
+        lost Redis, meanwhile): whatever a previous connection held will never be acknowledged through it.
+
+        Which of them may have killed a worker: with the solo pool only the oldest, and only when this process did
+        not take them itself (it is the node's next process: the one before stopped or died); this process lost its
+        connection, not its life. With a pool of child processes any of them may have."""
         kombu_channel.forget_taken()
+        solo_pool, inherited = self.settings.worker_pool == "solo", not self._connected_before
+        self._connected_before = True
         items = self.redis.lrange(self.taken_key, 0, -1)  # newest first
-        for item in items:
+        for index, item in enumerate(items):
+            may_have_died = (inherited and index == len(items) - 1) if solo_pool else True
             kombu_channel.put_back(self.redis, self.taken_key, self.spec.queue,
-                                   item if isinstance(item, bytes) else item.encode())
+                                   item if isinstance(item, bytes) else item.encode(), may_have_died=may_have_died)
         if items:
             log.warning("%s: put back %d message(s) taken and never acknowledged", self.node, len(items))
+
+    def may_have_died(self, request: Any) -> bool:
+        return bool(getattr(request, kombu_channel.MAY_HAVE_DIED_HEADER, True))
 
     def decode_error_detail(self, message: Any, exc: Exception) -> str:
         headers = message.headers if isinstance(message.headers, dict) else {}
