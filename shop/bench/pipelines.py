@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import time
+from typing import TYPE_CHECKING
 from uuid import uuid4
 
 import redis
@@ -16,6 +17,9 @@ import redis
 from events.settings import BusSettings
 from shop.bench import bare_celery, journey
 from shop.bench.procs import WorkerGroup, python_module
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 PAYMENT = "payment"
 """Role name of the first hop's worker: the one the scaling table multiplies."""
@@ -139,6 +143,19 @@ class FullSystem(Pipeline):
             self._backends.close()
 
 
+def postgres_databases(template: str) -> tuple[URL, list[str]]:
+    """The URL of the `postgres` database on the server of `template` (a URL with `{service}`), and the names of the
+    services' databases it makes."""
+    from sqlalchemy.engine import make_url
+
+    from events.adapters.sql.engine import normalise
+    from shop.services import SERVICES
+
+    url = make_url(normalise(template.replace("{service}", "x")))
+    names = [make_url(normalise(template.replace("{service}", service))).database or "" for service in SERVICES]
+    return url.set(database="postgres"), names
+
+
 class _PostgresBackends:
     """The server processes of a pipeline's PostgreSQL databases (one backend per connection, pg_stat_activity), so
     that their CPU can be read from /proc like a worker's: the database's share of the cost of an order. Only for a
@@ -147,15 +164,10 @@ class _PostgresBackends:
 
     def __init__(self, template: str) -> None:
         from sqlalchemy import create_engine
-        from sqlalchemy.engine import make_url
 
-        from events.adapters.sql.engine import normalise
-        from shop.services import SERVICES
-
-        url = make_url(normalise(template.replace("{service}", "x")))
-        self.local = url.host in (None, "", "127.0.0.1", "localhost", "::1")
-        self.names = [make_url(normalise(template.replace("{service}", service))).database for service in SERVICES]
-        self._engine = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT", pool_size=1)
+        admin, self.names = postgres_databases(template)
+        self.local = admin.host in (None, "", "127.0.0.1", "localhost", "::1")
+        self._engine = create_engine(admin, isolation_level="AUTOCOMMIT", pool_size=1)
 
     def pids(self) -> list[int] | None:
         from sqlalchemy import bindparam, text

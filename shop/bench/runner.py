@@ -28,6 +28,7 @@ from shop.bench.pipelines import (
     FullSystem,
     Monolith,
     Pipeline,
+    postgres_databases,
 )
 from shop.bench.procs import WorkerGroup, peak_rss_mib
 
@@ -91,18 +92,12 @@ def _fresh_postgres(template: str) -> str | None:
     """The PostgreSQL databases of `template` ({service} filled in), dropped if they exist, or None (with no server
     answering, the mode is skipped)."""
     from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
 
-    from events.adapters.sql.engine import normalise
-    from shop.services import SERVICES
-
-    url = make_url(normalise(template.replace("{service}", "x")))
+    url, names = postgres_databases(template)
     try:
-        admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT",
-                              connect_args={"connect_timeout": 3})
+        admin = create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
         with admin.connect() as connection:
-            for service in SERVICES:
-                name = make_url(normalise(template.replace("{service}", service))).database
+            for name in names:
                 connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
     except Exception as exc:  # noqa: BLE001 - any failure: the mode is reported as skipped, with the reason
