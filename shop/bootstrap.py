@@ -170,11 +170,14 @@ class Wiring:
             close()
 
 
-def bootstrap(settings: BusSettings | None = None, stores: StoreSettings | None = None) -> Wiring:
+def bootstrap(settings: BusSettings | None = None, stores: StoreSettings | None = None,
+              single_connection: bool = False) -> Wiring:
     """Stores, broker and dead letters as `settings` and `StoreSettings` say; SQL databases are migrated to the
-    current schema first (safe from several processes at once: see events/adapters/sql/migrate.py)."""
+    current schema first (safe from several processes at once: see events/adapters/sql/migrate.py).
+    `single_connection`: Redis clients of one connection each (`redis_client`), for a process that uses them from one
+    thread at a time, mostly (a solo worker)."""
     settings = settings or BusSettings()
-    client = redis_client(settings)
+    client = redis_client(settings, single_connection=single_connection)
     broker_dead_letters = RedisDeadLetters(client, limits(settings))
     event_log = RedisEventLog(client)
     closers: list[Callable[[], object]] = [client.close]
@@ -209,7 +212,7 @@ def bootstrap(settings: BusSettings | None = None, stores: StoreSettings | None 
                     outboxed = RedisStore(client, settings, keys, on_commit=relay.send)
                     built[url] = outboxed, broker_dead_letters, relay, None
             elif url.startswith(("redis://", "rediss://")):
-                own = redis_client(settings, url)
+                own = redis_client(settings, url, single_connection=single_connection)
                 closers.append(own.close)
                 relay = sender(RedisOutbox(own, settings))
                 built[url] = (RedisStore(own, settings, keys, on_commit=relay.send),
@@ -297,7 +300,7 @@ def bootstrap_worker(service: str, settings: BusSettings | None = None, node: st
     configure_tracing(service)
     node = node or f"{spec.name}@{socket.gethostname()}"
     declare_topology(settings, [spec])
-    wiring = bootstrap(settings)
+    wiring = bootstrap(settings, single_connection=settings.worker_pool == "solo")
     require_keys(wiring, [service])
     fault = failpoint(wiring.redis, spec.name, settings) if settings.fault_injection else None
     if fault is not None:

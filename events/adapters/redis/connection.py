@@ -10,8 +10,11 @@ import redis
 from events.settings import BusSettings
 
 
-def redis_client(settings: BusSettings, url: str | None = None) -> redis.Redis:
-    options: dict[str, Any] = {"health_check_interval": 30}
+def redis_client(settings: BusSettings, url: str | None = None, single_connection: bool = False) -> redis.Redis:
+    """`single_connection`: every command of the client goes through one connection, under a lock, instead of taking
+    one from the pool and giving it back (a fifth of what a command costs the client: a worker's deliveries run one
+    at a time, its few background threads wait their turn). Pipelines still take theirs from the pool."""
+    options: dict[str, Any] = {"health_check_interval": 30, "single_connection_client": single_connection}
     url = url or settings.redis_url
     if url.startswith("rediss://"):
         options["ssl_cert_reqs"] = settings.redis_ssl_cert_reqs
