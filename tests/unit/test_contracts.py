@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from decimal import Decimal
 from uuid import uuid4
@@ -170,6 +171,18 @@ def test_a_tampered_envelope_is_rejected_for_its_signature():
     assert tampered != sealed.envelope
 
     assert rejection(tampered, sealed.signature).reason == "bad signature"
+
+
+def test_a_signature_is_standard_ed25519_over_the_pem_keys_either_way():
+    """Messages are signed with libsodium, keys kept as PEM for any Ed25519 implementation (here OpenSSL's, through
+    cryptography, which also signs the HTTP edge's tokens): each verifies the other's signatures."""
+    raw = envelope_of().model_dump_json().encode()
+    ours = base64.urlsafe_b64decode(KEYS.sign("order_service", raw))
+    KEYS.public["order_service"].verify(ours, raw)  # raises InvalidSignature if not
+    theirs = base64.urlsafe_b64encode(KEYS.private["order_service"].sign(raw)).decode()
+    assert KEYS.verify("order_service", raw, theirs)
+    assert not KEYS.verify("order_service", raw + b" ", theirs)
+    assert not KEYS.verify("order_service", raw, theirs[:-4]), "a short signature is a bad one, not an error"
 
 
 def test_an_envelope_signed_by_another_service_is_rejected():
