@@ -198,6 +198,13 @@ def valid_sealed(kind: str) -> Sealed:
 
 NOT_JSON = f"{marker('transport-not-json')} {{ this is not JSON"
 
+
+def kombu_shaped(headers: dict[str, Any]) -> dict[str, Any]:
+    """A raw queue item with everything kombu's Redis transport reads (an empty body) and these headers."""
+    return {"body": "", "content-encoding": "utf-8", "content-type": "application/json", "headers": headers,
+            "properties": {"delivery_tag": str(uuid4()), "body_encoding": "base64",
+                           "delivery_info": {"exchange": "", "routing_key": QUEUE}}}
+
 BAD_MESSAGES: list[BadMessage] = [
     # ---- transport level: kombu / celery see these before any shop code ----
     BadMessage("transport-not-json", "undecodable message", lambda i: i.raw(NOT_JSON)),
@@ -205,6 +212,9 @@ BAD_MESSAGES: list[BadMessage] = [
                lambda i: i.raw(json.dumps({"hello": marker("transport-json-not-kombu")}))),
     BadMessage("transport-json-array", "undecodable message",
                lambda i: i.raw(json.dumps([marker("transport-json-array"), 1, 2]))),
+    BadMessage("transport-typed-value-not-valid", "undecodable message",  # kombu's JSON decodes typed values
+               lambda i: i.raw(json.dumps(kombu_shaped(headers={"eta": {
+                   "__type__": "datetime", "__value__": marker("transport-typed-value-not-valid")}})))),
     BadMessage("kombu-task-header-not-a-string", "undecodable message",
                lambda i: i.kombu({}, {"task": [marker("kombu-task-header-not-a-string")]})),
     BadMessage("celery-body-not-args-kwargs-embed", "invalid task message",

@@ -226,12 +226,18 @@ def out_of_memory(exc: redis.exceptions.ResponseError) -> bool:
     return isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM" in str(exc)
 
 
-def kombu_payload_problem(item: bytes | str) -> str | None:
-    """Why kombu's Redis transport (and celery's dispatch) could not take this raw queue item, or None if they can."""
+def kombu_payload(item: bytes | str) -> tuple[dict[str, Any], None] | tuple[None, str]:
+    """A raw queue item read as kombu's Redis transport reads it (kombu's JSON, with its typed values) and None; or
+    None and why kombu (or celery's dispatch) could not take it. One parse serves both."""
     try:
-        payload = json.loads(item)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        return f"not JSON: {exc}"
+        payload = kombu_loads(bytes_to_str(item))
+    except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError, a typed value that is not one
+        return None, f"not JSON: {exc}"
+    problem = _payload_problem(payload)
+    return (None, problem) if problem is not None else (payload, None)
+
+
+def _payload_problem(payload: Any) -> str | None:
     if not isinstance(payload, dict):
         return f"not a kombu message: a JSON {type(payload).__name__}"
     properties = payload.get("properties")
@@ -483,12 +489,12 @@ class TakenListChannel(kombu_redis.Channel):
         if after_take is not None:
             after_take(source, item)
         self.last_taken = (source, item)
-        problem = kombu_payload_problem(item)
-        if problem is not None:
+        payload, problem = kombu_payload(item)
+        if payload is None:
             log.warning("unusable item in queue %s, handing it to the dead-letter path: %s", source, problem)
-            item = undecodable_kombu_message(item, source, problem).encode()
+            payload = kombu_loads(undecodable_kombu_message(item, source, str(problem)))
         self._queue_cycle.rotate(source)
-        self.connection._deliver(kombu_loads(bytes_to_str(item)), source)
+        self.connection._deliver(payload, source)
 
     def _put_back_undelivered(self, source: str, items: list[bytes]) -> None:
         """The delivery of a batch's message failed (the worker is stopping, or lost Redis): the messages taken
