@@ -1,5 +1,6 @@
 """Two processes writing one service's SQLite file (its API and its worker) take turns at the write lock; the waiter
-gets it shortly after it is freed, not after SQLite's own busy handler's next sleep."""
+gets it shortly after it is freed, not after SQLite's own busy handler's next sleep. Checkpoints run in the
+background, not inside a commit."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from events.adapters.sql.engine import engines, take_write_lock
+from events.adapters.sql import engine as engine_module
+from events.adapters.sql.engine import WAL_AUTOCHECKPOINT_PAGES, engines, take_write_lock
 
 
 def _holder(path: Path, hold_s: float, held: threading.Event) -> None:
@@ -65,3 +67,25 @@ def test_a_lock_held_longer_is_left_to_sqlites_own_wait_and_the_transaction_stil
         database.dispose()
     holder.join()
     assert sqlite3.connect(path).execute("SELECT k FROM t").fetchall() == [("after the holder",)]
+
+
+def test_checkpoints_run_in_a_background_thread_not_inside_a_commit(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(engine_module, "WAL_CHECKPOINT_INTERVAL", 1.0)
+    path = _database(tmp_path)
+    database = engines(f"sqlite:///{path}")
+    try:
+        with database.write.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == WAL_AUTOCHECKPOINT_PAGES
+        started = time.monotonic()
+        for n in range(400):  # about 1.6 MB of WAL: past SQLite's default threshold (1000 pages), below ours
+            with database.write.begin() as connection:
+                connection.execute(text("INSERT INTO t VALUES (:k)"), {"k": f"{n:04d}" + "x" * 3000})
+        assert time.monotonic() - started < 0.9, "written before the first background round"
+        assert path.stat().st_size < 100_000, "no commit copied the WAL into the database file"
+        deadline = time.monotonic() + 5
+        while path.stat().st_size < 1_000_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.stat().st_size >= 1_000_000, "the background checkpoint copied it"
+    finally:
+        database.dispose()
+    assert not [t for t in threading.enumerate() if t.name == f"wal-checkpoint {path.name}"], "stopped with the engines"
