@@ -107,9 +107,8 @@ _ACKS: list[tuple[str, bytes]] = []
 """(queue, message as taken) acknowledged by the worker and not yet by Redis: sent ahead of the next take, in the
 same write (a pipeline), so an ack costs no round trip of its own; with the solo pool, right after the task that
 acknowledged it (`_brpop_read`: the taken list must hold nothing that ran before the one running). Lost with the
-process or the connection, an ack
-only means the message goes back to its queue when the node reconnects (`put_back`) and the consumer's inbox refuses
-the duplicate."""
+process or the connection, an ack only means the message goes back to its queue when the node reconnects
+(`put_back`) and the consumer's inbox refuses the duplicate."""
 
 after_take: Callable[[str, bytes], None] | None = None
 """Fault injection only: called with (queue, item) right after a take (the crash tests kill the worker there)."""
