@@ -52,7 +52,7 @@ class BusSettings(BaseSettings):
     max_retries: int = Field(4, description="transient failures are retried this often before dead-lettering")
     retry_backoff: float = Field(0.2, description="first retry delay in seconds; doubles each attempt")
     max_deliveries: int = Field(
-        5, description="deliveries its worker died with before a message is treated as poison"
+        5, description="deliveries whose worker may have died with them before a message is treated as poison"
     )
     redeliver_after: float = Field(
         120.0, description="seconds after which the outbox relay re-sends a message its consumer has not settled"

@@ -120,9 +120,10 @@ def run_chaos(
         "SHOP_VISIBILITY_TIMEOUT": "5",
         "SHOP_REDELIVER_AFTER": "10",
         # A poison message costs one worker restart per delivery (solo pool: the process dies with it), so the
-        # threshold is kept low; a message would need to be the one running at two random kills to be mistaken for
-        # one (the rest of a killed worker's batch never ran, and is not counted).
-        "SHOP_MAX_DELIVERIES": "2",
+        # threshold is kept low; every message a killed worker held counts (the one it was running cannot be told
+        # from the rest of its batch), so a message would need to sit in three killed workers' batches to be
+        # mistaken for one.
+        "SHOP_MAX_DELIVERIES": "3",
         "SHOP_FAULT_INJECTION": "1",
         "SHOP_GATEWAY_FLAKY_FAILURES": "1",
         "SHOP_RETRY_BACKOFF": "0.1",

@@ -44,6 +44,12 @@ class BrokerHooks(Protocol):
         """The store's commit acknowledged the message: the channel's own ack must not do it again."""
         ...
 
+    def settle(self, request: Any) -> None:
+        """Acknowledge a message whose handling ended without a commit that did (a dead letter, a duplicate) now,
+        not on the next turn of celery's event loop, after the rest of the worker's batch has run: a worker dying in
+        between would be handed it again."""
+        ...
+
     def on_connected(self) -> None:
         """Runs on every (re)connection of the consuming channel, before it consumes."""
         ...
@@ -102,6 +108,8 @@ def worker_app(runtime: ServiceRuntime, hooks: BrokerHooks, settings: BusSetting
         ))
         if decision.acknowledged:
             hooks.acknowledged(request)
+        elif decision.outcome in ("dead-lettered", "duplicate"):
+            hooks.settle(request)
         if decision.outcome == "retried":
             # Back to this queue only: celery would otherwise re-send to the delivery's exchange and routing key,
             # which on RabbitMQ means a copy for every subscriber of the event.

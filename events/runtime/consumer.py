@@ -143,7 +143,7 @@ class ServiceRuntime:
                 self.counter.forget(self.spec.name, event_id)
                 return Decision("duplicate")
             # Each redelivery after a worker that may have died with the message counts one death; one after a
-            # requeue, a retry, or from a dead worker's batch it never got to, counts none.
+            # requeue, a retry's first delivery, or a reconnection of a worker that lived, counts none.
             counted = delivery.redelivered and delivery.may_have_died
             unfinished = self.counter.count(self.spec.name, event_id) if counted else 0
             if unfinished >= self.settings.max_deliveries:

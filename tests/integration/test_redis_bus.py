@@ -357,8 +357,8 @@ def consuming(
 def test_a_backlog_is_taken_up_to_the_prefetch_count_per_round_trip_in_order_each_in_the_taken_list(
     wiring: Wiring, redis_client: redis.Redis, pool: str
 ):
-    """With the solo pool a message's task runs inside its delivery: its ack (here not folded into a commit) leaves
-    the taken list before the next one is handed over. With a pool of its own the acks ride on the next take."""
+    """Whatever the pool, the acks of messages not acknowledged inside a commit ride on the next take (celery itself
+    sends its acks on the next turn of its event loop)."""
     hooks = RedisWorkerHooks(PAYMENT, wiring.settings.model_copy(update={"worker_pool": pool}), wiring.redis,
                              TAKING_NODE)
     taken_key = Keys.taken("payment_service", TAKING_NODE)
@@ -371,13 +371,12 @@ def test_a_backlog_is_taken_up_to_the_prefetch_count_per_round_trip_in_order_eac
 
     with consuming(wiring, hooks, handle, prefetch=3, backlog=5) as (connection, published):
         connection.drain_events(timeout=5)
-        in_taken_list = [(3, 2), (2, 2), (1, 2)] if pool == "solo" else [(3, 2), (3, 2), (3, 2)]
-        assert [(taken, queued) for _, taken, queued in seen] == in_taken_list, (
+        assert [(taken, queued) for _, taken, queued in seen] == [(3, 2), (3, 2), (3, 2)], (
             "one take moved three messages into the taken list; they are handed over one after the other")
         deadline = time.monotonic() + 5
         while len(seen) < 5 and time.monotonic() < deadline:  # an event may be the acks' replies, ahead of the take's
             connection.drain_events(timeout=5)
-        assert len(seen) == 5 and seen[3][1:] == (2, 0), "the next take moved the last two; no ack was left behind"
+        assert len(seen) == 5 and seen[3][1:] == (2, 0), "the three acks rode ahead of the next take"
         with contextlib.suppress(TimeoutError):
             connection.drain_events(timeout=0.3)
     assert [event_id for event_id, _, _ in seen] == [str(e.event_id) for e in published], "in the queue's order"
@@ -425,6 +424,27 @@ def test_events_handed_over_after_a_commit_acknowledge_the_taken_message_in_the_
     assert redis_client.llen("payment_service") == 0
 
 
+def test_a_dead_letter_or_duplicate_is_acknowledged_at_once_not_on_celerys_next_loop_turn(
+    wiring: Wiring, redis_client: redis.Redis, take, hooks: RedisWorkerHooks
+):
+    """celery sends a task's ack on the next turn of its event loop, after the rest of the batch has run: a worker
+    that dies in between (the next message of its batch is a poison) would get a dead-lettered message back, count it
+    from zero again, and die with it again. The runtime settles such a message itself, in one round trip."""
+    declare_topology(wiring.settings)
+    wiring.publish(wrap(stock_reserved()))
+    _, message = take()
+    request = type("Request", (), {"properties": message.properties})()
+    assert redis_client.llen(Keys.taken("payment_service", TAKING_NODE)) == 1 and unsettled(wiring, "payment_service")
+
+    hooks.settle(request)
+
+    assert redis_client.llen(Keys.taken("payment_service", TAKING_NODE)) == 0, "out of the taken list"
+    assert unsettled(wiring, "payment_service") == 0, "its queue-outbox copy settled"
+    message.ack()  # what celery does later: nothing left to remove
+    assert redis_client.llen("payment_service") == 0
+    assert redis_client.llen(Keys.taken("payment_service", TAKING_NODE)) == 0
+
+
 def test_a_rejected_message_goes_back_to_its_queue_flagged_redelivered(
     wiring: Wiring, redis_client: redis.Redis, take
 ):
@@ -458,13 +478,13 @@ def test_what_a_closing_channel_held_goes_back_and_a_reconnecting_node_puts_back
 
 
 @pytest.mark.parametrize("pool", ["solo", "prefork"])
-def test_a_restarted_node_marks_only_the_message_its_predecessor_was_running_as_one_that_may_have_killed_it(
+def test_what_a_dead_node_held_may_have_killed_it_what_a_living_one_gives_back_did_not(
     wiring: Wiring, redis_client: redis.Redis, pool: str
 ):
-    """A solo worker runs what it took one at a time, oldest first, and acknowledges each before the next: what its
-    taken list holds when it dies is the one it was running (the oldest) and the rest of its batch, which never ran.
-    Only that one counts towards a poison message's deliveries; after a mere reconnection none does. A pool of child
-    processes runs several at once: each may have."""
+    """The node's next process puts back everything its predecessor held, each marked as one that may have killed
+    it (the one it was running cannot be told from the rest of its batch: celery acknowledges a finished message
+    on the next turn of its event loop); a solo process that merely reconnected marks none. A pool of child
+    processes: a child may have died with any of them."""
     declare_topology(wiring.settings)
     published = [wrap(stock_reserved()) for _ in range(3)]
     for envelope in published:
@@ -481,7 +501,7 @@ def test_a_restarted_node_marks_only_the_message_its_predecessor_was_running_as_
     assert [e.event_id for e in queued_envelopes(redis_client, "payment_service", wiring.settings)] == [
         e.event_id for e in published], "back in their order"
     assert [m["redelivered"] for m in waiting] == [True, True, True]
-    assert [m["may_have_died"] for m in waiting] == ([True, False, False] if pool == "solo" else [True] * 3)
+    assert [m["may_have_died"] for m in waiting] == [True, True, True]
 
     for _ in published:  # the same process takes them again, then loses its connection
         redis_client.lmove("payment_service", taken, "RIGHT", "LEFT")

@@ -248,6 +248,9 @@ class AmqpWorkerHooks:
     def acknowledged(self, request: Any) -> None:
         """Never called: no store folds a RabbitMQ ack into its commit."""
 
+    def settle(self, request: Any) -> None:
+        """celery's ack follows: RabbitMQ requeues what a lost consumer held, and counts nothing by position."""
+
     def on_connected(self) -> None:
         """RabbitMQ requeued what the previous connection held as soon as it dropped."""
 

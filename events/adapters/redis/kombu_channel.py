@@ -17,11 +17,9 @@ timeout does not apply to taken messages: a slow handler is never handed its mes
 Batched take. The BLMOVE is followed, in the same write, by LMOVEs up to the prefetch count: with a backlog one round
 trip takes several messages, each moved into the taken list atomically like the first, and the worker hands them to
 celery one after the other (nil replies cost nothing when the queue is empty). The acknowledgements of the messages
-handled since the last take ride ahead of the BLMOVE in that same write. With the solo pool a message's task runs
-inside its delivery and is acknowledged before the next one runs (inside the store's commit, or right after it), so
-the node's taken list holds the messages not run yet and, oldest, the one running: a node that restarts puts them all
-back, only that oldest one marked as one that may have killed its worker (`put_back`, `MAY_HAVE_DIED_HEADER`), so a
-message that merely sat in a dead worker's batch is never taken for poison.
+handled since the last take ride ahead of the BLMOVE in that same write. A message put back by a node that knows its
+delivery did not die with the worker (a requeue, the rest of a batch whose delivery failed, a reconnection within the
+same process) is marked so (`put_back`, `MAY_HAVE_DIED_HEADER`): the runtime does not count it towards poison.
 
 Garbage. kombu json-parses each item it takes and builds a Message from it before celery sees it; an item that is not
 JSON, or not a kombu message, raises inside the worker's event loop, the worker exits and the popped item is lost.
@@ -90,8 +88,8 @@ TAKEN_KEY_OPTION = "shop_taken_key"
 OUTBOX_KEY_OPTION = "shop_outbox_key"
 """The transport option with the key pattern of a queue's outbox (`{queue}` is replaced): the ack settles the copy."""
 SOLO_POOL_OPTION = "shop_solo_pool"
-"""The transport option that says the worker runs each task inside the delivery (celery's solo pool): one at a time,
-in the order taken, so the oldest message of a node's taken list is the one it was running (see `put_back`)."""
+"""The transport option that says the worker runs each task inside the delivery (celery's solo pool): a message it
+gives back (a requeue) did not die with it."""
 MAY_HAVE_DIED_HEADER = "shop_may_have_died"
 """Set by `put_back`: whether the delivery that ends with this put-back may have died with its worker. False when
 the node knows it did not (never handed to the task, or given back by it): the runtime then does not count it
@@ -105,10 +103,9 @@ acknowledged. None once the store's commit removed it from the taken list. One c
 (solo pool), so one registry."""
 _ACKS: list[tuple[str, bytes]] = []
 """(queue, message as taken) acknowledged by the worker and not yet by Redis: sent ahead of the next take, in the
-same write (a pipeline), so an ack costs no round trip of its own; with the solo pool, right after the task that
-acknowledged it (`_brpop_read`: the taken list must hold nothing that ran before the one running). Lost with the
-process or the connection, an ack only means the message goes back to its queue when the node reconnects
-(`put_back`) and the consumer's inbox refuses the duplicate."""
+same write (a pipeline), so an ack costs no round trip of its own (celery itself acknowledges on the next turn of its
+event loop). Lost with the process or the connection, an ack only means the message goes back to its queue when the
+node reconnects (`put_back`) and the consumer's inbox refuses the duplicate."""
 
 after_take: Callable[[str, bytes], None] | None = None
 """Fault injection only: called with (queue, item) right after a take (the crash tests kill the worker there)."""
@@ -449,15 +446,9 @@ class TakenListChannel(kombu_redis.Channel):
             _OutOfMemory.accepted()
             if not taken:
                 raise Empty()
-            solo_pool = self.solo_pool
             for index, item in enumerate(taken):
                 try:
                     self._deliver_taken(source, item)
-                    if solo_pool and _ACKS:
-                        # Its task ran and was not acknowledged inside a commit (a duplicate, a dead letter, a
-                        # retry, a store commit that handed nothing over): acknowledge it before the next one runs,
-                        # so the node's taken list holds only messages not yet run, and the one running, oldest.
-                        self.flush_acks()
                 except BaseException:
                     self._put_back_undelivered(source, taken[index + 1 :])
                     raise

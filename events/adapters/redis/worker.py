@@ -65,19 +65,38 @@ class RedisWorkerHooks:
         if tag:
             kombu_channel.acknowledged(tag)
 
+    def settle(self, request: Any) -> None:
+        """The acknowledgement of a dead letter or a duplicate, sent now (one round trip; celery's own would come
+        after the rest of the batch): a dead-lettered message left in the taken list of a worker that then dies
+        would be delivered, and die, again. If Redis cannot take it now, celery's ack follows as usual."""
+        tag = self._tag(request)
+        item = kombu_channel.taken_message(tag) if self.settings.worker_pool == "solo" else None
+        if tag is None or item is None:
+            return
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                kombu_channel.settle(pipe, self.taken_key, Keys.OUTBOX_PATTERN, self.spec.queue, item)
+                pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            log.warning("%s: a finished message's acknowledgement waits for celery's (%r)", self.node, exc)
+            return
+        kombu_channel.acknowledged(tag)
+
     def on_connected(self) -> None:
         """Return to the queue, marked redelivered, every message this node took and never acknowledged (it died, or
         lost Redis, meanwhile): whatever a previous connection held will never be acknowledged through it.
 
-        Which of them may have killed a worker: with the solo pool only the oldest, and only when this process did
-        not take them itself (it is the node's next process: the one before stopped or died); this process lost its
-        connection, not its life. With a pool of child processes any of them may have."""
+        Which of them may have killed a worker: all of them when this process did not take them itself (it is the
+        node's next process: the one before stopped or died; celery acknowledges a finished message only on the next
+        turn of its event loop, so the taken list alone cannot tell the one that was running from the rest of its
+        batch); none when this solo process took them and only lost its connection. With a pool of child processes
+        any of them may have."""
         kombu_channel.forget_taken()
         solo_pool, inherited = self.settings.worker_pool == "solo", not self._connected_before
         self._connected_before = True
         items = self.redis.lrange(self.taken_key, 0, -1)  # newest first
-        for index, item in enumerate(items):
-            may_have_died = (inherited and index == len(items) - 1) if solo_pool else True
+        for item in items:
+            may_have_died = inherited if solo_pool else True
             kombu_channel.put_back(self.redis, self.taken_key, self.spec.queue,
                                    item if isinstance(item, bytes) else item.encode(), may_have_died=may_have_died)
         if items:
