@@ -120,9 +120,9 @@ def run_chaos(
         "SHOP_VISIBILITY_TIMEOUT": "5",
         "SHOP_REDELIVER_AFTER": "10",
         # A poison message costs one worker restart per delivery (solo pool: the process dies with it), so the
-        # threshold is kept low; every message a killed worker held counts (the one it was running cannot be told
-        # from the rest of its batch), so a message would need to sit in three killed workers' batches to be
-        # mistaken for one.
+        # threshold is kept low; every message a killed worker held counts when it is delivered again (the one it
+        # was running cannot be told from the rest of its batch), so a message would need to be running at two
+        # random kills, after a first death with it in the batch, to be mistaken for one.
         "SHOP_MAX_DELIVERIES": "3",
         "SHOP_FAULT_INJECTION": "1",
         "SHOP_GATEWAY_FLAKY_FAILURES": "1",
