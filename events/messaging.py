@@ -178,5 +178,8 @@ class Periodic:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 0.0) -> None:
+        """No further pass; `wait` seconds at most for the one running to end."""
         self._stop.set()
+        if wait and self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=wait)

@@ -70,7 +70,7 @@ def test_a_lock_held_longer_is_left_to_sqlites_own_wait_and_the_transaction_stil
 
 
 def test_checkpoints_run_in_a_background_thread_not_inside_a_commit(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(engine_module, "WAL_CHECKPOINT_INTERVAL", 1.0)
+    monkeypatch.setattr(engine_module, "WAL_CHECKPOINT_INTERVAL", 1.0)  # read when the engines are made
     path = _database(tmp_path)
     database = engines(f"sqlite:///{path}")
     try:

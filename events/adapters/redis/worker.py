@@ -69,18 +69,18 @@ class RedisWorkerHooks:
         """The acknowledgement of a dead letter or a duplicate, sent now (one round trip; celery's own would come
         after the rest of the batch): a dead-lettered message left in the taken list of a worker that then dies
         would be delivered, and die, again. If Redis cannot take it now, celery's ack follows as usual."""
-        tag = self._tag(request)
-        item = kombu_channel.taken_message(tag) if self.settings.worker_pool == "solo" else None
-        if tag is None or item is None:
+        taken = self.acknowledgement(request)
+        if taken is None:
             return
+        taken_key, item = taken
         try:
             with self.redis.pipeline(transaction=False) as pipe:
-                kombu_channel.settle(pipe, self.taken_key, Keys.OUTBOX_PATTERN, self.spec.queue, item)
+                kombu_channel.settle(pipe, taken_key, Keys.OUTBOX_PATTERN, self.spec.queue, item)
                 pipe.execute()
         except redis.exceptions.RedisError as exc:
             log.warning("%s: a finished message's acknowledgement waits for celery's (%r)", self.node, exc)
             return
-        kombu_channel.acknowledged(tag)
+        self.acknowledged(request)
 
     def on_connected(self) -> None:
         """Return to the queue, marked redelivered, every message this node took and never acknowledged (it died, or

@@ -8,10 +8,10 @@ lock held for 2 ms cost a waiter 8 ms, and the tail of a service written by its 
 with it. `synchronous=NORMAL` in WAL mode keeps every committed transaction
 across a process crash (not across a power loss: the last transactions before it may be lost). Checkpoints (copying
 the WAL back into the database file, with its fsyncs) run in a background thread every `WAL_CHECKPOINT_INTERVAL`
-(`WalCheckpointer`) instead of inside whichever commit crossed SQLite's 1000-page threshold: that commit took
-milliseconds instead of tens of microseconds, and an order crossing five databases met one often enough to set the p99
-(a throwaway loop of 6000 small transactions here: p99.9 3.09 ms with SQLite's automatic checkpoints, 0.20 ms without).
-The automatic checkpoint stays as a backstop, at `WAL_AUTOCHECKPOINT_PAGES`. Reads go through a
+(`WalCheckpointer`, run by `Periodic`) instead of inside whichever commit crossed SQLite's 1000-page threshold: that
+commit took milliseconds instead of tens of microseconds, and an order crossing five databases met one often enough
+to set the p99 (a throwaway loop of 6000 small transactions here: p99.9 3.09 ms with SQLite's automatic checkpoints,
+0.20 ms without). The automatic checkpoint stays as a backstop, at `WAL_AUTOCHECKPOINT_PAGES`. Reads go through a
 second engine in autocommit mode (every read is one statement, its own snapshot), so they take no lock at all and a
 connection going back to the pool has nothing to roll back.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+
+from events.messaging import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -42,39 +43,28 @@ background checkpoints keep the WAL far below it, and should they stop, the WAL 
 
 
 class WalCheckpointer:
-    """Checkpoints one SQLite database in WAL mode from a daemon thread of its own, with a connection of its own:
-    PASSIVE, so it never waits for or blocks a reader or a writer, and does nothing while another process holds the
-    database (the next round tries again)."""
+    """One pass checkpoints one SQLite database in WAL mode (run by a `Periodic` of its own), with a connection of its
+    own: PASSIVE, so it never waits for or blocks a reader or a writer, and does nothing while another process holds
+    the database (the next pass tries again)."""
 
-    def __init__(self, path: str, interval: float | None = None) -> None:
-        self.path, self.interval = path, interval or WAL_CHECKPOINT_INTERVAL
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"wal-checkpoint {Path(path).name}", daemon=True)
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._connection: sqlite3.Connection | None = None
 
-    def start(self) -> WalCheckpointer:
-        self._thread.start()
-        return self
+    def __call__(self) -> None:
+        try:
+            if self._connection is None:  # mode=rw: never creates the file (the engine does, on its first connect)
+                self._connection = sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?mode=rw", uri=True,
+                                                   timeout=0, isolation_level=None, check_same_thread=False)
+            self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # locked, gone, or not a database yet: the next pass tries again
+            log.debug("checkpoint of %s skipped: %s", self.path, exc)
+            self.close()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        connection: sqlite3.Connection | None = None
-        while not self._stop.wait(self.interval):
-            try:
-                if connection is None:  # mode=rw: never creates the file (the engine does, on its first connect)
-                    connection = sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?mode=rw", uri=True, timeout=0,
-                                                 isolation_level=None, check_same_thread=False)
-                connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as exc:  # locked, gone, or not a database yet: the next round tries again
-                log.debug("checkpoint of %s skipped: %s", self.path, exc)
-                if connection is not None:
-                    connection.close()
-                connection = None
-        if connection is not None:
-            connection.close()
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+        self._connection = None
 
 
 @dataclass(frozen=True)
@@ -84,16 +74,19 @@ class Engines:
     """transactions: BEGIN IMMEDIATE on SQLite"""
     read: Engine
     """single statements in autocommit mode"""
-    checkpointer: WalCheckpointer | None = None
-    """a SQLite file's background checkpoints"""
+    checkpoints: Periodic | None = None
+    """a SQLite file's background checkpoints (`WalCheckpointer`)"""
 
     @property
     def is_sqlite(self) -> bool:
         return self.write.dialect.name == "sqlite"
 
     def dispose(self) -> None:
-        if self.checkpointer is not None:
-            self.checkpointer.stop()
+        if self.checkpoints is not None:
+            self.checkpoints.stop(wait=5)
+            checkpointer = self.checkpoints.step
+            if isinstance(checkpointer, WalCheckpointer):
+                checkpointer.close()
         self.write.dispose()
         self.read.dispose()
 
@@ -125,7 +118,7 @@ def engines(url: str, busy_timeout_ms: int = 30_000) -> Engines:
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES if on_disk else 1000}")
+        cursor.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
@@ -136,7 +129,11 @@ def engines(url: str, busy_timeout_ms: int = 30_000) -> Engines:
     event.listen(write, "connect", pragmas)
     event.listen(write, "begin", begin_immediate)
     event.listen(read, "connect", pragmas)
-    return Engines(url, write, read, WalCheckpointer(str(parsed.database)).start() if on_disk else None)
+    if not on_disk:
+        return Engines(url, write, read)
+    path = str(parsed.database)
+    checkpoints = Periodic(f"wal-checkpoint {Path(path).name}", WAL_CHECKPOINT_INTERVAL, WalCheckpointer(path), ())
+    return Engines(url, write, read, checkpoints.start())
 
 
 WRITE_LOCK_STEPS = (0.0001, 0.002, 0.05)
