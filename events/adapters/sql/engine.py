@@ -76,6 +76,9 @@ class Engines:
     """single statements in autocommit mode"""
     checkpoints: Periodic | None = None
     """a SQLite file's background checkpoints (`WalCheckpointer`)"""
+    begin: Callable[[Any], None] | None = None
+    """how a write transaction begins on a driver connection of `write` (SQLite: `BEGIN IMMEDIATE`); None where the
+    driver begins one by itself (the statements run on the driver's connection: driver.py)"""
 
     @property
     def is_sqlite(self) -> bool:
@@ -126,14 +129,18 @@ def engines(url: str, busy_timeout_ms: int = 30_000) -> Engines:
         if not take_write_lock(connection.connection.driver_connection, busy_timeout_ms):
             connection.exec_driver_sql("BEGIN IMMEDIATE")  # still locked: SQLite's own wait, up to the busy timeout
 
+    def begin_on_driver(driver_connection: sqlite3.Connection) -> None:
+        if not take_write_lock(driver_connection, busy_timeout_ms):
+            driver_connection.execute("BEGIN IMMEDIATE")
+
     event.listen(write, "connect", pragmas)
     event.listen(write, "begin", begin_immediate)
     event.listen(read, "connect", pragmas)
     if not on_disk:
-        return Engines(url, write, read)
+        return Engines(url, write, read, begin=begin_on_driver)
     path = str(parsed.database)
     checkpoints = Periodic(f"wal-checkpoint {Path(path).name}", WAL_CHECKPOINT_INTERVAL, WalCheckpointer(path), ())
-    return Engines(url, write, read, checkpoints.start())
+    return Engines(url, write, read, checkpoints.start(), begin=begin_on_driver)
 
 
 WRITE_LOCK_STEPS = (0.0001, 0.002, 0.05)

@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import BindParameter, Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from events.adapters.sql.driver import Compiled, Cursor, attached, compile_for, reading, transaction
 from events.adapters.sql.engine import Engines
 from events.adapters.sql.schema import documents, outbox
 from events.adapters.sql.schema import inbox as inbox_table
@@ -40,25 +41,30 @@ log = logging.getLogger(__name__)
 
 
 class Statements:
-    """The statements of the hot path, built once (per dialect) with bound parameters."""
+    """The statements of the hot path, built once per dialect by SQLAlchemy and run on the driver (driver.py)."""
 
     def __init__(self, engines: Engines) -> None:
-        dialect = sqlite if engines.is_sqlite else postgresql
+        dialect = engines.write.dialect
+        insert_for = sqlite.insert if engines.is_sqlite else postgresql.insert
         service: BindParameter[str] = bindparam("b_service")
         collection: BindParameter[str] = bindparam("b_collection")
         key: BindParameter[str] = bindparam("b_key")
-        self.get = select(documents.c.version, documents.c.body).where(
-            documents.c.service == service, documents.c.collection == collection, documents.c.key == key)
-        self.handled = select(inbox_table.c.event_id).where(
-            inbox_table.c.consumer == bindparam("b_consumer"), inbox_table.c.event_id == bindparam("b_event_id"))
-        self.mark = dialect.insert(inbox_table).on_conflict_do_nothing().returning(inbox_table.c.event_id)
+        self.get = compile_for(dialect, select(documents.c.version, documents.c.body).where(
+            documents.c.service == service, documents.c.collection == collection, documents.c.key == key))
+        self.handled = compile_for(dialect, select(inbox_table.c.event_id).where(
+            inbox_table.c.consumer == bindparam("b_consumer"), inbox_table.c.event_id == bindparam("b_event_id")))
+        self.mark = compile_for(
+            dialect, insert_for(inbox_table).on_conflict_do_nothing().returning(inbox_table.c.event_id),
+            ("consumer", "event_id", "handled_at"))
         """INSERT that returns no row when the event id is already there, instead of failing the transaction"""
-        self.create = dialect.insert(documents).on_conflict_do_nothing().returning(documents.c.key)
-        self.change = update(documents).where(
+        self.create = compile_for(
+            dialect, insert_for(documents).on_conflict_do_nothing().returning(documents.c.key),
+            ("service", "collection", "key", "version", "body"))
+        self.change = compile_for(dialect, update(documents).where(
             documents.c.service == service, documents.c.collection == collection, documents.c.key == key,
-            documents.c.version == bindparam("b_read"))
-        self.outbox = insert(outbox)
-        self.settle = delete(outbox).where(outbox.c.id.in_(bindparam("b_ids", expanding=True)))
+            documents.c.version == bindparam("b_read")), ("version", "body"))
+        self.outbox = compile_for(dialect, insert(outbox), ("id", "message", "created_at", "due_at"))
+        self.settle = compile_for(dialect, delete(outbox).where(outbox.c.id == bindparam("b_id")))
 
 
 class SqlStore:
@@ -109,12 +115,16 @@ class SqlStore:
             result = connection.execute(delete(inbox_table).where(inbox_table.c.handled_at < older_than))
             return int(result.rowcount or 0)
 
-    def read(self, statement: Any, parameters: dict[str, Any], connection: Connection | None) -> Any:
+    def read(self, statement: Compiled, values: dict[str, Any], connection: Connection | None) -> Any:
         """The first row of a query, inside `connection`'s transaction or on a reading connection of its own."""
         if connection is not None:
-            return connection.execute(statement, parameters).first()
-        with self.engines.read.connect() as reader:
-            return reader.execute(statement, parameters).first()
+            cursor = attached(connection)
+            try:
+                return cursor.first(statement, values)
+            finally:
+                cursor.close()
+        with reading(self.engines.read) as reader:
+            return reader.first(statement, values)
 
 
 class SqlUnitOfWork(UnitOfWork):
@@ -132,8 +142,8 @@ class SqlUnitOfWork(UnitOfWork):
     def get(self, collection: str, key: str) -> dict[str, Any] | None:
         row = self._store.read(self._store.statements.get,
                                {"b_service": self.service, "b_collection": collection, "b_key": key}, self._connection)
-        self._versions[(collection, key)] = row.version if row else 0
-        return None if row is None else dict(json.loads(row.body))
+        self._versions[(collection, key)] = row[0] if row else 0
+        return None if row is None else dict(json.loads(row[1]))
 
     def already_handled(self) -> bool:
         if self.cause is None:
@@ -149,10 +159,10 @@ class SqlUnitOfWork(UnitOfWork):
         store = self._store
         settled = store.settled.take() if store.settled is not None else []
         try:
-            with store.engines.write.begin() as connection:
-                self.commit_in(connection)
+            with transaction(store.engines.write, store.engines.begin) as cursor:
+                self.write_all(cursor)
                 if settled:
-                    connection.execute(store.statements.settle, {"b_ids": settled})
+                    cursor.execute_many(store.statements.settle, [{"b_id": row_id} for row_id in settled])
         except BaseException:
             if store.settled is not None:
                 store.settled.give_back(settled)
@@ -164,10 +174,17 @@ class SqlUnitOfWork(UnitOfWork):
     def commit_in(self, connection: Connection) -> list[Envelope]:
         """Write everything inside `connection`'s open transaction (the caller commits it); returns the published
         events. Raises AlreadyHandled or ConcurrentUpdate, after which the caller must roll back."""
+        cursor = attached(connection)
+        try:
+            return self.write_all(cursor)
+        finally:
+            cursor.close()
+
+    def write_all(self, cursor: Cursor) -> list[Envelope]:
         store = self._store
         keys = store.keys
         messages = [OutgoingMessage.of(envelope, keys) for envelope in self.outbox] if keys and store.outbox else []
-        self.write(connection, messages)
+        self.write(cursor, messages)
         self.messages = messages
         self._written = (dict(self._writes), list(self.outbox))
         self._committed()
@@ -178,35 +195,34 @@ class SqlUnitOfWork(UnitOfWork):
         writes, outbox = self._written
         self._writes, self.outbox, self.committed, self.messages = dict(writes), list(outbox), [], []
 
-    def write(self, connection: Connection, messages: Sequence[OutgoingMessage]) -> None:
-        """Everything this unit of work changes, inside `connection`'s transaction."""
+    def write(self, cursor: Cursor, messages: Sequence[OutgoingMessage]) -> None:
+        """Everything this unit of work changes, inside `cursor`'s transaction."""
         now = time.time()
         statements = self._store.statements
         if self.cause is not None:
             event_id = str(self.cause.event_id)
-            marked = connection.execute(
-                statements.mark, {"consumer": self.inbox, "event_id": event_id, "handled_at": now}).first()
+            marked = cursor.first(statements.mark, {"consumer": self.inbox, "event_id": event_id, "handled_at": now})
             if marked is None:
                 raise AlreadyHandled(event_id)
         for (collection, key), document in self._writes.items():
             body = json.dumps(document, separators=(",", ":"))
             read = self._versions.get((collection, key), 0)
             if read == 0:
-                created = connection.execute(statements.create, {
+                created = cursor.first(statements.create, {
                     "service": self.service, "collection": collection, "key": key, "version": 1, "body": body,
-                }).first()
+                })
                 if created is None:
                     raise ConcurrentUpdate(f"{collection}/{key}")
             else:
-                changed = connection.execute(statements.change, {
+                changed = cursor.execute(statements.change, {
                     "b_service": self.service, "b_collection": collection, "b_key": key, "b_read": read,
                     "version": read + 1, "body": body,
-                }).rowcount
+                })
                 if changed != 1:
                     raise ConcurrentUpdate(f"{collection}/{key}")
         if messages:
             due = now + self._store.settings.redeliver_after
-            connection.execute(statements.outbox, [
+            cursor.execute_many(statements.outbox, [
                 {"id": message.id, "message": message.to_json(), "created_at": now, "due_at": due}
                 for message in messages
             ])
@@ -279,8 +295,8 @@ class SqlOutbox:
         if not ids:
             return
         try:
-            with self.engines.write.begin() as connection:
-                connection.execute(self.statements.settle, {"b_ids": ids})
+            with transaction(self.engines.write, self.engines.begin) as cursor:
+                cursor.execute_many(self.statements.settle, [{"b_id": row_id} for row_id in ids])
         except BaseException:
             self.give_back(ids)
             raise
