@@ -174,8 +174,9 @@ def bootstrap(settings: BusSettings | None = None, stores: StoreSettings | None 
               single_connection: bool = False) -> Wiring:
     """Stores, broker and dead letters as `settings` and `StoreSettings` say; SQL databases are migrated to the
     current schema first (safe from several processes at once: see events/adapters/sql/migrate.py).
-    `single_connection`: Redis clients of one connection each (`redis_client`), for a process that uses them from one
-    thread at a time, mostly (a solo worker)."""
+    `single_connection`: Redis clients of one connection each (`redis_client`), and SQL stores whose threads keep a
+    connection each (`driver.Connections`), for a process that uses them from one thread at a time, mostly (a solo
+    worker)."""
     settings = settings or BusSettings()
     client = redis_client(settings, single_connection=single_connection)
     broker_dead_letters = RedisDeadLetters(client, limits(settings))
@@ -224,7 +225,8 @@ def bootstrap(settings: BusSettings | None = None, stores: StoreSettings | None 
                 rows = SqlOutbox(database, settings)
                 closers.append(rows.flush)  # closers run last first: before the engine goes
                 relay = sender(rows)
-                built[url] = (SqlStore(database, settings, keys, on_commit=relay.hand_over, settled=rows),
+                built[url] = (SqlStore(database, settings, keys, on_commit=relay.hand_over, settled=rows,
+                                       held=single_connection),
                               SqlDeadLetters(database, limits(settings)), relay, database)
         store, dead, relay_of, database_of = built[url]
         wiring.stores[name] = store

@@ -15,6 +15,7 @@ now"), and a connection the server dropped is invalidated, so the pool does not 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -88,26 +89,53 @@ class Cursor:
             self.cursor.close()
 
 
+class Connections:
+    """Where an engine's driver connections come from: the pool, for each use; or, `held`, one per thread kept
+    checked out for the thread's life, for a process whose few threads each do one thing at a time (a solo worker):
+    a checkout and a check-in cost a third of a read on SQLite. A held connection the server dropped is replaced."""
+
+    def __init__(self, engine: Engine, held: bool = False) -> None:
+        self.engine, self.held = engine, held
+        self._local = threading.local()
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        if not self.held:
+            connection = self.engine.raw_connection()
+            try:
+                yield connection
+            finally:
+                connection.close()
+            return
+        kept: Any = getattr(self._local, "connection", None)
+        if kept is None or not kept.is_valid:
+            kept = self._local.connection = self.engine.raw_connection()
+        yield kept
+
+
 @contextmanager
-def reading(engine: Engine) -> Iterator[Cursor]:
-    """A cursor on a pooled connection of a reading engine (autocommit: each statement is its own snapshot)."""
-    connection = engine.raw_connection()
-    cursor: Cursor | None = None
-    try:
-        cursor = Cursor(engine, connection)
-        yield cursor
-    finally:
-        if cursor is not None:
+def reading(connections: Connections) -> Iterator[Cursor]:
+    """A cursor on a connection of a reading engine (autocommit: each statement is its own snapshot; the cursor is
+    closed after use, so SQLite keeps no read transaction open)."""
+    with connections.connection() as connection:
+        cursor = Cursor(connections.engine, connection)
+        try:
+            yield cursor
+        finally:
             cursor.close()
-        connection.close()
 
 
 @contextmanager
-def transaction(engine: Engine, begin: Callable[[Any], None] | None = None) -> Iterator[Cursor]:
-    """A cursor inside one transaction on a pooled connection, committed when the block ends, rolled back if it
-    raises. `begin(driver_connection)`: how this database starts a write transaction (SQLite: `BEGIN IMMEDIATE`);
-    None where the driver begins one by itself (psycopg)."""
-    connection = engine.raw_connection()
+def transaction(connections: Connections, begin: Callable[[Any], None] | None = None) -> Iterator[Cursor]:
+    """A cursor inside one transaction, committed when the block ends, rolled back if it raises (a connection whose
+    rollback failed is invalidated, so none is reused in an unknown state). `begin(driver_connection)`: how this
+    database starts a write transaction (SQLite: `BEGIN IMMEDIATE`); None where the driver begins one by itself
+    (psycopg)."""
+    with connections.connection() as connection:
+        yield from _transaction(connections.engine, connection, begin)
+
+
+def _transaction(engine: Engine, connection: Any, begin: Callable[[Any], None] | None) -> Iterator[Cursor]:
     cursor: Cursor | None = None
     try:
         cursor = Cursor(engine, connection)
@@ -123,13 +151,14 @@ def transaction(engine: Engine, begin: Callable[[Any], None] | None = None) -> I
             raise cursor.translated(exc) from exc
     except BaseException:
         if connection.is_valid:
-            with suppress(Exception):
+            try:
                 connection.rollback()
+            except Exception as exc:  # noqa: BLE001 - the original error is the one to raise
+                connection.invalidate(exc)
         raise
     finally:
         if cursor is not None:
             cursor.close()
-        connection.close()
 
 
 def attached(connection: sqlalchemy.Connection) -> Cursor:

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import BindParameter, Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from events.adapters.sql.driver import Compiled, Cursor, attached, compile_for, reading, transaction
+from events.adapters.sql.driver import Compiled, Connections, Cursor, attached, compile_for, reading, transaction
 from events.adapters.sql.engine import Engines
 from events.adapters.sql.schema import documents, outbox
 from events.adapters.sql.schema import inbox as inbox_table
@@ -76,6 +76,7 @@ class SqlStore:
         on_commit: Callable[[list[OutgoingMessage], object | None], bool] | None = None,
         outbox: bool = True,
         settled: SqlOutbox | None = None,
+        held: bool = False,
     ) -> None:  # keys: who signs the outgoing events (None: the monolith, whose events never leave the process)
         self.engines, self.settings, self.on_commit, self.keys = engines, settings, on_commit, keys
         """on_commit(events, acknowledgement): hands the committed events to the broker (`OutboxSender.hand_over`);
@@ -86,7 +87,9 @@ class SqlStore:
         """False for a store whose events are dispatched in process (the monolith): no outbox rows, no broker"""
         self.settled = settled
         """the relay's outbox: each write transaction also deletes the rows the broker took since the last one"""
+        # held: each thread keeps its connections (`driver.Connections`), for a process of few threads (a solo worker)
         self.statements = Statements(engines)
+        self.reads, self.writes = Connections(engines.read, held), Connections(engines.write, held)
 
     def unit_of_work(
         self, service: str, cause: Envelope | None = None, inbox: str | None = None,
@@ -123,7 +126,7 @@ class SqlStore:
                 return cursor.first(statement, values)
             finally:
                 cursor.close()
-        with reading(self.engines.read) as reader:
+        with reading(self.reads) as reader:
             return reader.first(statement, values)
 
 
@@ -159,7 +162,7 @@ class SqlUnitOfWork(UnitOfWork):
         store = self._store
         settled = store.settled.take() if store.settled is not None else []
         try:
-            with transaction(store.engines.write, store.engines.begin) as cursor:
+            with transaction(store.writes, store.engines.begin) as cursor:
                 self.write_all(cursor)
                 if settled:
                     cursor.execute_many(store.statements.settle, [{"b_id": row_id} for row_id in settled])
@@ -243,6 +246,7 @@ class SqlOutbox:
     def __init__(self, engines: Engines, settings: BusSettings, linger: float = 0.2) -> None:
         self.engines, self.settings, self.linger = engines, settings, linger
         self.statements = Statements(engines)
+        self.connections = Connections(engines.write)
         self._settled: list[str] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -295,7 +299,7 @@ class SqlOutbox:
         if not ids:
             return
         try:
-            with transaction(self.engines.write, self.engines.begin) as cursor:
+            with transaction(self.connections, self.engines.begin) as cursor:
                 cursor.execute_many(self.statements.settle, [{"b_id": row_id} for row_id in ids])
         except BaseException:
             self.give_back(ids)
