@@ -48,32 +48,77 @@ def compile_for(dialect: Dialect, statement: ClauseElement, columns: Sequence[st
     return Compiled(compiled.string, tuple(positions) if positions is not None else None)
 
 
+class Result:
+    """What one statement returned: its first row and the rows it changed. Read at once where the driver runs each
+    statement when asked (SQLite); in a pipeline (psycopg), only once the pipeline is synced, which the first read of
+    any of its results does."""
+
+    def __init__(self, owner: Cursor, cursor: Any, sql: str, pipelined: bool) -> None:
+        self._owner, self._cursor, self._sql = owner, cursor, sql
+        self._read = False
+        self._row: Any = None
+        self._rowcount = -1
+        if not pipelined:
+            self._fetch()
+
+    def _fetch(self) -> None:
+        if self._read:
+            return
+        try:
+            self._owner.sync()
+            self._row = self._cursor.fetchone() if self._cursor.description is not None else None
+            self._rowcount = int(self._cursor.rowcount)
+        except self._owner.engine.dialect.loaded_dbapi.Error as exc:
+            raise self._owner.translated(exc, self._sql) from exc
+        self._read = True
+
+    def first(self) -> Any:
+        self._fetch()
+        return self._row
+
+    @property
+    def rowcount(self) -> int:
+        self._fetch()
+        return self._rowcount
+
+
 class Cursor:
-    """A DBAPI cursor that runs `Compiled` statements and raises SQLAlchemy's errors."""
+    """A DBAPI cursor that runs `Compiled` statements and raises SQLAlchemy's errors. `pipelined`: statements are sent
+    without waiting for their results (psycopg's pipeline mode), so `submit` several, then read their `Result`s."""
 
-    def __init__(self, engine: Engine, connection: Any) -> None:
-        self.engine, self.connection = engine, connection
+    def __init__(self, engine: Engine, connection: Any, pipeline: Any = None) -> None:
+        self.engine, self.connection, self.pipeline = engine, connection, pipeline
+        self.pipelined = pipeline is not None
         self.cursor = connection.cursor()
+        self._unsynced = False
 
-    def execute(self, statement: Compiled, values: Mapping[str, Any]) -> int:
-        """Runs the statement; returns the rows it changed (for an UPDATE or DELETE)."""
+    def sync(self) -> None:
+        """In a pipeline: send what waits and read every result back (one round trip); otherwise nothing."""
+        if self._unsynced:
+            self._unsynced = False
+            self.pipeline.sync()
+
+    def submit(self, statement: Compiled, values: Mapping[str, Any]) -> Result:
+        """Runs the statement (in a pipeline: sends it); its result is read from the returned `Result`."""
+        cursor = self.connection.cursor() if self.pipelined else self.cursor  # a pipeline keeps one result per cursor
         parameters = statement.parameters(values)
         try:
-            self.cursor.execute(statement.sql, parameters)
-            return int(self.cursor.rowcount)
+            cursor.execute(statement.sql, parameters)
         except self.engine.dialect.loaded_dbapi.Error as exc:
             raise self.translated(exc, statement.sql, parameters) from exc
+        self._unsynced = self.pipelined
+        return Result(self, cursor, statement.sql, self.pipelined)
 
     def execute_many(self, statement: Compiled, rows: Sequence[Mapping[str, Any]]) -> None:
         parameters = [statement.parameters(values) for values in rows]
         try:
             self.cursor.executemany(statement.sql, parameters)
+            self._unsynced = self.pipelined
         except self.engine.dialect.loaded_dbapi.Error as exc:
             raise self.translated(exc, statement.sql, parameters) from exc
 
     def first(self, statement: Compiled, values: Mapping[str, Any]) -> Any:
-        self.execute(statement, values)
-        return self.cursor.fetchone()
+        return self.submit(statement, values).first()
 
     def translated(self, exc: Exception, sql: str | None = None, parameters: Any = None) -> BaseException:
         """The error `Connection.execute` would have raised; the connection is invalidated if the server dropped it."""
@@ -138,17 +183,18 @@ def transaction(connections: Connections, begin: Callable[[Any], None] | None = 
 def _transaction(engine: Engine, connection: Any, begin: Callable[[Any], None] | None) -> Iterator[Cursor]:
     cursor: Cursor | None = None
     try:
-        cursor = Cursor(engine, connection)
-        if begin is not None:
+        with _pipeline(engine, connection) as pipeline:
+            cursor = Cursor(engine, connection, pipeline)
+            if begin is not None:
+                try:
+                    begin(connection.driver_connection)
+                except engine.dialect.loaded_dbapi.Error as exc:
+                    raise cursor.translated(exc) from exc
+            yield cursor
             try:
-                begin(connection.driver_connection)
+                connection.commit()
             except engine.dialect.loaded_dbapi.Error as exc:
                 raise cursor.translated(exc) from exc
-        yield cursor
-        try:
-            connection.commit()
-        except engine.dialect.loaded_dbapi.Error as exc:
-            raise cursor.translated(exc) from exc
     except BaseException:
         if connection.is_valid:
             try:
@@ -159,6 +205,21 @@ def _transaction(engine: Engine, connection: Any, begin: Callable[[Any], None] |
     finally:
         if cursor is not None:
             cursor.close()
+
+
+@contextmanager
+def _pipeline(engine: Engine, connection: Any) -> Iterator[Any]:
+    """psycopg's pipeline mode, where the driver has one: a transaction's BEGIN and statements go in one round trip
+    instead of one each (a unit of work reads their results once all are sent), its COMMIT in a second."""
+    if engine.dialect.driver != "psycopg":
+        yield None
+        return
+    try:
+        pipeline_of = connection.driver_connection.pipeline
+        with pipeline_of() as pipeline:
+            yield pipeline
+    except engine.dialect.loaded_dbapi.Error as exc:
+        raise Cursor(engine, connection).translated(exc) from exc
 
 
 def attached(connection: sqlalchemy.Connection) -> Cursor:

@@ -28,7 +28,16 @@ from typing import Any
 from sqlalchemy import BindParameter, Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from events.adapters.sql.driver import Compiled, Connections, Cursor, attached, compile_for, reading, transaction
+from events.adapters.sql.driver import (
+    Compiled,
+    Connections,
+    Cursor,
+    Result,
+    attached,
+    compile_for,
+    reading,
+    transaction,
+)
 from events.adapters.sql.engine import Engines
 from events.adapters.sql.schema import documents, outbox
 from events.adapters.sql.schema import inbox as inbox_table
@@ -199,36 +208,43 @@ class SqlUnitOfWork(UnitOfWork):
         self._writes, self.outbox, self.committed, self.messages = dict(writes), list(outbox), [], []
 
     def write(self, cursor: Cursor, messages: Sequence[OutgoingMessage]) -> None:
-        """Everything this unit of work changes, inside `cursor`'s transaction."""
+        """Everything this unit of work changes, inside `cursor`'s transaction. Every statement is sent before any
+        result is read (in a pipeline they travel together); then the inbox mark and each document's version check
+        decide: AlreadyHandled or ConcurrentUpdate, and the caller rolls back."""
         now = time.time()
         statements = self._store.statements
+        marked = None
         if self.cause is not None:
-            event_id = str(self.cause.event_id)
-            marked = cursor.first(statements.mark, {"consumer": self.inbox, "event_id": event_id, "handled_at": now})
-            if marked is None:
-                raise AlreadyHandled(event_id)
+            marked = cursor.submit(statements.mark, {
+                "consumer": self.inbox, "event_id": str(self.cause.event_id), "handled_at": now})
+        created: list[tuple[str, Result]] = []
+        changed: list[tuple[str, Result]] = []
         for (collection, key), document in self._writes.items():
             body = json.dumps(document, separators=(",", ":"))
             read = self._versions.get((collection, key), 0)
             if read == 0:
-                created = cursor.first(statements.create, {
+                created.append((f"{collection}/{key}", cursor.submit(statements.create, {
                     "service": self.service, "collection": collection, "key": key, "version": 1, "body": body,
-                })
-                if created is None:
-                    raise ConcurrentUpdate(f"{collection}/{key}")
+                })))
             else:
-                changed = cursor.execute(statements.change, {
+                changed.append((f"{collection}/{key}", cursor.submit(statements.change, {
                     "b_service": self.service, "b_collection": collection, "b_key": key, "b_read": read,
                     "version": read + 1, "body": body,
-                })
-                if changed != 1:
-                    raise ConcurrentUpdate(f"{collection}/{key}")
+                })))
         if messages:
             due = now + self._store.settings.redeliver_after
             cursor.execute_many(statements.outbox, [
                 {"id": message.id, "message": message.to_json(), "created_at": now, "due_at": due}
                 for message in messages
             ])
+        if marked is not None and marked.first() is None:
+            raise AlreadyHandled(str(self.cause.event_id if self.cause else ""))
+        for name, result in created:
+            if result.first() is None:
+                raise ConcurrentUpdate(name)
+        for name, result in changed:
+            if result.rowcount != 1:
+                raise ConcurrentUpdate(name)
 
 
 class SqlOutbox:
