@@ -9,8 +9,8 @@ so a unit of work costs one write transaction, not two. Whatever a crash left be
 writer at a time). A crash between the broker taking an event and its row being deleted sends it twice, which the
 consumers' inbox absorbs.
 
-Every statement is built once per store with bound parameters (`Statements`): SQLAlchemy then finds its compiled form
-in its cache instead of building, coercing and hashing a new statement per call.
+The hot path's statements are built by SQLAlchemy once per store (`Statements`) and run on the driver's connection
+(driver.py: on PostgreSQL a transaction's statements travel in one round trip, psycopg's pipeline mode).
 
 A unit of work can also run *attached* to an open transaction (`connection`): its reads and its commit then happen
 inside it, which is how the monolith runs a whole saga in one transaction (inprocess.py).
