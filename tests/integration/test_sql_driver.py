@@ -13,11 +13,12 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy import text
 
-from events.adapters.sql import migrate
+from events.adapters.sql import driver, migrate
 from events.adapters.sql.driver import Connections
 from events.adapters.sql.engine import Engines, engines
 from events.adapters.sql.store import SqlStore
 from events.settings import BusSettings
+from events.unit_of_work import ConcurrentUpdate
 from tests.support.databases import emptied, postgres_database, postgres_missing
 
 
@@ -100,5 +101,29 @@ def test_a_postgres_connection_the_server_dropped_fails_once_as_unavailable_then
         assert raised.value.connection_invalidated
         _save(store, "a", 3)
         assert store.documents("svc", "things") == {"a": {"value": 3}}
+    finally:
+        database.dispose()
+
+
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipeline", "statement-by-statement"])
+def test_postgres_commits_and_refuses_a_stale_write_with_or_without_pipeline_mode(
+    pipelined: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """psycopg on a libpq older than 14 has no pipeline mode: the store then sends its statements one by one, with the
+    same checks."""
+    if missing := postgres_missing():
+        pytest.skip(missing)
+    monkeypatch.setattr(driver, "_psycopg_pipelines", lambda: pipelined)
+    database = emptied(postgres_database("driver"))
+    try:
+        store = _store(database, held=True)
+        _save(store, "a", 1)
+        stale = store.unit_of_work("svc")
+        stale.get("things", "a")
+        _save(store, "a", 2)
+        stale.put("things", "a", {"value": 99})
+        with pytest.raises(ConcurrentUpdate):
+            stale.commit()
+        assert store.documents("svc", "things") == {"a": {"value": 2}}
     finally:
         database.dispose()

@@ -17,6 +17,7 @@ now"), and a connection the server dropped is invalidated, so the pool does not 
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -209,16 +210,23 @@ def _transaction(engine: Engine, connection: Any, begin: Callable[[Any], None] |
             cursor.close()
 
 
+@functools.cache
+def _psycopg_pipelines() -> bool:
+    import psycopg
+
+    return psycopg.Pipeline.is_supported()
+
+
 @contextmanager
 def _pipeline(engine: Engine, connection: Any) -> Iterator[Any]:
     """psycopg's pipeline mode, where the driver has one: a transaction's BEGIN and statements go in one round trip
-    instead of one each (a unit of work reads their results once all are sent), its COMMIT in a second."""
-    if engine.dialect.driver != "psycopg":
+    instead of one each (a unit of work reads their results once all are sent), its COMMIT in a second. psycopg built
+    on a libpq older than 14 has none: statements then go one by one."""
+    if engine.dialect.driver != "psycopg" or not _psycopg_pipelines():
         yield None
         return
     try:
-        pipeline_of = connection.driver_connection.pipeline
-        with pipeline_of() as pipeline:
+        with connection.driver_connection.pipeline() as pipeline:
             yield pipeline
     except engine.dialect.loaded_dbapi.Error as exc:
         raise Cursor(engine, connection).translated(exc) from exc
