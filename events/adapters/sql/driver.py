@@ -1,14 +1,14 @@
 """The hot path's statements, built by SQLAlchemy once and run on the driver's own connection.
 
 A unit of work runs a handful of statements per message (its reads; then, in one transaction, the inbox mark, each
-document, the outbox rows). SQLAlchemy builds each of them once per dialect (`compile`); `run` executes them on the
-DBAPI connection of a pooled connection (`Engine.raw_connection`, SQLAlchemy's documented way to the driver), which
-skips what `Connection.execute` adds per call: an execution context, a result object and type processing that these
-plain integer and text columns do not need. On SQLite that was more than the statements themselves: a read and a
-handled message's transaction took 42 and 512 µs through `Connection.execute` in a timing loop here, against some
-75 µs for both through the driver. On PostgreSQL a transaction runs in psycopg's pipeline mode: its BEGIN and
-statements are sent together and their results read once all are sent, its COMMIT follows (two round trips instead
-of one per statement).
+document, the outbox rows). SQLAlchemy builds each of them once per dialect (`compile_for`); a `Cursor` runs them on
+the DBAPI connection of a pooled connection (`Engine.raw_connection`, SQLAlchemy's documented way to the driver),
+which skips what `Connection.execute` adds per call: an execution context, a result object and type processing that
+these plain integer and text columns do not need. On SQLite that was more than the statements themselves: in a timing
+loop here a read took 42 µs and a handled message (its read, then the transaction with its inbox mark, document and
+outbox row) 512 µs through `Connection.execute`, 19 and 288 µs through the driver. On PostgreSQL a transaction runs
+in psycopg's pipeline mode: its BEGIN and statements are sent together and their results read once all are sent, its
+COMMIT follows (two round trips instead of one per statement).
 
 Errors stay SQLAlchemy's: a driver error is raised as the `sqlalchemy.exc.DBAPIError` subclass `Connection.execute`
 would raise (`OperationalError` for a locked database or a server that went away, which callers treat as "unavailable
@@ -56,12 +56,12 @@ class Result:
     statement when asked (SQLite); in a pipeline (psycopg), only once the pipeline is synced, which the first read of
     any of its results does."""
 
-    def __init__(self, owner: Cursor, cursor: Any, sql: str, pipelined: bool) -> None:
+    def __init__(self, owner: Cursor, cursor: Any, sql: str) -> None:
         self._owner, self._cursor, self._sql = owner, cursor, sql
         self._read = False
         self._row: Any = None
         self._rowcount = -1
-        if not pipelined:
+        if not owner.pipelined:
             self._fetch()
 
     def _fetch(self) -> None:
@@ -93,6 +93,8 @@ class Cursor:
         self.engine, self.connection, self.pipeline = engine, connection, pipeline
         self.pipelined = pipeline is not None
         self.cursor = connection.cursor()
+        self._pipelined_cursors: list[Any] = []
+        """a pipeline keeps one result per cursor: each statement whose result is read gets its own"""
         self._unsynced = False
 
     def sync(self) -> None:
@@ -103,14 +105,17 @@ class Cursor:
 
     def submit(self, statement: Compiled, values: Mapping[str, Any]) -> Result:
         """Runs the statement (in a pipeline: sends it); its result is read from the returned `Result`."""
-        cursor = self.connection.cursor() if self.pipelined else self.cursor  # a pipeline keeps one result per cursor
+        cursor = self.cursor
+        if self.pipelined:
+            cursor = self.connection.cursor()
+            self._pipelined_cursors.append(cursor)
         parameters = statement.parameters(values)
         try:
             cursor.execute(statement.sql, parameters)
         except self.engine.dialect.loaded_dbapi.Error as exc:
             raise self.translated(exc, statement.sql, parameters) from exc
         self._unsynced = self.pipelined
-        return Result(self, cursor, statement.sql, self.pipelined)
+        return Result(self, cursor, statement.sql)
 
     def execute_many(self, statement: Compiled, rows: Sequence[Mapping[str, Any]]) -> None:
         parameters = [statement.parameters(values) for values in rows]
@@ -133,8 +138,9 @@ class Cursor:
                                                   connection_invalidated=dropped, dialect=dialect)
 
     def close(self) -> None:
-        with suppress(Exception):
-            self.cursor.close()
+        for cursor in (self.cursor, *self._pipelined_cursors):
+            with suppress(Exception):
+                cursor.close()
 
 
 class Connections:

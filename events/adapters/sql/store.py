@@ -213,10 +213,9 @@ class SqlUnitOfWork(UnitOfWork):
         decide: AlreadyHandled or ConcurrentUpdate, and the caller rolls back."""
         now = time.time()
         statements = self._store.statements
-        marked = None
+        marked, event_id = None, str(self.cause.event_id) if self.cause is not None else ""
         if self.cause is not None:
-            marked = cursor.submit(statements.mark, {
-                "consumer": self.inbox, "event_id": str(self.cause.event_id), "handled_at": now})
+            marked = cursor.submit(statements.mark, {"consumer": self.inbox, "event_id": event_id, "handled_at": now})
         created: list[tuple[str, Result]] = []
         changed: list[tuple[str, Result]] = []
         for (collection, key), document in self._writes.items():
@@ -238,7 +237,7 @@ class SqlUnitOfWork(UnitOfWork):
                 for message in messages
             ])
         if marked is not None and marked.first() is None:
-            raise AlreadyHandled(str(self.cause.event_id if self.cause else ""))
+            raise AlreadyHandled(event_id)
         for name, result in created:
             if result.first() is None:
                 raise ConcurrentUpdate(name)
