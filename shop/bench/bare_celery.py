@@ -3,8 +3,9 @@
 One task, `hop`, served on one queue per shop service of the order's journey (shop/bench/journey.py: e.g.
 payment -> order -> notification -> order), one solo worker per queue, JSON, celery's defaults otherwise (no
 acks_late, no inbox, no signing, no validation, no state). Each hop sends the order on to the next queue of the
-route it carries; the last one records the completion time in one Redis hash, the only work any hop does. What
-the full system costs beyond this floor is the price of its guarantees plus its own overheads.
+route it carries; the hop on the notification service's queue notes the time (the moment the order is notified, as
+the full system's NotificationSent records it) and the last one writes that time into one Redis hash, the only work
+any hop does. What the full system costs beyond this floor is the price of its guarantees plus its own overheads.
 
 Run a worker: `python -m shop.bench.bare_celery <queue>` with REDIS_URL set (the benchmark does it).
 """
@@ -24,7 +25,7 @@ from events.settings import BusSettings
 
 QUEUE_PREFIX = "bench.bare."
 DONE_KEY = "bench:bare:done"
-"""hash order id -> completion time (epoch seconds) written by the last hop."""
+"""hash order id -> the time its notification hop ran (epoch seconds), written by the last hop."""
 
 app = Celery("bench.bare", broker=BusSettings().redis_url, set_as_current=False)
 app.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True,
@@ -41,21 +42,24 @@ def _redis() -> redis.Redis:
 
 
 @app.task(name="bench.bare.hop")
-def hop(order_id: str, route: list[list]) -> None:
-    """`route`: the remaining [queue, side queues] steps; the side queues get a copy that ends there."""
+def hop(order_id: str | None, route: list[list], notifies: bool = False, notified_at: float | None = None) -> None:
+    """`route`: the remaining [queue, side queues, notifies] steps; the side queues get a copy that ends there.
+    `notifies`: this hop is the notification service's, so it notes when the order is notified."""
+    if notifies:
+        notified_at = time.time()
     if route:
-        (queue, sides), rest = route[0], route[1:]
-        hop.apply_async((order_id, rest), queue=queue)
+        (queue, sides, next_notifies), rest = route[0], route[1:]
+        hop.apply_async((order_id, rest, next_notifies, notified_at), queue=queue)
         for side in sides:
             hop.apply_async((None, []), queue=side)
     elif order_id is not None:
-        _redis().hset(DONE_KEY, order_id, repr(time.time()))
+        _redis().hset(DONE_KEY, order_id, repr(notified_at if notified_at is not None else time.time()))
 
 
-def place(order_id: str, route: tuple[tuple[str, tuple[str, ...]], ...]) -> None:
+def place(order_id: str, route: tuple[tuple[str, tuple[str, ...], bool], ...]) -> None:
     """What the load generator does per order: the first hop, as the shop's first event enters its first queue."""
-    (queue, _), rest = route[0], route[1:]
-    hop.apply_async((order_id, [list(step) for step in rest]), queue=queue)
+    (queue, _, notifies), rest = route[0], route[1:]
+    hop.apply_async((order_id, [list(step) for step in rest], notifies), queue=queue)
 
 
 def run_worker(queue: str) -> None:

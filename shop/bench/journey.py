@@ -20,7 +20,9 @@ from typing import Any
 BENCH_PRODUCT = "bench-book"
 BENCH_PRICE = Decimal("12.50")
 BENCH_STOCK = 1_000_000_000
-TAIL = ("payment_service", "order_service", "notification_service", "order_service")
+NOTIFIER = "notification_service"
+"""the service whose hop is the moment an order is notified: where "placed -> notified" latency ends"""
+TAIL = ("payment_service", "order_service", NOTIFIER, "order_service")
 
 
 def consumers() -> dict[str, Any]:

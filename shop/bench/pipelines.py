@@ -1,14 +1,17 @@
 """The pipelines under test, behind one small interface: start workers, place an order, tell which orders are done.
 
-Both pipelines are fed the same way (the first hop is enqueued by the load generator, no HTTP) and observed the same
-way (one pipelined Redis read per poll over the orders still in flight), so neither gets a cheaper front door or a
-more precise clock than the other.
+All pipelines are fed the same way (the first hop is enqueued by the load generator, no HTTP) and timed the same way:
+each records the moment an order is notified, inside the hop that notifies (the full system in the order document,
+from NotificationSent; the others in a Redis hash), and the load generator's poll over the orders still in flight
+reads those moments. So none gets a cheaper front door or a more precise clock than another, and the poll's period
+does not enter the latency.
 """
 
 from __future__ import annotations
 
 import abc
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING
 from uuid import uuid4
 
@@ -68,8 +71,9 @@ class Pipeline(abc.ABC):
         """Enqueue one order's first hop; returns its id."""
 
     @abc.abstractmethod
-    def done(self, order_ids: list[str]) -> list[str]:
-        """Which of these orders have completed the whole journey."""
+    def done(self, order_ids: list[str]) -> dict[str, float]:
+        """Those of these orders that have completed the whole journey, each with the moment it was notified (epoch
+        seconds, this machine's clock): where its "placed -> notified" latency ends."""
 
     def close(self) -> None:
         """Release what the pipeline holds in this process (connections)."""
@@ -127,11 +131,14 @@ class FullSystem(Pipeline):
         self._wiring.commit(uow)
         return str(order.id)
 
-    def done(self, order_ids: list[str]) -> list[str]:
+    def done(self, order_ids: list[str]) -> dict[str, float]:
+        """Done = the order service has recorded the notification; notified = its `notified_at`, the moment the
+        notification service sent it (NotificationSent's `occurred_at`)."""
         from order_service.store import COLLECTION
 
         found = self._orders.documents("order_service", COLLECTION, order_ids)
-        return [order_id for order_id, order in found.items() if order.get("notified_at") is not None]
+        return {order_id: datetime.fromisoformat(order["notified_at"]).timestamp()
+                for order_id, order in found.items() if order.get("notified_at") is not None}
 
     def database_pids(self) -> list[int] | None:
         return None if self._backends is None else self._backends.pids()
@@ -191,18 +198,20 @@ class BareCelery(Pipeline):
         bare_celery.app.conf.broker_url = settings.redis_url
         steps = journey.journey()
         sides = journey.side_deliveries()
-        # each step: (its queue, the queues that get a side copy of what the previous step sends it)
+        # each step: (its queue, the queues that get a side copy of what the previous step sends it, whether its hop
+        # is the one that notifies the customer)
         self.route = tuple(
             (
                 bare_celery.queue_for(service),
                 tuple(bare_celery.queue_for(side) for side in sides.get(steps[index - 1], ())) if index else (),
+                service == journey.NOTIFIER,
             )
             for index, service in enumerate(steps)
         )
         self._queues = {PAYMENT if queue == bare_celery.queue_for("payment_service") else queue: queue
-                        for queue in dict.fromkeys(queue for queue, _ in self.route)}
+                        for queue in dict.fromkeys(queue for queue, _, _ in self.route)}
         self.roles = tuple(self._queues)
-        deliveries = len(self.route) + sum(len(side) for _, side in self.route)
+        deliveries = len(self.route) + sum(len(side) for _, side, _ in self.route)
         self.description = (
             f"bare celery: same {len(self.route)} hops ({deliveries} deliveries), no-op tasks, "
             f"{len(self.roles)} solo workers"
@@ -216,11 +225,8 @@ class BareCelery(Pipeline):
         bare_celery.place(order_id, self.route)
         return order_id
 
-    def done(self, order_ids: list[str]) -> list[str]:
-        if not order_ids:
-            return []
-        stamps = self.redis.hmget(bare_celery.DONE_KEY, order_ids)
-        return [order_id for order_id, stamp in zip(order_ids, stamps, strict=False) if stamp is not None]
+    def done(self, order_ids: list[str]) -> dict[str, float]:
+        return _stamped(self.redis, bare_celery.DONE_KEY, order_ids)
 
 
 class Monolith(Pipeline):
@@ -246,13 +252,10 @@ class Monolith(Pipeline):
         self.redis.lpush(orders_key(self.mode), token)
         return token
 
-    def done(self, order_ids: list[str]) -> list[str]:
+    def done(self, order_ids: list[str]) -> dict[str, float]:
         from shop.bench.monolith_process import done_key
 
-        if not order_ids:
-            return []
-        stamps = self.redis.hmget(done_key(self.mode), order_ids)
-        return [order_id for order_id, stamp in zip(order_ids, stamps, strict=False) if stamp is not None]
+        return _stamped(self.redis, done_key(self.mode), order_ids)
 
 
 def monolith_available() -> tuple[bool, str]:
@@ -262,3 +265,11 @@ def monolith_available() -> tuple[bool, str]:
     except ImportError as exc:
         return False, f"skipped: shop.bootstrap.bootstrap_monolith is not available ({exc})"
     return True, "measured"
+
+
+def _stamped(client: redis.Redis, key: str, order_ids: list[str]) -> dict[str, float]:
+    """{order id: the notification time its pipeline wrote into the hash `key`} for those of `order_ids` it holds."""
+    if not order_ids:
+        return {}
+    stamps = client.hmget(key, order_ids)
+    return {order_id: float(stamp) for order_id, stamp in zip(order_ids, stamps, strict=True) if stamp is not None}

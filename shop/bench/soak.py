@@ -2,8 +2,8 @@
 whether anything grows with the data (throughput, latency, worker memory, Redis memory, database size).
 
 The load is closed loop (a fixed number of orders in flight, as in the saturation runs), so each tenth's throughput
-is what the system managed, and each order's latency runs from the moment it was placed to the first poll that sees
-it notified. What a long run leaves behind is bounded by settings the run states in its result:
+is what the system managed, and each order's latency runs from the moment it was placed to the moment it was notified
+(the order's `notified_at`). What a long run leaves behind is bounded by settings the run states in its result:
 
 * inbox marks (deduplication): `SHOP_INBOX_TTL` seconds (Redis: a TTL per mark; SQL: the relay deletes older rows);
 * the event log: `SHOP_EVENT_LOG_LENGTH` entries (a capped stream, trimmed as it is written);
@@ -181,7 +181,7 @@ def _closed_loop(pipeline: FullSystem, settings: SoakSettings, work: Path,
     last_progress = time.monotonic()
     while done < per_part * settings.samples:
         while len(placed) < settings.in_flight and sent < per_part * settings.samples:
-            placed[pipeline.place()] = time.monotonic()
+            placed[pipeline.place()] = time.time()  # the clock the pipeline stamps the notification with
             sent += 1
         finished = pipeline.done(list(placed))
         seen_at = time.monotonic()
@@ -190,8 +190,8 @@ def _closed_loop(pipeline: FullSystem, settings: SoakSettings, work: Path,
         elif seen_at - last_progress > settings.settle_s:
             pipeline.workers.check_alive()
             raise measure.Stalled(f"soak: no order completed for {settings.settle_s}s after {done} orders")
-        for order_id in finished:
-            histogram.record_value(max(1, int((seen_at - placed.pop(order_id)) * 1e6)))
+        for order_id, notified_at in finished.items():
+            histogram.record_value(max(1, int((notified_at - placed.pop(order_id)) * 1e6)))
         done += len(finished)
         part_done += len(finished)
         if done >= per_part * (len(samples) + 1):

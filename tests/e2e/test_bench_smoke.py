@@ -33,6 +33,8 @@ def test_quick_bench_measures_every_mode_and_the_headline_ratio(redis_url: str, 
         assert mode["throughput"] > 0, name
         assert mode["cpu_ms_per_order"] > 0, name
         assert all(point["completed"] > 0 for point in mode["latency"]), name
+        # each pipeline stamps the moment an order is notified, before the load generator's poll can see it done
+        assert all(0 < point["p50_ms"] <= point["p50_polled_ms"] for point in mode["latency"]), (name, mode["latency"])
     # The database server's own CPU is counted where it is a server of its own (PostgreSQL); SQLite's is the workers'.
     assert measured["full-sqlite"]["database_cpu_ms_per_order"] is None
     if "full-postgres" in measured:
