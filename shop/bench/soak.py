@@ -55,7 +55,7 @@ class SoakSettings(BaseSettings):
     event_log_length: int = Field(20_000, ge=100, description="events kept in the event log, in this run")
     notification_log_remember: int = Field(10_000, ge=1, description="recent ids the notification log keeps to "
                                            "refuse a redelivered line, in this run")
-    poll_interval_s: float = 0.005
+    poll_interval_s: float = Field(0.02, description="how often finished orders are looked for (see BenchSettings)")
     settle_s: float = Field(60.0, description="longest pause without a completed order before the run is void")
     postgres_url: str = "postgresql://postgres@127.0.0.1:5432/shop_soak_{service}"
 
