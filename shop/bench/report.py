@@ -15,7 +15,8 @@ def print_report(console: Console, result: dict[str, Any], quick: bool, out_dir:
                    "peak RSS MiB/worker"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     latency = Table(title="placed -> notified, open loop (ms; p99 polled: to the poll that saw the journey done)")
-    for column in ("mode", "load", "rate/s", "p50", "p95", "p99", "max", "p99 polled", "undone", "noise (cores)"):
+    for column in ("mode", "load", "rate/s", "orders", "p50", "p95", "p99", "max", "p99 polled", "undone",
+                   "noise (cores)"):
         latency.add_column(column, justify="left" if column == "mode" else "right")
     for name, mode in result["modes"].items():
         if "runs" not in mode:
@@ -26,8 +27,9 @@ def print_report(console: Console, result: dict[str, Any], quick: bool, out_dir:
                       database_cpu(name, mode), f"{max(mode['peak_rss_mib'].values()):.0f}")
         for point in mode["latency"]:
             load = f"{point['fraction_of_saturation']:.0%}" if "fraction_of_saturation" in point else "given"
-            latency.add_row(name, load, f"{point['offered_rate']:g}", *(f"{point[key]:g}" for key in (
-                "p50_ms", "p95_ms", "p99_ms", "max_ms", "p99_polled_ms", "incomplete", "foreign_cpu_share")))
+            latency.add_row(name, load, f"{point['offered_rate']:g}", str(point["sent"]), *(
+                f"{point[key]:g}" for key in (
+                    "p50_ms", "p95_ms", "p99_ms", "max_ms", "p99_polled_ms", "incomplete", "foreign_cpu_share")))
     console.print(table)
     console.print(latency)
     for name, scaling in result.get("scaling", {}).items():

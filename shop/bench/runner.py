@@ -46,7 +46,15 @@ class BenchSettings(BaseSettings):
     latency_fractions: tuple[float, ...] = Field(
         (0.25, 0.5, 0.75), description="offered loads, as fractions of each pipeline's own saturation throughput"
     )
-    latency_s: float = Field(5.0, description="seconds of sending per offered load")
+    latency_s: float = Field(5.0, description="seconds of sending per offered load, at least")
+    latency_orders: int = Field(
+        1000, ge=0, description="orders per offered load, at least (a p99 of a few hundred is its third-worst order): "
+        "the sending lasts longer at low rates, up to latency_max_s")
+    latency_max_s: float = Field(20.0, description="seconds of sending per offered load, at most")
+
+    def latency_duration(self, rate: float) -> float:
+        """Seconds of sending at `rate`: `latency_orders` orders, within [latency_s, latency_max_s]."""
+        return min(max(self.latency_s, self.latency_orders / rate if rate > 0 else 0.0), self.latency_max_s)
     poll_interval_s: float = Field(
         0.02, description="how often the load generator looks for finished orders (one read of every order in "
         "flight): it frees their places in the closed loop; latency does not depend on it (the pipelines stamp it)",
@@ -58,7 +66,8 @@ class BenchSettings(BaseSettings):
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchSettings:
-        base = dict(runs=2, warmup_s=0.3, measure_s=1.0, latency_fractions=(0.5,), latency_s=1.0, settle_s=20.0,
+        base = dict(runs=2, warmup_s=0.3, measure_s=1.0, latency_fractions=(0.5,), latency_s=1.0, latency_orders=0,
+                    settle_s=20.0,
                     scaling=False)
         return cls(**{**base, **overrides})
 
@@ -216,7 +225,7 @@ def run(settings: BenchSettings, rates: list[float] | None = None, report: Calla
         for step in range(len(rates or settings.latency_fractions)):
             for pipeline in pipelines:
                 rate = offered(pipeline)[step]
-                point = measure.latency(pipeline, rate=rate, duration_s=settings.latency_s,
+                point = measure.latency(pipeline, rate=rate, duration_s=settings.latency_duration(rate),
                                         poll_interval=settings.poll_interval_s, settle_s=settings.settle_s)
                 if not rates:
                     point["fraction_of_saturation"] = settings.latency_fractions[step]

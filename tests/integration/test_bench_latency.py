@@ -12,6 +12,7 @@ from events.settings import BusSettings
 from shop.bench import measure
 from shop.bench.pipelines import Pipeline
 from shop.bench.procs import WorkerGroup
+from shop.bench.runner import BenchSettings
 
 NOTIFIED_AFTER_S = 0.003
 SEEN_AFTER_S = 0.060
@@ -52,3 +53,11 @@ def test_latency_runs_from_the_scheduled_send_to_the_recorded_notification(redis
     # from the schedule to the stamp: 3 ms plus however late the sender was, nowhere near the 60 ms of the poll
     assert 3 <= point["p50_ms"] <= point["p99_ms"] < 30, point
     assert point["p50_polled_ms"] >= SEEN_AFTER_S * 1000, point
+
+
+def test_a_low_offered_load_is_sent_long_enough_for_its_p99_and_no_longer_than_the_cap() -> None:
+    settings = BenchSettings(latency_s=5.0, latency_orders=1000, latency_max_s=20.0)
+    assert settings.latency_duration(200) == 5.0  # 1000 orders in 5 s: the floor
+    assert settings.latency_duration(80) == 12.5  # 1000 orders
+    assert settings.latency_duration(20) == 20.0  # the cap
+    assert BenchSettings.quick().latency_duration(50) == 1.0
