@@ -51,10 +51,6 @@ class BenchSettings(BaseSettings):
         1000, ge=0, description="orders per offered load, at least (a p99 of a few hundred is its third-worst order): "
         "the sending lasts longer at low rates, up to latency_max_s")
     latency_max_s: float = Field(20.0, description="seconds of sending per offered load, at most")
-
-    def latency_duration(self, rate: float) -> float:
-        """Seconds of sending at `rate`: `latency_orders` orders, within [latency_s, latency_max_s]."""
-        return min(max(self.latency_s, self.latency_orders / rate if rate > 0 else 0.0), self.latency_max_s)
     poll_interval_s: float = Field(
         0.02, description="how often the load generator looks for finished orders (one read of every order in "
         "flight): it frees their places in the closed loop; latency does not depend on it (the pipelines stamp it)",
@@ -67,9 +63,12 @@ class BenchSettings(BaseSettings):
     @classmethod
     def quick(cls, **overrides: Any) -> BenchSettings:
         base = dict(runs=2, warmup_s=0.3, measure_s=1.0, latency_fractions=(0.5,), latency_s=1.0, latency_orders=0,
-                    settle_s=20.0,
-                    scaling=False)
+                    settle_s=20.0, scaling=False)
         return cls(**{**base, **overrides})
+
+    def latency_duration(self, rate: float) -> float:
+        """Seconds of sending at `rate`: `latency_orders` orders, within [latency_s, latency_max_s]."""
+        return min(max(self.latency_s, self.latency_orders / rate if rate > 0 else 0.0), self.latency_max_s)
 
 
 def _env(work: Path) -> dict[str, str]:
