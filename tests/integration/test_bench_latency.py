@@ -50,9 +50,10 @@ def test_latency_runs_from_the_scheduled_send_to_the_recorded_notification(redis
     finally:
         pipeline.close()
     assert point["completed"] == point["sent"] == 100
-    # from the schedule to the stamp: 3 ms plus however late the sender was, nowhere near the 60 ms of the poll
-    assert 3 <= point["p50_ms"] <= point["p99_ms"] < 30, point
-    assert point["p50_polled_ms"] >= SEEN_AFTER_S * 1000, point
+    # from the schedule to the stamp: 3 ms plus however late the sender was (a stalled sender moves a few orders, not
+    # the median), nowhere near the 60 ms after which the poll can see an order
+    assert 3 <= point["p50_ms"] < 30, point
+    assert point["p99_ms"] < SEEN_AFTER_S * 1000 <= point["p50_polled_ms"], point
 
 
 def test_a_low_offered_load_is_sent_long_enough_for_its_p99_and_no_longer_than_the_cap() -> None:
