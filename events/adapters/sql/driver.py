@@ -129,13 +129,7 @@ class Cursor:
         return self.submit(statement, values).first()
 
     def translated(self, exc: Exception, sql: str | None = None, parameters: Any = None) -> BaseException:
-        """The error `Connection.execute` would have raised; the connection is invalidated if the server dropped it."""
-        dialect = self.engine.dialect
-        dropped = dialect.is_disconnect(exc, self.connection.dbapi_connection, self.cursor)  # type: ignore[arg-type]
-        if dropped:
-            self.connection.invalidate(exc)
-        return sqlalchemy.exc.DBAPIError.instance(sql, parameters, exc, dialect.loaded_dbapi.Error,
-                                                  connection_invalidated=dropped, dialect=dialect)
+        return translated(self.engine, self.connection, exc, sql, parameters, self.cursor)
 
     def close(self) -> None:
         for cursor in (self.cursor, *self._pipelined_cursors):
@@ -235,7 +229,19 @@ def _pipeline(engine: Engine, connection: Any) -> Iterator[Any]:
         with connection.driver_connection.pipeline() as pipeline:
             yield pipeline
     except engine.dialect.loaded_dbapi.Error as exc:
-        raise Cursor(engine, connection).translated(exc) from exc
+        raise translated(engine, connection, exc) from exc
+
+
+def translated(engine: Engine, connection: Any, exc: Exception, sql: str | None = None, parameters: Any = None,
+               cursor: Any = None) -> BaseException:
+    """The error `Connection.execute` would have raised; the connection is invalidated if the server dropped it. Needs
+    no cursor of its own: opening one on a connection the server dropped would fail before anything is translated."""
+    dialect = engine.dialect
+    dropped = dialect.is_disconnect(exc, connection.dbapi_connection, cursor)  # type: ignore[arg-type]
+    if dropped:
+        connection.invalidate(exc)
+    return sqlalchemy.exc.DBAPIError.instance(sql, parameters, exc, dialect.loaded_dbapi.Error,
+                                              connection_invalidated=dropped, dialect=dialect)
 
 
 def attached(connection: sqlalchemy.Connection) -> Cursor:
