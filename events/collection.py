@@ -18,8 +18,8 @@ class Collection(Generic[M]):
         self.uow, self.name, self.model, self.key = uow, name, model, key
 
     def get(self, key: object) -> M | None:
-        document = self.uow.get(self.name, str(key))
-        return None if document is None else self.model.model_validate(document)
+        document = self.uow.get_json(self.name, str(key))
+        return None if document is None else self.model.model_validate_json(document)
 
     def save(self, item: M) -> None:
-        self.uow.put(self.name, self.key(item), item.model_dump(mode="json"))
+        self.uow.put_json(self.name, self.key(item), item.model_dump_json())

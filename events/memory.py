@@ -69,10 +69,10 @@ class InMemoryUnitOfWork(UnitOfWork):
         self.store = store
         self._read_versions: dict[tuple[str, str], int] = {}
 
-    def get(self, collection: str, key: str) -> dict[str, Any] | None:
+    def get_json(self, collection: str, key: str) -> str | None:
         version, document = self.store.records.get((self.service, collection, key), (0, None))
         self._read_versions[(collection, key)] = version
-        return None if document is None else json.loads(document)
+        return document
 
     def already_handled(self) -> bool:
         return self.cause is not None and (self.inbox, str(self.cause.event_id)) in self.store.inbox
@@ -86,7 +86,7 @@ class InMemoryUnitOfWork(UnitOfWork):
                 raise ConcurrentUpdate(f"{collection}/{key}")
         for (collection, key), document in self._writes.items():
             current, _ = self.store.records.get((self.service, collection, key), (0, None))
-            self.store.records[(self.service, collection, key)] = (current + 1, json.dumps(document))
+            self.store.records[(self.service, collection, key)] = (current + 1, document)
         if self.cause is not None:
             self.store.inbox.add((self.inbox, str(self.cause.event_id)))
         self._committed()

@@ -10,6 +10,7 @@ contract, and one contract test holds each of them to it (tests/contract/test_un
 from __future__ import annotations
 
 import abc
+import json
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -38,14 +39,25 @@ class UnitOfWork(abc.ABC):
         """A broker's token for the message being handled, set by the worker runtime: a store that lives beside the
         broker acknowledges the message in the commit itself and sets `acknowledged`."""
         self.acknowledged = False
-        self._writes: dict[tuple[str, str], dict[str, Any]] = {}
+        self._writes: dict[tuple[str, str], str] = {}
+        """(collection, key) -> the document's JSON text, as it will be stored"""
 
     # -- reads and writes of this service's own documents --------------------------------------------------------
-    @abc.abstractmethod
     def get(self, collection: str, key: str) -> dict[str, Any] | None:
         """The stored document, or None. Its version is remembered for the optimistic check at commit."""
+        text = self.get_json(collection, key)
+        return None if text is None else dict(json.loads(text))
+
+    @abc.abstractmethod
+    def get_json(self, collection: str, key: str) -> str | bytes | None:
+        """The stored document as the JSON text it was stored as, or None, for a model to parse in one step
+        (`Collection`); its version is remembered as by `get`."""
 
     def put(self, collection: str, key: str, document: dict[str, Any]) -> None:
+        self.put_json(collection, key, json.dumps(document, separators=(",", ":")))
+
+    def put_json(self, collection: str, key: str, document: str) -> None:
+        """`document`: a JSON object's text, stored as it is (a model's `model_dump_json()`)."""
         self._writes[(collection, key)] = document
 
     # -- events ----------------------------------------------------------------------------------------------------

@@ -4,16 +4,20 @@ uses. One test function per promise, run once per store."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
+from pydantic import BaseModel
 
 from events.adapters.ed25519.keyring import KeyRing, generate
 from events.adapters.redis.broker import RedisBroker
 from events.adapters.redis.store import RedisStore
 from events.adapters.sql.store import SqlStore
-from events.catalog import OrderCreated, OrderLine, PaymentFailed
+from events.catalog import Money, OrderCreated, OrderLine, PaymentFailed
+from events.collection import Collection
 from events.envelope import Envelope
 from events.memory import InMemoryStore
 from events.messaging import OutgoingMessage
@@ -118,6 +122,29 @@ def test_an_existing_document_is_not_overwritten_unread(store: Store) -> None:
 
     with pytest.raises(ConcurrentUpdate):
         blind.commit()
+
+
+class Thing(BaseModel):
+    id: UUID
+    lines: tuple[OrderLine, ...]
+    total: Money
+    at: datetime
+    note: str | None = None
+
+
+def test_a_model_saved_through_a_collection_is_stored_as_its_json_and_reads_back_equal(store: Store) -> None:
+    thing = Thing(id=uuid4(), lines=(OrderLine(product_id="p", quantity=2, unit_price=Decimal("1.25")),),
+                  total=Decimal("2.50"), at=datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC))
+    uow = store.unit_of_work("svc")
+    Collection(uow, "things", Thing, key=lambda t: str(t.id)).save(thing)
+    uow.commit()
+
+    reader = store.unit_of_work("svc")
+    text = reader.get_json("things", str(thing.id))
+    assert text is not None and (text.decode() if isinstance(text, bytes) else text) == thing.model_dump_json()
+    assert Collection(reader, "things", Thing, key=lambda t: str(t.id)).get(thing.id) == thing
+    assert reader.get("things", str(thing.id)) == thing.model_dump(mode="json")
+    assert Collection(reader, "things", Thing, key=lambda t: str(t.id)).get(uuid4()) is None
 
 
 def test_each_commit_moves_the_version_on(store: Store) -> None:

@@ -85,10 +85,10 @@ class RedisUnitOfWork(UnitOfWork):
         self._store = store
         self._versions: dict[tuple[str, str], str] = {}
 
-    def get(self, collection: str, key: str) -> dict[str, Any] | None:
+    def get_json(self, collection: str, key: str) -> str | bytes | None:
         version, data = self._store.redis.hmget(Keys.document(self.service, collection, key), "v", "d")
         self._versions[(collection, key)] = text(version) if version else "0"
-        return None if data is None else json.loads(data)
+        return data
 
     def already_handled(self) -> bool:
         return self.cause is not None and bool(self._store.redis.exists(Keys.inbox(self.inbox, self.cause.event_id)))
@@ -101,8 +101,7 @@ class RedisUnitOfWork(UnitOfWork):
         acknowledge = self.acknowledgement if beside_broker else None
         outcome = store.step.run(
             writes=[
-                (Keys.document(self.service, collection, key), self._versions.get((collection, key), "0"),
-                 json.dumps(document, separators=(",", ":")))
+                (Keys.document(self.service, collection, key), self._versions.get((collection, key), "0"), document)
                 for (collection, key), document in self._writes.items()
             ],
             deliveries=store.deliveries(messages),

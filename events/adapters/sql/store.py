@@ -147,15 +147,15 @@ class SqlUnitOfWork(UnitOfWork):
         super().__init__(service, cause, inbox_name)
         self._store, self._connection = store, connection
         self._versions: dict[tuple[str, str], int] = {}
-        self._written: tuple[dict[tuple[str, str], dict[str, Any]], list[Envelope]] = ({}, [])
+        self._written: tuple[dict[tuple[str, str], str], list[Envelope]] = ({}, [])
         self.messages: list[OutgoingMessage] = []
         """what the last commit wrote to the outbox (attached units of work leave sending to their owner)"""
 
-    def get(self, collection: str, key: str) -> dict[str, Any] | None:
+    def get_json(self, collection: str, key: str) -> str | None:
         row = self._store.read(self._store.statements.get,
                                {"b_service": self.service, "b_collection": collection, "b_key": key}, self._connection)
         self._versions[(collection, key)] = row[0] if row else 0
-        return None if row is None else dict(json.loads(row[1]))
+        return None if row is None else str(row[1])
 
     def already_handled(self) -> bool:
         if self.cause is None:
@@ -218,8 +218,7 @@ class SqlUnitOfWork(UnitOfWork):
             marked = cursor.submit(statements.mark, {"consumer": self.inbox, "event_id": event_id, "handled_at": now})
         created: list[tuple[str, Result]] = []
         changed: list[tuple[str, Result]] = []
-        for (collection, key), document in self._writes.items():
-            body = json.dumps(document, separators=(",", ":"))
+        for (collection, key), body in self._writes.items():
             read = self._versions.get((collection, key), 0)
             if read == 0:
                 created.append((f"{collection}/{key}", cursor.submit(statements.create, {
