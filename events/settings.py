@@ -49,6 +49,9 @@ class BusSettings(BaseSettings):
     )
     prefetch_multiplier: int = 4
     worker_pool: str = "solo"
+    pipelined_commits: bool = Field(
+        True, description="a solo worker on the Redis store beside the Redis broker sends each commit without waiting "
+        "for its reply and handles the next message meanwhile (events/adapters/redis/pipelined.py)")
     max_retries: int = Field(4, description="transient failures are retried this often before dead-lettering")
     retry_backoff: float = Field(0.2, description="first retry delay in seconds; doubles each attempt")
     max_deliveries: int = Field(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import json
+from collections.abc import Callable
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -39,6 +40,9 @@ class UnitOfWork(abc.ABC):
         """A broker's token for the message being handled, set by the worker runtime: a store that lives beside the
         broker acknowledges the message in the commit itself and sets `acknowledged`."""
         self.acknowledged = False
+        self.outcome_later: list[Callable[[str], object]] | None = None
+        """Set by a commit whose outcome is known only later (a pipelined commit, events/adapters/redis/pipelined.py):
+        whoever needs the outcome appends a callback, called once with "handled", "duplicate" or "requeued"."""
         self._writes: dict[tuple[str, str], str] = {}
         """(collection, key) -> the document's JSON text, as it will be stored"""
 

@@ -291,6 +291,9 @@ class Worker:
         worker that stops cleanly leaves `shop status` at once."""
         for thread in self.background:
             thread.stop()
+        store = self.wiring.stores.get(self.runtime.spec.name)
+        if isinstance(store, RedisStore) and store.pipelined is not None:
+            store.pipelined.close()  # the replies of the last commits: a refused one's message goes back now
         with contextlib.suppress(*UNAVAILABLE):  # it expires by itself
             self.wiring.redis.delete(Keys.worker(self.runtime.spec.name, self.node))
 
@@ -338,6 +341,10 @@ def bootstrap_worker(service: str, settings: BusSettings | None = None, node: st
         background.append(Periodic(f"relay-{service}", relay_interval, relay_both, UNAVAILABLE))
         if fault:
             kombu_channel.after_take = lambda queue, item: fault("after_take", queue, hashlib.sha1(item).hexdigest())
+        store = wiring.stores.get(service)
+        if (settings.pipelined_commits and settings.worker_pool == "solo" and isinstance(store, RedisStore)
+                and store.broker is not None and store.on_commit is None):
+            hooks.before_take = store.pipeline_commits().drain
     app, queue = worker_app(runtime, hooks, settings)
     background.append(MetricsFlusher(runtime.observer.metrics, metrics_sink(wiring.redis, service),
                                      settings.metrics_interval, errors=UNAVAILABLE))

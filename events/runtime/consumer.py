@@ -72,6 +72,9 @@ class Decision:
     error: BaseException | None = None
     acknowledged: bool = False
     """the store's commit acknowledged the message already"""
+    outcome_later: list[Callable[[str], object]] | None = None
+    """"handled" on the strength of a commit sent but not answered yet: the callbacks appended here get the outcome
+    its reply says (`UnitOfWork.outcome_later`)"""
 
 
 def no_failpoint(point: str, subject: str, once_per: str) -> None:
@@ -118,7 +121,12 @@ class ServiceRuntime:
                 decision = Decision("requeued", error=exc)
             finally:
                 tracing.describe(span, opened.get("envelope"), decision.outcome)
-                self.observer.record(delivery.envelope, decision.outcome, started, opened.get("envelope"))
+                if decision.outcome_later is None:
+                    self.observer.record(delivery.envelope, decision.outcome, started, opened.get("envelope"))
+                else:  # logged and counted with what the commit's reply says, timed to now
+                    ended = time.perf_counter()
+                    decision.outcome_later.append(lambda outcome: self.observer.record(
+                        delivery.envelope, outcome, started, opened.get("envelope"), ended=ended))
         return decision
 
     def _handle(self, delivery: Delivery, opened: dict[str, Envelope]) -> Decision:
@@ -185,4 +193,4 @@ class ServiceRuntime:
             self.dead_letters.add(self.spec.name, "handler error", "".join(traceback.format_exception(exc)),
                                   message, attempts=1)
             return Decision("dead-lettered")
-        return Decision("handled", acknowledged=uow.acknowledged)
+        return Decision("handled", acknowledged=uow.acknowledged, outcome_later=uow.outcome_later)

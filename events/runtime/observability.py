@@ -120,10 +120,11 @@ class MessageObserver:
         self.service = service
         self.metrics = metrics or ServiceMetrics()
 
-    def record(self, raw: Any, outcome: str, started: float, envelope: Envelope | None = None) -> None:
+    def record(self, raw: Any, outcome: str, started: float, envelope: Envelope | None = None,
+               ended: float | None = None) -> None:
         """`envelope`: the verified envelope when the message got that far; otherwise the ids are read from `raw`
-        as best they can be (a rejected message is logged too)."""
-        seconds = time.perf_counter() - started
+        as best they can be (a rejected message is logged too). `ended`: when handling ended, if not now."""
+        seconds = (time.perf_counter() if ended is None else ended) - started
         try:
             self.metrics.observe(outcome, seconds)
             if MESSAGE_LOG.isEnabledFor(logging.INFO):

@@ -15,7 +15,9 @@ import redis
 from kombu import Connection
 from typer.testing import CliRunner
 
+from events.adapters.redis.broker import RedisBroker
 from events.adapters.redis.keys import Keys
+from events.adapters.redis.store import RedisStore
 from events.adapters.redis.topology import consumer_queue
 from events.adapters.redis.worker import RedisWorkerHooks
 from events.bus import ServiceSpec
@@ -24,7 +26,7 @@ from events.deadletters import UNROUTABLE, replay
 from events.envelope import Envelope, open_envelope, seal
 from events.messaging import OutgoingMessage
 from events.runtime.celery_worker import make_celery_app
-from events.unit_of_work import AlreadyHandled, ConcurrentUpdate
+from events.unit_of_work import AlreadyHandled, ConcurrentUpdate, UnitOfWork
 from shop.bootstrap import Wiring, bootstrap, declare_topology
 from shop.services import SERVICES
 from tests.support.brokers import queued, queued_envelopes
@@ -508,3 +510,139 @@ def test_what_a_dead_node_held_may_have_killed_it_what_a_living_one_gives_back_d
     hooks.on_connected()
     again = [m["may_have_died"] for m in queued(redis_client, "payment_service")]
     assert again == ([False, False, False] if pool == "solo" else [True] * 3)
+
+
+# -- pipelined commits: a solo worker's commit, sent without waiting for its reply (events/adapters/redis/pipelined.py)
+def _pipelined_delivery(wiring: Wiring, take, hooks: RedisWorkerHooks) -> tuple[RedisStore, Envelope, Any]:
+    """A StockReserved taken by the payment service's node, and a store beside the broker that pipelines commits."""
+    declare_topology(wiring.settings)
+    wiring.publish(wrap(stock_reserved()))
+    _, message = take()
+    envelope, _ = open_envelope(message.payload[1]["envelope"], message.payload[1]["signature"], keys=session_keys(),
+                                max_bytes=wiring.settings.max_message_bytes)
+    assert isinstance(wiring.broker, RedisBroker)
+    store = RedisStore(wiring.redis, wiring.settings, session_keys(), broker=wiring.broker)
+    store.pipeline_commits()
+    request = type("Request", (), {"properties": message.properties})()
+    return store, envelope, hooks.acknowledgement(request)
+
+
+def _outcome_of(uow: UnitOfWork) -> list[str]:
+    """Where the outcome its commit's reply says will be, once read."""
+    seen: list[str] = []
+    assert uow.outcome_later is not None, "a pipelined commit"
+    uow.outcome_later.append(seen.append)
+    return seen
+
+
+def test_a_pipelined_commit_acknowledges_its_message_and_the_next_read_sees_its_writes(
+    wiring: Wiring, redis_client: redis.Redis, take, hooks: RedisWorkerHooks
+):
+    store, cause, acknowledgement = _pipelined_delivery(wiring, take, hooks)
+    assert store.pipelined is not None and acknowledgement is not None
+    uow = store.unit_of_work("payment_service", cause)
+    uow.acknowledgement = acknowledgement
+    uow.put("payment", "x", {"paid": True})
+    payment = uow.publish(PaymentProcessed(order_id=uuid4(), payment_id=uuid4(), amount="1.00"))  # type: ignore[arg-type]
+
+    uow.commit()
+    seen = _outcome_of(uow)
+
+    assert uow.acknowledged and store.pipelined.unanswered == 1, "sent, its reply not read yet"
+    assert store.unit_of_work("payment_service").get("payment", "x") == {"paid": True}, "read after the commit"
+    assert store.pipelined.unanswered == 0 and store.pipelined.late_refusals == 0 and seen == ["handled"]
+    assert redis_client.llen(Keys.taken("payment_service", TAKING_NODE)) == 0, "acknowledged by the script"
+    assert unsettled(wiring, "payment_service") == 0
+    assert payment.event_id in [e.event_id for e in queued_envelopes(redis_client, "order_service", wiring.settings)]
+    assert store.unit_of_work("payment_service", cause).already_handled()
+
+
+def test_a_pipelined_commit_refused_late_puts_its_message_back_and_writes_nothing(
+    wiring: Wiring, redis_client: redis.Redis, take, hooks: RedisWorkerHooks
+):
+    """A document changed between the read and the commit (another worker of the service): when the reply says so,
+    the message goes back to its queue at once, marked as not having died with a worker, to be handled again."""
+    store, cause, acknowledgement = _pipelined_delivery(wiring, take, hooks)
+    assert store.pipelined is not None
+    uow = store.unit_of_work("payment_service", cause)
+    uow.acknowledgement = acknowledgement
+    assert uow.get("payment", "x") is None
+    other = store.unit_of_work("payment_service")
+    other.put("payment", "x", {"by": "other"})
+    other.commit()
+    uow.put("payment", "x", {"by": "late"})
+    uow.publish(PaymentProcessed(order_id=uuid4(), payment_id=uuid4(), amount="1.00"))  # type: ignore[arg-type]
+    uow.commit()
+    seen = _outcome_of(uow)
+
+    store.pipelined.drain()
+
+    assert store.pipelined.late_refusals == 1 and seen == ["requeued"]
+    assert store.unit_of_work("payment_service").get("payment", "x") == {"by": "other"}
+    assert not store.unit_of_work("payment_service", cause).already_handled()
+    assert redis_client.llen(Keys.taken("payment_service", TAKING_NODE)) == 0
+    [back] = queued(redis_client, "payment_service")
+    assert back["redelivered"] and back["may_have_died"] is False
+    assert [e.type for e in queued_envelopes(redis_client, "order_service", wiring.settings)] == ["StockReserved"], \
+        "its PaymentProcessed not published"
+
+
+def test_a_pipelined_commit_of_an_event_handled_meanwhile_acknowledges_its_message(
+    wiring: Wiring, redis_client: redis.Redis, take, hooks: RedisWorkerHooks
+):
+    store, cause, acknowledgement = _pipelined_delivery(wiring, take, hooks)
+    assert store.pipelined is not None
+    first = store.unit_of_work("payment_service", cause)
+    first.put("payment", "x", {"by": "first"})
+    first.commit()
+    late = store.unit_of_work("payment_service", cause)
+    late.acknowledgement = acknowledgement
+    late.put("payment", "y", {"by": "late"})
+    late.commit()
+    seen = _outcome_of(late)
+
+    store.pipelined.drain()
+
+    assert store.pipelined.late_refusals == 1 and seen == ["duplicate"]
+    assert store.unit_of_work("payment_service").get("payment", "y") is None
+    assert redis_client.llen(Keys.taken("payment_service", TAKING_NODE)) == 0, "acknowledged, not put back"
+    assert redis_client.llen("payment_service") == 0 and unsettled(wiring, "payment_service") == 0
+
+
+def test_a_pipelined_commit_whose_reply_is_lost_with_the_connection_goes_back_to_be_deduplicated(
+    wiring: Wiring, redis_client: redis.Redis, take, hooks: RedisWorkerHooks, monkeypatch: pytest.MonkeyPatch
+):
+    """Committed or not, nobody can tell: the message goes back, and the inbox turns it into a duplicate if it had."""
+    store, cause, acknowledgement = _pipelined_delivery(wiring, take, hooks)
+    assert store.pipelined is not None
+    uow = store.unit_of_work("payment_service", cause)
+    uow.acknowledgement = acknowledgement
+    uow.put("payment", "x", {"paid": True})
+    uow.commit()
+
+    def lost(*args: Any, **kwargs: Any) -> Any:
+        raise redis.exceptions.ConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(store.pipelined._connection, "read_response", lost)  # the reply never arrives
+
+    store.pipelined.drain()
+
+    assert store.pipelined.late_refusals == 1
+    assert redis_client.llen("payment_service") == 1, "back in its queue"
+    monkeypatch.undo()
+    assert store.unit_of_work("payment_service", cause).already_handled(), "it had committed: a duplicate now"
+
+
+def test_the_consuming_channel_runs_the_workers_before_take_hook_before_it_waits_for_messages(
+    wiring: Wiring, hooks: RedisWorkerHooks, request: pytest.FixtureRequest
+):
+    """Where a solo worker reads the replies of its pipelined commits: before each take, not after a long wait."""
+    calls: list[float] = []
+    hooks.before_take = lambda: calls.append(time.monotonic())
+    take = request.getfixturevalue("take")  # its app is configured by the hooks as they are now
+    declare_topology(wiring.settings)
+    wiring.publish(wrap(stock_reserved()))
+
+    take()
+
+    assert len(calls) >= 1

@@ -79,6 +79,10 @@ return 1
 """
 
 
+ScriptCall = tuple[list[str], list[str | int | float | bytes]]
+"""A script's KEYS and ARGV."""
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One write of the atomic step: a message into a queue (with its outbox copy), a dead letter into a dead-letter
@@ -113,7 +117,12 @@ class AtomicStep:
         self.redis, self.settings = client, settings
         self._script = lua_script(client, COMMIT_SCRIPT)
 
-    def run(
+    def run(self, call: ScriptCall) -> int:
+        """`call`: the KEYS and ARGV `arguments` built."""
+        keys, args = call
+        return int(self._script(keys=keys, args=args))
+
+    def arguments(
         self,
         *,
         writes: Sequence[tuple[str, str, str]] = (),
@@ -121,8 +130,9 @@ class AtomicStep:
         logged: Sequence[OutgoingMessage] = (),
         cause: Cause | None = None,
         acknowledge: tuple[str, bytes] | None = None,
-    ) -> int:
-        """`writes` = (key, expected version, json); `acknowledge` = (taken list, message as taken)."""
+    ) -> ScriptCall:
+        """COMMIT_SCRIPT's KEYS and ARGV, for `run` (or for a commit sent without waiting: pipelined.py). `writes` =
+        (key, expected version, json); `acknowledge` = (taken list, message as taken)."""
         keys = [
             Keys.inbox(cause.inbox, cause.event_id) if cause and cause.inbox else "",
             Keys.deliveries(cause.inbox, cause.event_id) if cause and cause.inbox else "",
@@ -146,7 +156,7 @@ class AtomicStep:
             *(value for m in logged
               for value in (m.type, m.correlation_id, m.envelope, m.signature, tracing.trace_id(m.headers) or "")),
         ]
-        return int(self._script(keys=keys, args=args))
+        return keys, args
 
 
 class RedisBroker:
@@ -183,8 +193,10 @@ class RedisBroker:
         taken = acknowledge if isinstance(acknowledge, tuple) else None
         task_id = kombu_channel.task_id_of(taken[1]) if taken else None
         event_id, _, queue = (task_id or "").partition(":")
-        self.step.run(deliveries=self.deliveries(messages), logged=[m for m in messages if m.queue is None],
-                      cause=Cause("", event_id, queue) if queue else None, acknowledge=taken)
+        self.step.run(self.step.arguments(
+            deliveries=self.deliveries(messages), logged=[m for m in messages if m.queue is None],
+            cause=Cause("", event_id, queue) if queue else None, acknowledge=taken,
+        ))
         return SendResult(sent=[message.id for message in messages], acknowledged=taken is not None)
 
     def close(self) -> None:

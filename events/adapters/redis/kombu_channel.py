@@ -85,6 +85,9 @@ _check_kombu()
 
 TAKEN_KEY_OPTION = "shop_taken_key"
 """The transport option that names a worker node's taken list; kombu ignores options it does not know."""
+BEFORE_TAKE_OPTION = "shop_before_take"
+"""The transport option with a callable run before each take, when the worker is about to wait for messages (a
+store's pipelined commits read their replies then)."""
 OUTBOX_KEY_OPTION = "shop_outbox_key"
 """The transport option with the key pattern of a queue's outbox (`{queue}` is replaced): the ack settles the copy."""
 SOLO_POOL_OPTION = "shop_solo_pool"
@@ -379,6 +382,9 @@ class TakenListChannel(kombu_redis.Channel):
         """BLMOVE the queue's oldest message into this node's taken list, where kombu would BRPOP it, preceded in the
         same write by the acknowledgements of the messages handled since the last take. Only for one queue with one
         priority list (a service worker); anything else keeps kombu's BRPOP."""
+        before_take = self.connection.client.transport_options.get(BEFORE_TAKE_OPTION)
+        if before_take is not None:
+            before_take()
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps
                 for queue in self._queue_cycle.consume(len(self.active_queues))]
         if len(keys) != 1 or not self.taken_key or self.global_keyprefix:

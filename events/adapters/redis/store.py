@@ -17,9 +17,10 @@ from typing import Any
 
 import redis
 
-from events.adapters.redis.broker import AtomicStep, Cause, Delivery, RedisBroker
+from events.adapters.redis.broker import COMMIT_SCRIPT, AtomicStep, Cause, Delivery, RedisBroker
 from events.adapters.redis.connection import text
 from events.adapters.redis.keys import Keys
+from events.adapters.redis.pipelined import Pending, PipelinedCommits
 from events.adapters.redis.scripts import lua_script
 from events.envelope import Envelope, Signatures
 from events.messaging import OutgoingMessage
@@ -42,6 +43,17 @@ class RedisStore:
         self.redis, self.settings, self.broker, self.on_commit = client, settings, broker, on_commit
         self.keys = keys
         self.step = broker.step if broker is not None else AtomicStep(client, settings)
+        self.pipelined: PipelinedCommits | None = None
+        """a solo worker's commits, sent without waiting for their replies (`pipeline_commits`)"""
+
+    def pipeline_commits(self) -> PipelinedCommits:
+        """From now on, the commits that acknowledge the message they handle (a worker's, beside the Redis broker) are
+        sent without waiting for their replies, and every unit of work reads through the same connection, after them
+        (pipelined.py). For a solo worker only: its deliveries run one at a time, in one thread."""
+        if self.broker is None:
+            raise ValueError("only a store beside the Redis broker acknowledges in its commit")
+        self.pipelined = PipelinedCommits(self.redis, COMMIT_SCRIPT)
+        return self.pipelined
 
     def unit_of_work(self, service: str, cause: Envelope | None = None, inbox: str | None = None) -> RedisUnitOfWork:
         return RedisUnitOfWork(self, service, cause, inbox)
@@ -86,35 +98,46 @@ class RedisUnitOfWork(UnitOfWork):
         self._versions: dict[tuple[str, str], str] = {}
 
     def get_json(self, collection: str, key: str) -> str | bytes | None:
-        version, data = self._store.redis.hmget(Keys.document(self.service, collection, key), "v", "d")
+        document = Keys.document(self.service, collection, key)
+        pipelined = self._store.pipelined
+        version, data = pipelined.call("HMGET", document, "v", "d") if pipelined else self._store.redis.hmget(
+            document, "v", "d")
         self._versions[(collection, key)] = text(version) if version else "0"
         return data
 
     def already_handled(self) -> bool:
-        return self.cause is not None and bool(self._store.redis.exists(Keys.inbox(self.inbox, self.cause.event_id)))
+        if self.cause is None:
+            return False
+        inbox = Keys.inbox(self.inbox, self.cause.event_id)
+        pipelined = self._store.pipelined
+        return bool(pipelined.call("EXISTS", inbox) if pipelined else self._store.redis.exists(inbox))
 
     def commit(self) -> None:
         store = self._store
         messages = [OutgoingMessage.of(envelope, store.keys) for envelope in self.outbox]
         beside_broker = store.broker is not None
         settles_queue_copy = beside_broker and self.inbox == self.service  # not a replay's own inbox
-        acknowledge = self.acknowledgement if beside_broker else None
-        outcome = store.step.run(
-            writes=[
-                (Keys.document(self.service, collection, key), self._versions.get((collection, key), "0"), document)
-                for (collection, key), document in self._writes.items()
-            ],
-            deliveries=store.deliveries(messages),
-            logged=messages,
-            cause=Cause(self.inbox, str(self.cause.event_id), self.service if settles_queue_copy else None)
-            if self.cause else None,
-            acknowledge=acknowledge if isinstance(acknowledge, tuple) else None,
-        )
+        acknowledge = self.acknowledgement if beside_broker and isinstance(self.acknowledgement, tuple) else None
+        writes = [(Keys.document(self.service, collection, key), self._versions.get((collection, key), "0"), document)
+                  for (collection, key), document in self._writes.items()]
+        deliveries = store.deliveries(messages)
+        cause = Cause(self.inbox, str(self.cause.event_id), self.service if settles_queue_copy else None) \
+            if self.cause else None
+        call = store.step.arguments(writes=writes, deliveries=deliveries, logged=messages, cause=cause,
+                                    acknowledge=acknowledge)
+        if store.pipelined is not None and acknowledge is not None and settles_queue_copy:
+            # The script acknowledges the message only if it commits; its reply is read later (pipelined.py).
+            pending = Pending(acknowledge[0], acknowledge[1], self.service)
+            store.pipelined.commit(*call, pending)
+            self.acknowledged, self.outcome_later = True, pending.outcome
+            self._committed()
+            return
+        outcome = store.step.run(call)
         if outcome == 0:
             raise AlreadyHandled(str(self.cause.event_id if self.cause else ""))
         if outcome == -1:
             raise ConcurrentUpdate(", ".join(f"{c}/{k}" for c, k in self._writes))
-        self.acknowledged = isinstance(acknowledge, tuple)
+        self.acknowledged = acknowledge is not None
         self._committed()
         if store.on_commit is not None and messages:
             store.on_commit(messages)

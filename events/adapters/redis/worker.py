@@ -30,6 +30,8 @@ class RedisWorkerHooks:
         self.spec, self.settings, self.redis, self.node = spec, settings, client, node
         self.taken_key = Keys.taken(spec.name, node)
         self._connected_before = False
+        self.before_take: Callable[[], None] | None = None
+        """run before each take (the store's pipelined commits read their replies): set before `configure`"""
 
     def configure(self, app: Celery) -> None:
         app.conf.broker_transport = kombu_channel.TRANSPORT
@@ -39,6 +41,7 @@ class RedisWorkerHooks:
             kombu_channel.TAKEN_KEY_OPTION: self.taken_key,
             kombu_channel.OUTBOX_KEY_OPTION: Keys.OUTBOX_PATTERN,
             kombu_channel.SOLO_POOL_OPTION: self.settings.worker_pool == "solo",
+            **({kombu_channel.BEFORE_TAKE_OPTION: self.before_take} if self.before_take else {}),
         }
         if ssl := kombu_ssl(self.settings):
             app.conf.broker_use_ssl = ssl
