@@ -22,6 +22,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from events.bus import TransientError
+from events.sqlite import use_wal
 
 
 class GatewaySettings(BaseSettings):
@@ -120,7 +121,7 @@ class SqliteLedger:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode = WAL")
+        use_wal(self._db, timeout_s=30)
         self._db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, result TEXT NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS charges (key TEXT NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS attempts (key TEXT PRIMARY KEY, count INTEGER NOT NULL)")

@@ -32,6 +32,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from events.messaging import Periodic
+from events.sqlite import use_wal
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def engines(url: str, busy_timeout_ms: int = 30_000) -> Engines:
         dbapi_connection.isolation_level = None  # transactions are begun explicitly, below
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        use_wal(dbapi_connection, busy_timeout_ms / 1000)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         cursor.execute("PRAGMA foreign_keys = ON")
