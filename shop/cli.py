@@ -172,9 +172,12 @@ def api(service: Annotated[str, typer.Argument(help=f"one of: {', '.join(APIS)}"
     import uvicorn
 
     from shop.bootstrap import bootstrap_api
+    from shop.processes import freeze_startup_heap
 
     settings = APIS[_check(service, APIS, "API")].settings()
-    uvicorn.run(bootstrap_api(service), host=settings.host, port=settings.port, log_level="warning")
+    served = bootstrap_api(service)
+    freeze_startup_heap()
+    uvicorn.run(served, host=settings.host, port=settings.port, log_level="warning")
 
 
 WithConsole = Annotated[bool, typer.Option(help="serve the live console (SHOP_CONSOLE_HOST/PORT, default "

@@ -29,6 +29,7 @@ from events.settings import BusSettings
 from order_service.api import ApiSettings
 from shop.bootstrap import MissingKeys, answers, bootstrap_monolith, edge_of, ready_when
 from shop.console.run import monolith_console
+from shop.processes import freeze_startup_heap
 from shop.services import APIS, SERVICES
 from shop.telemetry import configure_tracing, instrument_app
 from user_service.api import AdminSettings, ensure_admin
@@ -104,6 +105,7 @@ def run_monolith(settings: BusSettings | None = None, dispatch: str | None = Non
     try:
         app = instrument_app(create_monolith_app(bus, monolith_edge(keys, bus),
                                                  bus if settings.fault_injection else None))
+        freeze_startup_heap()
         uvicorn.run(app, host=api_settings.host, port=api_settings.port, log_level="warning")
     finally:
         if stop_console:

@@ -12,12 +12,14 @@ import warnings
 from typing import Literal
 
 from celery.platforms import SecurityWarning
+from celery.signals import worker_ready
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from events.runtime.observability import MESSAGE_LOG
 from events.settings import BusSettings
 from shop.bootstrap import bootstrap_worker
+from shop.processes import freeze_startup_heap
 from shop.telemetry import shutdown as shutdown_tracing
 
 
@@ -51,6 +53,11 @@ def configure_logging(service: str, loglevel: str, settings: WorkerSettings) -> 
     MESSAGE_LOG.setLevel(logging.INFO if settings.log_messages else logging.WARNING)
 
 
+def _freeze_when_ready(**_: object) -> None:
+    """celery's `worker_ready`: connected, consuming from the next loop turn on."""
+    freeze_startup_heap()
+
+
 def run_worker(
     service: str, settings: BusSettings | None = None, loglevel: str = "WARNING", node: str | None = None
 ) -> None:
@@ -60,6 +67,7 @@ def run_worker(
     worker.start_background()
     warnings.filterwarnings("ignore", category=SecurityWarning)  # containers and CI run as root by design
     configure_logging(service, loglevel, WorkerSettings())
+    worker_ready.connect(_freeze_when_ready, weak=False)
     try:
         worker.app.worker_main(
             [

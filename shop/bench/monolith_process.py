@@ -35,6 +35,7 @@ def main(mode: str) -> None:
     from order_service import handlers
     from shop.bench import journey
     from shop.bootstrap import bootstrap_monolith
+    from shop.processes import freeze_startup_heap
 
     settings = BusSettings()
     client = redis.Redis.from_url(settings.redis_url)
@@ -53,6 +54,7 @@ def main(mode: str) -> None:
     if journey.needs_product():
         journey.create_product(bus.unit_of_work, bus.commit)
         bus.drain(timeout=30)  # the order service's catalogue now knows the product
+    freeze_startup_heap()  # as `shop worker` does once it is ready
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:

@@ -4,6 +4,7 @@ noticed: a pipeline that notifies within 3 ms but is seen done only 60 ms later 
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 from uuid import uuid4
@@ -28,11 +29,13 @@ class _SlowToSeePipeline(Pipeline):
     def __init__(self, settings: BusSettings, workers: WorkerGroup) -> None:
         super().__init__(settings, workers)
         self.placed: dict[str, float] = {}
+        self.collector_on_while_placing = False
 
     def worker_argv(self, role: str) -> list[str]:
         raise AssertionError("no workers")
 
     def place(self) -> str:
+        self.collector_on_while_placing = self.collector_on_while_placing or gc.isenabled()
         order_id = uuid4().hex
         self.placed[order_id] = time.time()
         return order_id
@@ -62,3 +65,19 @@ def test_a_low_offered_load_is_sent_long_enough_for_its_p99_and_no_longer_than_t
     assert settings.latency_duration(80) == 12.5  # 1000 orders
     assert settings.latency_duration(20) == 20.0  # the cap
     assert BenchSettings.quick().latency_duration(50) == 1.0
+
+
+def test_the_load_generator_collects_no_garbage_while_it_measures_and_does_again_after(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A collection of the generator's heap (50 to 80 ms here) would place every order scheduled meanwhile late."""
+    pipeline = _SlowToSeePipeline(BusSettings(), WorkerGroup({}, tmp_path))
+    assert gc.isenabled()
+    try:
+        measure.latency(pipeline, rate=200, duration_s=0.1, poll_interval=0.005, settle_s=5)
+        measure.saturation(pipeline, in_flight=4, warmup_s=0.05, measure_s=0.1, poll_interval=0.005, settle_s=5)
+    finally:
+        pipeline.close()
+    assert pipeline.placed, "the fake pipeline was fed"
+    assert not pipeline.collector_on_while_placing
+    assert gc.isenabled()
