@@ -2,7 +2,8 @@
 
 One task, `hop`, served on one queue per shop service of the order's journey (shop/bench/journey.py: e.g.
 payment -> order -> notification -> order), one solo worker per queue, JSON, celery's defaults otherwise (no
-acks_late, no inbox, no signing, no validation, no state). Each hop sends the order on to the next queue of the
+acks_late, no inbox, no signing, no validation, no state; its start-up heap frozen once ready, as `shop worker`'s
+is). Each hop sends the order on to the next queue of the
 route it carries; the hop on the notification service's queue notes the time (the moment the order is notified, as
 the full system's NotificationSent records it) and the last one writes that time into one Redis hash, the only work
 any hop does. What the full system costs beyond this floor is the price of its guarantees plus its own overheads.
@@ -12,6 +13,7 @@ Run a worker: `python -m shop.bench.bare_celery <queue>` with REDIS_URL set (the
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import sys
@@ -20,6 +22,7 @@ from functools import cache
 
 import redis
 from celery import Celery
+from celery.signals import worker_ready
 
 from events.settings import BusSettings
 
@@ -62,10 +65,18 @@ def place(order_id: str, route: tuple[tuple[str, tuple[str, ...], bool], ...]) -
     hop.apply_async((order_id, [list(step) for step in rest], notifies), queue=queue)
 
 
+def _freeze_when_ready(**_: object) -> None:
+    """What `shop worker` does once ready (shop.processes.freeze_startup_heap, not imported here: the yardstick loads
+    none of the shop), so that no side's start-up heap is walked by its collections."""
+    gc.collect()
+    gc.freeze()
+
+
 def run_worker(queue: str) -> None:
     """Same worker flags as `shop worker` (solo pool, one process, no gossip/mingle/heartbeat)."""
     if not queue.startswith(QUEUE_PREFIX):
         raise SystemExit(f"usage: python -m shop.bench.bare_celery {QUEUE_PREFIX}<service>")
+    worker_ready.connect(_freeze_when_ready, weak=False)
     app.worker_main(
         [
             "--quiet",
