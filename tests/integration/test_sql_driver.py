@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy.exc
 from sqlalchemy import text
@@ -32,6 +33,20 @@ def _save(store: SqlStore, key: str, value: int) -> None:
     document = uow.get("things", key) or {}
     uow.put("things", key, {**document, "value": value})
     uow.commit()
+
+
+@pytest.fixture
+def postgres_store() -> Iterator[tuple[Engines, SqlStore]]:
+    """A store on a PostgreSQL database of its own, connections held, with the document things/a at value 1."""
+    if missing := postgres_missing():
+        pytest.skip(missing)
+    database = emptied(postgres_database("driver"))
+    try:
+        store = _store(database, held=True)
+        _save(store, "a", 1)
+        yield database, store
+    finally:
+        database.dispose()
 
 
 @pytest.fixture
@@ -85,45 +100,72 @@ def test_a_held_reading_connection_sees_every_later_commit(sqlite_engines: Engin
         assert store.unit_of_work("svc").get("things", "a") == {"value": value}
 
 
-def test_a_postgres_connection_the_server_dropped_fails_once_as_unavailable_then_is_replaced() -> None:
-    if missing := postgres_missing():
-        pytest.skip(missing)
-    database = emptied(postgres_database("driver"))
-    try:
-        store = _store(database, held=True)
-        _save(store, "a", 1)
-        with store.writes.connection() as connection:
-            pid = connection.driver_connection.info.backend_pid
-        with database.write.begin() as admin:
-            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        with pytest.raises(sqlalchemy.exc.OperationalError) as raised:
-            _save(store, "a", 2)
-        assert raised.value.connection_invalidated
-        _save(store, "a", 3)
-        assert store.documents("svc", "things") == {"a": {"value": 3}}
-    finally:
-        database.dispose()
+def test_a_postgres_connection_the_server_dropped_fails_once_as_unavailable_then_is_replaced(
+    postgres_store: tuple[Engines, SqlStore],
+) -> None:
+    database, store = postgres_store
+    with store.writes.connection() as connection:
+        pid = connection.driver_connection.info.backend_pid
+    with database.write.begin() as admin:
+        admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    with pytest.raises(sqlalchemy.exc.OperationalError) as raised:
+        _save(store, "a", 2)
+    assert raised.value.connection_invalidated
+    _save(store, "a", 3)
+    assert store.documents("svc", "things") == {"a": {"value": 3}}
 
 
 @pytest.mark.parametrize("pipelined", [True, False], ids=["pipeline", "statement-by-statement"])
 def test_postgres_commits_and_refuses_a_stale_write_with_or_without_pipeline_mode(
-    pipelined: bool, monkeypatch: pytest.MonkeyPatch,
+    pipelined: bool, monkeypatch: pytest.MonkeyPatch, postgres_store: tuple[Engines, SqlStore],
 ) -> None:
     """psycopg on a libpq older than 14 has no pipeline mode: the store then sends its statements one by one, with the
     same checks."""
-    if missing := postgres_missing():
-        pytest.skip(missing)
     monkeypatch.setattr(driver, "_psycopg_pipelines", lambda: pipelined)
-    database = emptied(postgres_database("driver"))
-    try:
-        store = _store(database, held=True)
-        _save(store, "a", 1)
-        stale = store.unit_of_work("svc")
-        stale.get("things", "a")
-        _save(store, "a", 2)
-        stale.put("things", "a", {"value": 99})
-        with pytest.raises(ConcurrentUpdate):
-            stale.commit()
-        assert store.documents("svc", "things") == {"a": {"value": 2}}
-    finally:
-        database.dispose()
+    _, store = postgres_store
+    stale = store.unit_of_work("svc")
+    stale.get("things", "a")
+    _save(store, "a", 2)
+    stale.put("things", "a", {"value": 99})
+    with pytest.raises(ConcurrentUpdate):
+        stale.commit()
+    assert store.documents("svc", "things") == {"a": {"value": 2}}
+    _save(store, "b", 1)
+    assert store.documents("svc", "things") == {"a": {"value": 2}, "b": {"value": 1}}
+
+
+def test_a_postgres_unit_of_work_commits_in_one_round_trip_and_a_refused_one_writes_nothing(
+    tmp_path: Path, postgres_store: tuple[Engines, SqlStore],
+) -> None:
+    """Its BEGIN, its writes and its COMMIT go behind one Sync (libpq's own trace of the messages sent): the checks
+    that refuse it run in the server, so nothing is read back before COMMIT."""
+    _, store = postgres_store
+    trace = tmp_path / "libpq.trace"
+    uow = store.unit_of_work("svc")
+    uow.put("things", "a", {**(uow.get("things", "a") or {}), "value": 2})
+    uow.put("things", "b", {"value": 1})
+    with store.writes.connection() as connection, trace.open("w") as sink:
+        pgconn = connection.driver_connection.pgconn
+        pgconn.trace(sink.fileno())
+        pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            uow.commit()
+        finally:
+            pgconn.untrace()
+    sent = [fields[2].split()[0] for fields in (line.split("\t") for line in trace.read_text().splitlines())
+            if fields[0] == "F"]  # the frontend's messages: direction, length, type and its arguments
+    assert sent.count("Sync") == 1 and "Query" not in sent, trace.read_text()
+    assert '"COMMIT"' in trace.read_text()
+    assert sent.index("Sync") > max(index for index, kind in enumerate(sent) if kind == "Execute"), sent
+    assert store.documents("svc", "things") == {"a": {"value": 2}, "b": {"value": 1}}
+
+    stale = store.unit_of_work("svc")
+    stale.get("things", "a")
+    stale.put("things", "c", {"value": 1})
+    _save(store, "a", 3)
+    stale.put("things", "a", {"value": 99})
+    with pytest.raises(ConcurrentUpdate, match="things/a"):
+        stale.commit()
+    assert store.documents("svc", "things") == {"a": {"value": 3}, "b": {"value": 1}}
+    _save(store, "a", 4)  # the same held connection, rolled back after the refusal
+    assert store.documents("svc", "things")["a"] == {"value": 4}

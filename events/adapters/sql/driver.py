@@ -7,8 +7,9 @@ which skips what `Connection.execute` adds per call: an execution context, a res
 these plain integer and text columns do not need. On SQLite that was more than the statements themselves: in a timing
 loop here a read took 42 µs and a handled message (its read, then the transaction with its inbox mark, document and
 outbox row) 512 µs through `Connection.execute`, 19 and 288 µs through the driver. On PostgreSQL a transaction runs
-in psycopg's pipeline mode: its BEGIN and statements are sent together and their results read once all are sent, its
-COMMIT follows (two round trips instead of one per statement).
+in psycopg's pipeline mode: its BEGIN, its statements and its COMMIT are sent together and their results read when
+the pipeline ends, one round trip for the whole transaction when no result is read before (`Cursor.send`; a statement
+that fails makes the server skip the rest, COMMIT included, and the error is raised when the pipeline ends).
 
 Errors stay SQLAlchemy's: a driver error is raised as the `sqlalchemy.exc.DBAPIError` subclass `Connection.execute`
 would raise (`OperationalError` for a locked database or a server that went away, which callers treat as "unavailable
@@ -117,6 +118,16 @@ class Cursor:
         self._unsynced = self.pipelined
         return Result(self, cursor, statement.sql)
 
+    def send(self, statement: Compiled, values: Mapping[str, Any]) -> None:
+        """Runs the statement (in a pipeline: sends it) and reads nothing back: a statement that refuses the
+        transaction by failing (a unique key, a check in the server) needs no result read before COMMIT."""
+        parameters = statement.parameters(values)
+        try:
+            self.cursor.execute(statement.sql, parameters)
+        except self.engine.dialect.loaded_dbapi.Error as exc:
+            raise self.translated(exc, statement.sql, parameters) from exc
+        self._unsynced = self.pipelined
+
     def execute_many(self, statement: Compiled, rows: Sequence[Mapping[str, Any]]) -> None:
         parameters = [statement.parameters(values) for values in rows]
         try:
@@ -195,7 +206,10 @@ def _transaction(engine: Engine, connection: Any, begin: Callable[[Any], None] |
                     raise cursor.translated(exc) from exc
             yield cursor
             try:
-                connection.commit()
+                if pipeline is not None:  # sent with the statements when the pipeline ends: one round trip
+                    cursor.cursor.execute("COMMIT")
+                else:
+                    connection.commit()
             except engine.dialect.loaded_dbapi.Error as exc:
                 raise cursor.translated(exc) from exc
     except BaseException:
@@ -219,9 +233,9 @@ def _psycopg_pipelines() -> bool:
 
 @contextmanager
 def _pipeline(engine: Engine, connection: Any) -> Iterator[Any]:
-    """psycopg's pipeline mode, where the driver has one: a transaction's BEGIN and statements go in one round trip
-    instead of one each (a unit of work reads their results once all are sent), its COMMIT in a second. psycopg built
-    on a libpq older than 14 has none: statements then go one by one."""
+    """psycopg's pipeline mode, where the driver has one: a transaction's BEGIN, statements and COMMIT go in one round
+    trip instead of one each, sent and read back when the pipeline ends (or earlier, when a result is read). psycopg
+    built on a libpq older than 14 has none: statements then go one by one."""
     if engine.dialect.driver != "psycopg" or not _psycopg_pipelines():
         yield None
         return

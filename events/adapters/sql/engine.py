@@ -15,7 +15,10 @@ to set the p99 (a throwaway loop of 6000 small transactions here: p99.9 3.09 ms 
 second engine in autocommit mode (every read is one statement, its own snapshot), so they take no lock at all and a
 connection going back to the pool has nothing to roll back.
 
-PostgreSQL: psycopg 3; `postgresql://` URLs are read as `postgresql+psycopg://`.
+PostgreSQL: psycopg 3; `postgresql://` URLs are read as `postgresql+psycopg://`. The hot path's transactions
+(driver.py) run on connections of a third engine in autocommit mode and begin with a BEGIN sent in the pipeline with
+their statements and their COMMIT: psycopg, left to begin a transaction itself, sends its BEGIN and waits for the
+answer before anything else (a round trip of its own in pipeline mode).
 """
 
 from __future__ import annotations
@@ -78,12 +81,19 @@ class Engines:
     checkpoints: Periodic | None = None
     """a SQLite file's background checkpoints (`WalCheckpointer`)"""
     begin: Callable[[Any], None] | None = None
-    """how a write transaction begins on a driver connection of `write` (SQLite: `BEGIN IMMEDIATE`); None where the
-    driver begins one by itself (the statements run on the driver's connection: driver.py)"""
+    """how a transaction of the hot path begins on a driver connection of `transactions` (SQLite: `BEGIN IMMEDIATE`;
+    PostgreSQL: `BEGIN`, sent with the rest); None where the driver begins one by itself"""
+    autocommitted: Engine | None = None
+    """PostgreSQL: the engine of the hot path's transactions, in autocommit mode (each begins with `begin`)"""
 
     @property
     def is_sqlite(self) -> bool:
         return self.write.dialect.name == "sqlite"
+
+    @property
+    def transactions(self) -> Engine:
+        """The engine whose driver connections run the hot path's transactions (driver.transaction, with `begin`)."""
+        return self.autocommitted or self.write
 
     def dispose(self) -> None:
         if self.checkpoints is not None:
@@ -93,6 +103,8 @@ class Engines:
                 checkpointer.close()
         self.write.dispose()
         self.read.dispose()
+        if self.autocommitted is not None:
+            self.autocommitted.dispose()
 
 
 def normalise(url: str) -> str:
@@ -108,8 +120,9 @@ def engines(url: str, busy_timeout_ms: int = 30_000) -> Engines:
         # No pre-ping (a round trip per checkout): a connection broken by a server restart fails once, as
         # "unavailable" (the message goes back), and SQLAlchemy replaces the pool's connections.
         options: dict[str, Any] = {"pool_size": 5, "max_overflow": 5}
-        return Engines(url, create_engine(url, **options),
-                       create_engine(url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **options))
+        autocommit: dict[str, Any] = {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None, **options}
+        return Engines(url, create_engine(url, **options), create_engine(url, **autocommit),
+                       begin=begin_in_pipeline, autocommitted=create_engine(url, **autocommit))
     on_disk = bool(parsed.database) and parsed.database != ":memory:"
     if on_disk:
         Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
@@ -142,6 +155,12 @@ def engines(url: str, busy_timeout_ms: int = 30_000) -> Engines:
     path = str(parsed.database)
     checkpoints = Periodic(f"wal-checkpoint {Path(path).name}", WAL_CHECKPOINT_INTERVAL, WalCheckpointer(path), ())
     return Engines(url, write, read, checkpoints.start(), begin=begin_on_driver)
+
+
+def begin_in_pipeline(driver_connection: Any) -> None:
+    """PostgreSQL (a connection in autocommit mode): BEGIN, sent with what follows it in psycopg's pipeline mode, or
+    at once without it."""
+    driver_connection.execute("BEGIN")
 
 
 WRITE_LOCK_STEPS = (0.0001, 0.002, 0.05)

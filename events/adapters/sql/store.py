@@ -10,7 +10,8 @@ writer at a time). A crash between the broker taking an event and its row being 
 consumers' inbox absorbs.
 
 The hot path's statements are built by SQLAlchemy once per store (`Statements`) and run on the driver's connection
-(driver.py: on PostgreSQL a transaction's statements travel in one round trip, psycopg's pipeline mode).
+(driver.py). On PostgreSQL a transaction travels in one round trip, BEGIN to COMMIT (psycopg's pipeline mode), so its
+checks refuse it inside the server (`RefusingStatements`); SQLite reads each statement's result before COMMIT.
 
 A unit of work can also run *attached* to an open transaction (`connection`): its reads and its commit then happen
 inside it, which is how the monolith runs a whole saga in one transaction (inprocess.py).
@@ -27,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import BindParameter, Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 
 from events.adapters.sql.driver import (
     Compiled,
@@ -74,6 +76,44 @@ class Statements:
             documents.c.version == bindparam("b_read")), ("version", "body"))
         self.outbox = compile_for(dialect, insert(outbox), ("id", "message", "created_at", "due_at"))
         self.settle = compile_for(dialect, delete(outbox).where(outbox.c.id == bindparam("b_id")))
+        self.refusing = None if engines.is_sqlite else RefusingStatements(dialect, service, collection, key)
+        """PostgreSQL: the same writes as statements that fail the transaction instead of returning no row"""
+
+
+class RefusingStatements:
+    """A unit of work's writes on PostgreSQL, whose checks refuse the transaction inside the server, so that its
+    statements and its COMMIT travel in one round trip (driver.py) with no result read in between: the inbox row and a
+    new document fail on their primary key (a second delivery, a document created meanwhile), a changed document's
+    UPDATE fails through `shop_changed_one` when its version check matched no row (migration 0003). `refusal` tells
+    which check refused: AlreadyHandled or ConcurrentUpdate, as the statements that return no row would have said."""
+
+    INBOX_KEY, DOCUMENTS_KEY = "inbox_pkey", "documents_pkey"
+    """the primary keys' names (PostgreSQL names a table's primary key <table>_pkey)"""
+
+    def __init__(self, dialect: Dialect, service: BindParameter[str], collection: BindParameter[str],
+                 key: BindParameter[str]) -> None:
+        self.mark = compile_for(dialect, insert(inbox_table), ("consumer", "event_id", "handled_at"))
+        self.create = compile_for(dialect, insert(documents), ("service", "collection", "key", "version", "body"))
+        changed = update(documents).where(
+            documents.c.service == service, documents.c.collection == collection, documents.c.key == key,
+            documents.c.version == bindparam("b_read"),
+        ).values(version=bindparam("b_version"), body=bindparam("b_body")).returning(documents.c.version).cte("changed")
+        self.change = compile_for(dialect, select(func.shop_changed_one(
+            select(func.count()).select_from(changed).scalar_subquery(), bindparam("b_document"))))
+
+    def refusal(self, error: BaseException, event_id: str) -> Exception | None:
+        """AlreadyHandled or ConcurrentUpdate when `error` is one of these statements refusing, else None."""
+        cause = getattr(error, "orig", None)
+        sqlstate = getattr(cause, "sqlstate", None)
+        diagnostic = getattr(cause, "diag", None)
+        if sqlstate == "23505" and diagnostic is not None:  # unique_violation
+            if diagnostic.constraint_name == self.INBOX_KEY:
+                return AlreadyHandled(event_id)
+            if diagnostic.constraint_name == self.DOCUMENTS_KEY:
+                return ConcurrentUpdate(str(diagnostic.message_detail or "a document created meanwhile"))
+        if sqlstate == "40001" and diagnostic is not None:  # serialization_failure: shop_changed_one
+            return ConcurrentUpdate(str(diagnostic.message_primary))
+        return None
 
 
 class SqlStore:
@@ -98,7 +138,7 @@ class SqlStore:
         """the relay's outbox: each write transaction also deletes the rows the broker took since the last one"""
         # held: each thread keeps its connections (`driver.Connections`), for a process of few threads (a solo worker)
         self.statements = Statements(engines)
-        self.reads, self.writes = Connections(engines.read, held), Connections(engines.write, held)
+        self.reads, self.writes = Connections(engines.read, held), Connections(engines.transactions, held)
 
     def unit_of_work(
         self, service: str, cause: Envelope | None = None, inbox: str | None = None,
@@ -172,13 +212,19 @@ class SqlUnitOfWork(UnitOfWork):
         settled = store.settled.take() if store.settled is not None else []
         try:
             with transaction(store.writes, store.engines.begin) as cursor:
-                self.write_all(cursor)
+                messages = self.write_all(cursor)  # on PostgreSQL a refusal is raised when the transaction ends
                 if settled:
                     cursor.execute_many(store.statements.settle, [{"b_id": row_id} for row_id in settled])
-        except BaseException:
+        except BaseException as exc:
             if store.settled is not None:
                 store.settled.give_back(settled)
+            refusing = store.statements.refusing
+            refused = refusing.refusal(exc, self._event_id) if refusing is not None else None
+            if refused is not None:
+                raise refused from exc
             raise
+        self.messages = messages
+        self._committed()
         if self.messages and store.on_commit is not None:
             own_delivery = self.inbox == self.service  # not a replay's own inbox
             self.acknowledged = store.on_commit(self.messages, self.acknowledgement if own_delivery else None)
@@ -188,19 +234,20 @@ class SqlUnitOfWork(UnitOfWork):
         events. Raises AlreadyHandled or ConcurrentUpdate, after which the caller must roll back."""
         cursor = attached(connection)
         try:
-            return self.write_all(cursor)
+            self.messages = self.write_all(cursor)
         finally:
             cursor.close()
+        self._written = (dict(self._writes), list(self.outbox))
+        self._committed()
+        return self.committed
 
-    def write_all(self, cursor: Cursor) -> list[Envelope]:
+    def write_all(self, cursor: Cursor) -> list[OutgoingMessage]:
+        """Everything staged, with the outbox rows of its events (signed here): the messages they hold."""
         store = self._store
         keys = store.keys
         messages = [OutgoingMessage.of(envelope, keys) for envelope in self.outbox] if keys and store.outbox else []
         self.write(cursor, messages)
-        self.messages = messages
-        self._written = (dict(self._writes), list(self.outbox))
-        self._committed()
-        return self.committed
+        return messages
 
     def reopen(self) -> None:
         """The transaction `commit_in` wrote into was rolled back: stage the same writes and events again."""
@@ -213,7 +260,10 @@ class SqlUnitOfWork(UnitOfWork):
         decide: AlreadyHandled or ConcurrentUpdate, and the caller rolls back."""
         now = time.time()
         statements = self._store.statements
-        marked, event_id = None, str(self.cause.event_id) if self.cause is not None else ""
+        if cursor.pipelined and statements.refusing is not None:
+            self._send(cursor, statements.refusing, messages, now)
+            return
+        marked, event_id = None, self._event_id
         if self.cause is not None:
             marked = cursor.submit(statements.mark, {"consumer": self.inbox, "event_id": event_id, "handled_at": now})
         created: list[tuple[str, Result]] = []
@@ -229,12 +279,7 @@ class SqlUnitOfWork(UnitOfWork):
                     "b_service": self.service, "b_collection": collection, "b_key": key, "b_read": read,
                     "version": read + 1, "body": body,
                 })))
-        if messages:
-            due = now + self._store.settings.redeliver_after
-            cursor.execute_many(statements.outbox, [
-                {"id": message.id, "message": message.to_json(), "created_at": now, "due_at": due}
-                for message in messages
-            ])
+        self._write_outbox(cursor, messages, now)
         if marked is not None and marked.first() is None:
             raise AlreadyHandled(event_id)
         for name, result in created:
@@ -243,6 +288,37 @@ class SqlUnitOfWork(UnitOfWork):
         for name, result in changed:
             if result.rowcount != 1:
                 raise ConcurrentUpdate(name)
+
+    def _send(self, cursor: Cursor, statements: RefusingStatements, messages: Sequence[OutgoingMessage],
+              now: float) -> None:
+        """`write` on PostgreSQL: nothing read back, the server refuses the transaction itself (the caller's commit
+        raises, and `RefusingStatements.refusal` says why)."""
+        if self.cause is not None:
+            cursor.send(statements.mark, {"consumer": self.inbox, "event_id": self._event_id, "handled_at": now})
+        for (collection, key), body in self._writes.items():
+            read = self._versions.get((collection, key), 0)
+            if read == 0:
+                cursor.send(statements.create, {
+                    "service": self.service, "collection": collection, "key": key, "version": 1, "body": body,
+                })
+            else:
+                cursor.send(statements.change, {
+                    "b_service": self.service, "b_collection": collection, "b_key": key, "b_read": read,
+                    "b_version": read + 1, "b_body": body, "b_document": f"{collection}/{key}",
+                })
+        self._write_outbox(cursor, messages, now)
+
+    def _write_outbox(self, cursor: Cursor, messages: Sequence[OutgoingMessage], now: float) -> None:
+        if messages:
+            due = now + self._store.settings.redeliver_after
+            cursor.execute_many(self._store.statements.outbox, [
+                {"id": message.id, "message": message.to_json(), "created_at": now, "due_at": due}
+                for message in messages
+            ])
+
+    @property
+    def _event_id(self) -> str:
+        return str(self.cause.event_id) if self.cause is not None else ""
 
 
 class SqlOutbox:
@@ -260,7 +336,7 @@ class SqlOutbox:
     def __init__(self, engines: Engines, settings: BusSettings, linger: float = 0.2) -> None:
         self.engines, self.settings, self.linger = engines, settings, linger
         self.statements = Statements(engines)
-        self.connections = Connections(engines.write)
+        self.connections = Connections(engines.transactions)
         self._settled: list[str] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
