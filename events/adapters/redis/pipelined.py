@@ -123,35 +123,40 @@ class PipelinedCommits:
                 self._pending.popleft()
                 if str(exc).startswith("NOSCRIPT"):
                     self._sha = None
-                self._refused(pending, repr(exc), may_have_died=not _harmless(exc))
+                self._put_back(pending, repr(exc), may_have_died=not _harmless(exc))
                 continue
             except CONNECTION_ERRORS:
                 self._connection.disconnect()
                 lost = list(self._pending)
                 self._pending.clear()
                 for each in lost:
-                    self._refused(each, "no reply: the connection broke", may_have_died=False)
+                    self._put_back(each, "no reply: the connection broke", may_have_died=False)
                 raise
             self._pending.popleft()
             if reply == 1:
                 pending.settled("handled")
             elif reply == 0:
-                self._refused(pending, "already handled", may_have_died=False)
+                self._acknowledge_duplicate(pending)
             else:
-                self._refused(pending, "a document changed since it was read", may_have_died=False)
+                self._put_back(pending, "a document changed since it was read", may_have_died=False)
 
-    def _refused(self, pending: Pending, why: str, *, may_have_died: bool) -> None:
-        """The commit did not happen (or may not have): acknowledge a duplicate, put anything else back."""
+    def _acknowledge_duplicate(self, pending: Pending) -> None:
+        """The event was handled meanwhile: nothing was written, and the message is done with."""
         self.late_refusals += 1
-        duplicate = why == "already handled"
-        pending.settled("duplicate" if duplicate else "requeued")
+        pending.settled("duplicate")
         try:
-            if duplicate:
-                with self.redis.pipeline(transaction=False) as pipe:
-                    kombu_channel.settle(pipe, pending.taken_key, Keys.OUTBOX_PATTERN, pending.queue, pending.message)
-                    pipe.execute()
-                return
-            log.warning("a commit sent earlier was not made (%s): its message goes back to %s", why, pending.queue)
+            with self.redis.pipeline(transaction=False) as pipe:
+                kombu_channel.settle(pipe, pending.taken_key, Keys.OUTBOX_PATTERN, pending.queue, pending.message)
+                pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            log.warning("a duplicate's message stays taken until the worker reconnects (%r)", exc)
+
+    def _put_back(self, pending: Pending, why: str, *, may_have_died: bool) -> None:
+        """The commit was not made (or may not have been): the message goes back to its queue, to be handled again."""
+        self.late_refusals += 1
+        pending.settled("requeued")
+        log.warning("a commit sent earlier was not made (%s): its message goes back to %s", why, pending.queue)
+        try:
             kombu_channel.put_back(self.redis, pending.taken_key, pending.queue, pending.message,
                                    may_have_died=may_have_died)
         except redis.exceptions.RedisError as exc:
