@@ -95,7 +95,8 @@ def settle(pipeline: Pipeline, order_ids: set[str], timeout: float, poll_interva
 @contextmanager
 def generator_gc_paused() -> Iterator[None]:
     """This process's cyclic garbage collector off for one bounded measurement (reference counting still frees what
-    it can), after a collection, and on again afterwards. The pipelines' processes keep theirs."""
+    it can), after a collection, and on again afterwards. The pipelines' processes keep theirs. A decorator too (each
+    call of the decorated function gets a pause of its own)."""
     was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
@@ -113,15 +114,8 @@ def warm_up(pipeline: Pipeline, orders: int, timeout: float) -> float:
     return time.monotonic() - started
 
 
+@generator_gc_paused()
 def saturation(
-    pipeline: Pipeline, *, in_flight: int, warmup_s: float, measure_s: float, poll_interval: float, settle_s: float
-) -> SaturationResult:
-    with generator_gc_paused():
-        return _saturation(pipeline, in_flight=in_flight, warmup_s=warmup_s, measure_s=measure_s,
-                           poll_interval=poll_interval, settle_s=settle_s)
-
-
-def _saturation(
     pipeline: Pipeline, *, in_flight: int, warmup_s: float, measure_s: float, poll_interval: float, settle_s: float
 ) -> SaturationResult:
     outstanding = {pipeline.place() for _ in range(in_flight)}
@@ -178,14 +172,8 @@ def _saturation(
     )
 
 
+@generator_gc_paused()
 def latency(
-    pipeline: Pipeline, *, rate: float, duration_s: float, poll_interval: float, settle_s: float
-) -> dict:
-    with generator_gc_paused():
-        return _latency(pipeline, rate=rate, duration_s=duration_s, poll_interval=poll_interval, settle_s=settle_s)
-
-
-def _latency(
     pipeline: Pipeline, *, rate: float, duration_s: float, poll_interval: float, settle_s: float
 ) -> dict:
     """Open loop: orders are sent on a fixed schedule whatever the completions do. Latency runs from each order's
