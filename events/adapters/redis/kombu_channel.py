@@ -185,6 +185,13 @@ def settle(pipe: Any, taken_key: str, outbox_pattern: str | None, queue: str, it
         pipe.execute_command(*command)
 
 
+def acknowledge(client: Any, taken_key: str, outbox_pattern: str | None, queue: str, item: bytes) -> None:
+    """Acknowledge one taken message now, in one round trip (`settle`'s commands)."""
+    with client.pipeline(transaction=False) as pipe:
+        settle(pipe, taken_key, outbox_pattern, queue, item)
+        pipe.execute()
+
+
 def put_back(client: Any, taken_key: str, queue: str, item: bytes, leftmost: bool = False,
              may_have_died: bool = True) -> None:
     """Move one taken message back to its queue, in one MULTI, flagged as redelivered as kombu flags a restored

@@ -145,9 +145,8 @@ class PipelinedCommits:
         self.late_refusals += 1
         pending.settled("duplicate")
         try:
-            with self.redis.pipeline(transaction=False) as pipe:
-                kombu_channel.settle(pipe, pending.taken_key, Keys.OUTBOX_PATTERN, pending.queue, pending.message)
-                pipe.execute()
+            kombu_channel.acknowledge(self.redis, pending.taken_key, Keys.OUTBOX_PATTERN, pending.queue,
+                                      pending.message)
         except redis.exceptions.RedisError as exc:
             log.warning("a duplicate's message stays taken until the worker reconnects (%r)", exc)
 

@@ -77,9 +77,7 @@ class RedisWorkerHooks:
             return
         taken_key, item = taken
         try:
-            with self.redis.pipeline(transaction=False) as pipe:
-                kombu_channel.settle(pipe, taken_key, Keys.OUTBOX_PATTERN, self.spec.queue, item)
-                pipe.execute()
+            kombu_channel.acknowledge(self.redis, taken_key, Keys.OUTBOX_PATTERN, self.spec.queue, item)
         except redis.exceptions.RedisError as exc:
             log.warning("%s: a finished message's acknowledgement waits for celery's (%r)", self.node, exc)
             return
