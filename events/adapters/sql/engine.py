@@ -16,9 +16,9 @@ second engine in autocommit mode (every read is one statement, its own snapshot)
 connection going back to the pool has nothing to roll back.
 
 PostgreSQL: psycopg 3; `postgresql://` URLs are read as `postgresql+psycopg://`. The hot path's transactions
-(driver.py) run on connections of a third engine in autocommit mode and begin with a BEGIN sent in the pipeline with
-their statements and their COMMIT: psycopg, left to begin a transaction itself, sends its BEGIN and waits for the
-answer before anything else (a round trip of its own in pipeline mode).
+(driver.py) run on connections of the autocommit engine, the readers', and begin with a BEGIN sent in the pipeline
+with their statements and their COMMIT: psycopg, left to begin a transaction itself, sends its BEGIN and waits for
+the answer before anything else (a round trip of its own in pipeline mode).
 """
 
 from __future__ import annotations
@@ -77,14 +77,12 @@ class Engines:
     write: Engine
     """transactions: BEGIN IMMEDIATE on SQLite"""
     read: Engine
-    """single statements in autocommit mode"""
+    """single statements in autocommit mode (on PostgreSQL also the hot path's transactions: `transactions`)"""
     checkpoints: Periodic | None = None
     """a SQLite file's background checkpoints (`WalCheckpointer`)"""
     begin: Callable[[Any], None] | None = None
     """how a transaction of the hot path begins on a driver connection of `transactions` (SQLite: `BEGIN IMMEDIATE`;
     PostgreSQL: `BEGIN`, sent with the rest); None where the driver begins one by itself"""
-    autocommitted: Engine | None = None
-    """PostgreSQL: the engine of the hot path's transactions, in autocommit mode (each begins with `begin`)"""
 
     @property
     def is_sqlite(self) -> bool:
@@ -92,8 +90,10 @@ class Engines:
 
     @property
     def transactions(self) -> Engine:
-        """The engine whose driver connections run the hot path's transactions (driver.transaction, with `begin`)."""
-        return self.autocommitted or self.write
+        """The engine whose driver connections run the hot path's transactions (driver.transaction, with `begin`):
+        SQLite's writer; on PostgreSQL the autocommit one, each transaction begun by `begin` and ended by COMMIT or
+        ROLLBACK before its connection goes back to the pool."""
+        return self.write if self.is_sqlite else self.read
 
     def dispose(self) -> None:
         if self.checkpoints is not None:
@@ -103,8 +103,6 @@ class Engines:
                 checkpointer.close()
         self.write.dispose()
         self.read.dispose()
-        if self.autocommitted is not None:
-            self.autocommitted.dispose()
 
 
 def normalise(url: str) -> str:
@@ -120,9 +118,9 @@ def engines(url: str, busy_timeout_ms: int = 30_000) -> Engines:
         # No pre-ping (a round trip per checkout): a connection broken by a server restart fails once, as
         # "unavailable" (the message goes back), and SQLAlchemy replaces the pool's connections.
         options: dict[str, Any] = {"pool_size": 5, "max_overflow": 5}
-        autocommit: dict[str, Any] = {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None, **options}
-        return Engines(url, create_engine(url, **options), create_engine(url, **autocommit),
-                       begin=begin_in_pipeline, autocommitted=create_engine(url, **autocommit))
+        return Engines(url, create_engine(url, **options),
+                       create_engine(url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **options),
+                       begin=begin_in_pipeline)
     on_disk = bool(parsed.database) and parsed.database != ":memory:"
     if on_disk:
         Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
