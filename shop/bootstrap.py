@@ -154,13 +154,14 @@ class Wiring:
         return sum(sender.outbox.pending() for sender in senders) if senders else None
 
     def relay(self, service: str) -> Callable[[], int]:
-        """One pass of the relay of `service`'s store: send what a crash left in its outbox, forget old inbox rows."""
+        """One pass of the relay of `service`'s store: send what a crash left in its outbox, forget old inbox rows,
+        vacuum and analyze where no autovacuum does (`SqlStore.housekeeping`)."""
         sender, store = self.outboxes.get(service), self.stores[service]
 
         def sweep() -> int:
             sent = sender.sweep() if sender is not None else 0
             if isinstance(store, SqlStore):
-                store.purge_inbox(time.time() - self.settings.inbox_ttl)
+                store.housekeeping(time.time() - self.settings.inbox_ttl)
             return sent
 
         return sweep

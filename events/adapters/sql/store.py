@@ -43,6 +43,7 @@ from events.adapters.sql.driver import (
 from events.adapters.sql.engine import Engines
 from events.adapters.sql.schema import documents, outbox
 from events.adapters.sql.schema import inbox as inbox_table
+from events.adapters.sql.upkeep import TableUpkeep
 from events.envelope import Envelope, Signatures
 from events.messaging import OutgoingMessage
 from events.settings import BusSettings
@@ -139,6 +140,8 @@ class SqlStore:
         # held: each thread keeps its connections (`driver.Connections`), for a process of few threads (a solo worker)
         self.statements = Statements(engines)
         self.reads, self.writes = Connections(engines.read, held), Connections(engines.transactions, held)
+        self.upkeep = None if engines.is_sqlite else TableUpkeep(engines.read)
+        """PostgreSQL: VACUUM and ANALYZE where the server's autovacuum does not run (upkeep.py)"""
 
     def unit_of_work(
         self, service: str, cause: Envelope | None = None, inbox: str | None = None,
@@ -166,6 +169,13 @@ class SqlStore:
         with self.engines.write.begin() as connection:
             result = connection.execute(delete(inbox_table).where(inbox_table.c.handled_at < older_than))
             return int(result.rowcount or 0)
+
+    def housekeeping(self, inbox_older_than: float) -> None:
+        """The relay's pass over this store's tables: old inbox rows purged, then VACUUM and ANALYZE where due and no
+        autovacuum does them (PostgreSQL, `TableUpkeep`)."""
+        self.purge_inbox(inbox_older_than)
+        if self.upkeep is not None:
+            self.upkeep()
 
     def read(self, statement: Compiled, values: dict[str, Any], connection: Connection | None) -> Any:
         """The first row of a query, inside `connection`'s transaction or on a reading connection of its own."""

@@ -1,0 +1,111 @@
+"""A store on a PostgreSQL server whose autovacuum does not run vacuums and analyzes its own tables in its
+housekeeping pass (events/adapters/sql/upkeep.py), by the server's autovacuum thresholds; with autovacuum on, it
+leaves them to the server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, insert, select, text
+
+from events.adapters.sql.engine import Engines
+from events.adapters.sql.schema import documents, inbox, outbox
+from events.adapters.sql.store import SqlStore
+from events.adapters.sql.upkeep import TableUpkeep
+from events.settings import BusSettings
+from tests.support.databases import emptied, postgres_database, postgres_missing
+from tests.support.waiting import wait_until
+
+ROWS = 400
+
+
+@pytest.fixture
+def database() -> Iterator[Engines]:
+    if missing := postgres_missing():
+        pytest.skip(missing)
+    found = emptied(postgres_database("upkeep"))
+    TableUpkeep(found.read, needed=True)()  # whatever emptying the tables left due
+    yield found
+    found.dispose()
+
+
+def churn(database: Engines) -> None:
+    """What a busy service does to its tables: outbox rows inserted and deleted, documents created; the session's
+    statistics sent to the server when it goes idle (`pg_stat_force_next_flush`, PostgreSQL 15)."""
+    now = time.time()
+    with database.write.begin() as connection:
+        connection.execute(insert(outbox), [
+            {"id": f"m{n}", "message": "{}", "created_at": now, "due_at": now} for n in range(ROWS)])
+        connection.execute(delete(outbox))
+        connection.execute(insert(documents), [
+            {"service": "svc", "collection": "order", "key": f"order-{n:04}", "version": 1, "body": "{}"}
+            for n in range(ROWS)])
+        connection.execute(text("SELECT pg_stat_force_next_flush()"))
+
+
+def table_stats(database: Engines) -> dict[str, Any]:
+    with database.read.connect() as connection:
+        return {row.relname: row for row in connection.execute(text(
+            "SELECT relname, n_dead_tup, n_mod_since_analyze, last_vacuum, last_analyze FROM pg_stat_user_tables"))}
+
+
+def planner_rows(database: Engines, table: str) -> float:
+    """The rows the planner believes `table` has (pg_class.reltuples: -1 until it is first vacuumed or analyzed)."""
+    with database.read.connect() as connection:
+        return float(connection.execute(text("SELECT reltuples FROM pg_class WHERE relname = :table"),
+                                        {"table": table}).scalar_one())
+
+
+def test_without_autovacuum_the_housekeeping_vacuums_and_analyzes_what_is_due(database: Engines) -> None:
+    store = SqlStore(database, BusSettings(), outbox=False)
+    assert store.upkeep is not None
+    store.upkeep.needed = True  # as on a server with autovacuum = off
+    now = time.time()
+    with database.write.begin() as connection:
+        connection.execute(insert(inbox), [{"consumer": "svc", "event_id": "old", "handled_at": now - 7200},
+                                           {"consumer": "svc", "event_id": "new", "handled_at": now}])
+    churn(database)
+    wait_until(lambda: table_stats(database)["outbox"].n_dead_tup >= ROWS, message="the churn's statistics")
+
+    store.housekeeping(inbox_older_than=now - 3600)
+
+    with database.read.connect() as connection:
+        assert connection.execute(select(inbox.c.event_id)).scalars().all() == ["new"]
+
+    after = table_stats(database)
+    assert after["outbox"].n_dead_tup == 0 and after["outbox"].last_vacuum is not None
+    assert after["documents"].n_mod_since_analyze == 0 and after["documents"].last_analyze is not None
+    assert planner_rows(database, "documents") == ROWS
+    assert TableUpkeep(database.read, needed=True)() == [], "a second pass finds nothing due"
+
+
+def test_only_what_crossed_the_thresholds_is_touched(database: Engines) -> None:
+    churn(database)
+    wait_until(lambda: table_stats(database)["outbox"].n_dead_tup >= ROWS, message="the churn's statistics")
+
+    done = TableUpkeep(database.read, needed=True)()
+
+    assert "VACUUM (ANALYZE, SKIP_LOCKED) outbox" in done
+    assert any(statement.endswith(" documents") for statement in done)
+    assert not any(statement.endswith((" inbox", " dead_letters")) for statement in done), done
+
+
+def test_with_autovacuum_on_the_server_does_it(database: Engines) -> None:
+    churn(database)
+    wait_until(lambda: table_stats(database)["outbox"].n_dead_tup >= ROWS, message="the churn's statistics")
+
+    assert TableUpkeep(database.read, needed=False)() == []
+    assert table_stats(database)["outbox"].n_dead_tup >= ROWS
+
+
+def test_it_asks_the_server_whether_autovacuum_runs(database: Engines) -> None:
+    with database.read.connect() as connection:
+        running = connection.execute(text("SHOW autovacuum")).scalar_one() == "on"
+    upkeep = TableUpkeep(database.read)
+
+    upkeep()
+
+    assert upkeep.needed is (not running)
