@@ -1,11 +1,12 @@
-"""A store on a PostgreSQL server whose autovacuum does not run vacuums and analyzes its own tables in its
-housekeeping pass (events/adapters/sql/upkeep.py), by the server's autovacuum thresholds; with autovacuum on, it
-leaves them to the server."""
+"""A SQL store's housekeeping pass (the workers' relay runs it, the monolith's dispatcher too): inbox rows past their
+TTL purged, and on a PostgreSQL server whose autovacuum does not run, VACUUM and ANALYZE of the store's tables by the
+server's autovacuum thresholds (events/adapters/sql/upkeep.py); with autovacuum on, those are left to the server."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from events.adapters.sql.schema import documents, inbox, outbox
 from events.adapters.sql.store import SqlStore
 from events.adapters.sql.upkeep import TableUpkeep
 from events.settings import BusSettings
+from shop.bootstrap import bootstrap_monolith
 from tests.support.databases import emptied, postgres_database, postgres_missing
 from tests.support.waiting import wait_until
 
@@ -109,3 +111,25 @@ def test_it_asks_the_server_whether_autovacuum_runs(database: Engines) -> None:
     upkeep()
 
     assert upkeep.needed is (not running)
+
+
+def test_the_monolith_purges_its_inbox_while_its_dispatcher_runs(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    monkeypatch.setenv("SHOP_MONOLITH_DATABASE_URL", f"sqlite:///{tmp_path / 'monolith.sqlite3'}")
+    monkeypatch.setenv("SHOP_GATEWAY_LEDGER_PATH", str(tmp_path / "gateway.sqlite3"))
+    bus = bootstrap_monolith(BusSettings(var_dir=tmp_path, redeliver_after=2.0, inbox_ttl=60))
+    now = time.time()
+    with bus.store.engines.write.begin() as connection:
+        connection.execute(insert(inbox), [{"consumer": "svc", "event_id": "old", "handled_at": now - 120},
+                                           {"consumer": "svc", "event_id": "new", "handled_at": now}])
+
+    def remembered() -> list[str]:
+        with bus.store.engines.read.connect() as connection:
+            return list(connection.execute(select(inbox.c.event_id)).scalars())
+
+    bus.start()
+    try:
+        wait_until(lambda: remembered() == ["new"], timeout=10, message="the old inbox row purged")
+    finally:
+        bus.stop()
+        bus.store.engines.dispose()

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy.exc
 from sqlalchemy import Connection, delete, func, insert, select, update
 
 from events.adapters.sql.deadletters import SqlDeadLetters
@@ -40,6 +41,7 @@ from events.adapters.sql.schema import deliveries
 from events.adapters.sql.store import SqlStore, SqlUnitOfWork
 from events.bus import BoundHandler, ServiceSpec, TransientError, bind_handlers
 from events.envelope import Envelope
+from events.messaging import Periodic
 from events.settings import BusSettings
 from events.unit_of_work import AlreadyHandled, ConcurrentUpdate, UnitOfWork
 
@@ -81,6 +83,9 @@ class SqlInProcessBus:
         self._wake = threading.Condition()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._housekeeping: Periodic | None = None
+        """while the dispatcher runs, the workers' relay pass for the one database: inbox rows past SHOP_INBOX_TTL
+        purged, VACUUM and ANALYZE where no autovacuum does them (`SqlStore.housekeeping`)"""
         self.on_handled: Callable[[str, Envelope], None] | None = None
 
     # -- wiring ----------------------------------------------------------------------------------------------------
@@ -199,6 +204,9 @@ class SqlInProcessBus:
             self._stopping.clear()
             self._thread = threading.Thread(target=self._dispatch_forever, name="event-dispatcher", daemon=True)
             self._thread.start()
+            self._housekeeping = Periodic(
+                "monolith-housekeeping", max(0.5, self.settings.redeliver_after / 4), self._tidy,
+                (sqlalchemy.exc.DBAPIError,)).start()
 
     def stop(self, timeout: float = 10.0) -> int:
         """Finish what is due (bounded by `timeout`), then stop. Rows left are not lost: the next start takes them.
@@ -212,7 +220,13 @@ class SqlInProcessBus:
             self._wake_dispatcher()
             self._thread.join(5.0)
             self._thread = None
+        if self._housekeeping is not None:
+            self._housekeeping.stop(wait=5.0)
+            self._housekeeping = None
         return self.backlog()
+
+    def _tidy(self) -> None:
+        self.store.housekeeping(time.time() - self.settings.inbox_ttl)
 
     def backlog(self, due_only: bool = False) -> int:
         query = select(func.count()).select_from(deliveries)

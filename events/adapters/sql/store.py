@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import sqlalchemy.exc
 from sqlalchemy import BindParameter, Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -175,7 +176,10 @@ class SqlStore:
         autovacuum does them (PostgreSQL, `TableUpkeep`)."""
         self.purge_inbox(inbox_older_than)
         if self.upkeep is not None:
-            self.upkeep()
+            try:
+                self.upkeep()
+            except sqlalchemy.exc.DBAPIError as exc:  # never the relay's pass: the next one tries again
+                log.warning("table upkeep: %r (next pass tries again)", exc)
 
     def read(self, statement: Compiled, values: dict[str, Any], connection: Connection | None) -> Any:
         """The first row of a query, inside `connection`'s transaction or on a reading connection of its own."""
