@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,9 +172,11 @@ class Wiring:
 
 
 def bootstrap(settings: BusSettings | None = None, stores: StoreSettings | None = None,
-              single_connection: bool = False) -> Wiring:
+              single_connection: bool = False, services: Collection[str] | None = None) -> Wiring:
     """Stores, broker and dead letters as `settings` and `StoreSettings` say; SQL databases are migrated to the
     current schema first (safe from several processes at once: see events/adapters/sql/migrate.py).
+    `services`: the only services whose stores this process opens (a service's worker or API: its own, so it holds
+    no connection to another service's database); None: every service's (the tools that look across them).
     `single_connection`: Redis clients of one connection each (`redis_client`), and SQL stores whose threads keep a
     connection each (`driver.Connections`), for a process that uses them from one thread at a time, mostly (a solo
     worker)."""
@@ -202,7 +204,7 @@ def bootstrap(settings: BusSettings | None = None, stores: StoreSettings | None 
                     keys=keys, publishers=publishers(), _closers=closers)
     built: dict[str, tuple[Store, DeadLetters, OutboxSender | None, Engines | None]] = {}
     urls = stores or StoreSettings()
-    for name in SERVICES:
+    for name in SERVICES if services is None else services:
         url = urls.url_for(name, settings.var_dir)
         if url not in built:
             if url == BESIDE_THE_BROKER or (url == settings.redis_url and redis_broker is not None):
@@ -306,7 +308,7 @@ def bootstrap_worker(service: str, settings: BusSettings | None = None, node: st
     configure_tracing(service)
     node = node or f"{spec.name}@{socket.gethostname()}"
     declare_topology(settings, [spec])
-    wiring = bootstrap(settings, single_connection=settings.worker_pool == "solo")
+    wiring = bootstrap(settings, single_connection=settings.worker_pool == "solo", services=[service])
     require_keys(wiring, [service])
     fault = failpoint(wiring.redis, spec.name, settings) if settings.fault_injection else None
     if fault is not None:
@@ -387,7 +389,7 @@ def bootstrap_api(service: str, settings: BusSettings | None = None) -> FastAPI:
     settings = settings or BusSettings()
     configure_tracing(service)
     declare_topology(settings)
-    wiring = bootstrap(settings)
+    wiring = bootstrap(settings, services=[service])
     require_keys(wiring, [service])
     Periodic(f"relay-{service}", max(0.5, settings.redeliver_after / 4), wiring.relay(service), UNAVAILABLE).start()
     edge = edge_of(wiring.keys, readiness(wiring, service))

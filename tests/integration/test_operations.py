@@ -33,6 +33,7 @@ from shop.bootstrap import (
     answers,
     bootstrap_api,
     bootstrap_monolith,
+    bootstrap_worker,
     declare_topology,
     readiness,
     ready_when,
@@ -248,3 +249,20 @@ def test_piped_shop_status_shows_whole_service_names(state: dict[str, Any]) -> N
         assert f" {name} " in result.stdout, name
     rows = {line.split()[1]: line for line in result.stdout.splitlines() if line.startswith("│")}
     assert rows["payment_service"].split("│")[-3].strip() == "1", "the dead letter, in its column"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a service's processes open its own database only
+# ---------------------------------------------------------------------------------------------------------------------
+def test_a_services_worker_and_api_open_their_own_store_only(redis_url: str, no_relay_thread: None, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_DATABASE_URL", f"sqlite:///{tmp_path}/{{service}}.sqlite3")
+    worker = bootstrap_worker("payment_service")
+    try:
+        assert list(worker.wiring.stores) == ["payment_service"]
+        assert sorted(path.name for path in tmp_path.glob("*.sqlite3")) == ["payment_service.sqlite3"]
+    finally:
+        worker.wiring.close()
+    TestClient(bootstrap_api("order_service"))
+    assert sorted(path.name for path in tmp_path.glob("*.sqlite3")) == ["order_service.sqlite3",
+                                                                        "payment_service.sqlite3"]
