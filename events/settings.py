@@ -87,6 +87,12 @@ class BusSettings(BaseSettings):
     def keys_path(self) -> Path:
         return self.keys_dir or self.var_dir / "keys"
 
+    @property
+    def relay_interval(self) -> float:
+        """Seconds between two passes of a relay (and of a store's housekeeping): a quarter of `redeliver_after`, so
+        what is due is sent again soon after it is due, at least half a second."""
+        return max(0.5, self.redeliver_after / 4)
+
 
 BESIDE_THE_BROKER = "redis"
 """A store URL meaning "the Redis store in REDIS_URL", whose commit script pushes the messages itself."""

@@ -320,7 +320,6 @@ def bootstrap_worker(service: str, settings: BusSettings | None = None, node: st
         **({"failpoint": fault} if fault else {}),
     )
     hooks: BrokerHooks
-    relay_interval = max(0.5, settings.redeliver_after / 4)
     background: list[Periodic | MetricsFlusher] = []
     store_relay = wiring.relay(service)
     if broker_is_amqp(settings):
@@ -332,7 +331,7 @@ def bootstrap_worker(service: str, settings: BusSettings | None = None, node: st
             store_relay()
             amqp_broker.move_dead_letters(spec, wiring.dead_letters.of(service).add)
 
-        background.append(Periodic(f"relay-{service}", relay_interval, relay, UNAVAILABLE))
+        background.append(Periodic(f"relay-{service}", settings.relay_interval, relay, UNAVAILABLE))
     else:
         hooks = RedisWorkerHooks(spec, settings, wiring.redis, node)
         queue_relay = QueueRelay(spec.queue, wiring.redis, settings)
@@ -341,7 +340,7 @@ def bootstrap_worker(service: str, settings: BusSettings | None = None, node: st
             queue_relay.sweep()
             store_relay()
 
-        background.append(Periodic(f"relay-{service}", relay_interval, relay_both, UNAVAILABLE))
+        background.append(Periodic(f"relay-{service}", settings.relay_interval, relay_both, UNAVAILABLE))
         if fault:
             kombu_channel.after_take = lambda queue, item: fault("after_take", queue, hashlib.sha1(item).hexdigest())
         store = wiring.stores.get(service)
@@ -391,7 +390,7 @@ def bootstrap_api(service: str, settings: BusSettings | None = None) -> FastAPI:
     declare_topology(settings)
     wiring = bootstrap(settings, services=[service])
     require_keys(wiring, [service])
-    Periodic(f"relay-{service}", max(0.5, settings.redeliver_after / 4), wiring.relay(service), UNAVAILABLE).start()
+    Periodic(f"relay-{service}", settings.relay_interval, wiring.relay(service), UNAVAILABLE).start()
     edge = edge_of(wiring.keys, readiness(wiring, service))
     if service == "user_service":
         admin = AdminSettings()

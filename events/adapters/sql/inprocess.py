@@ -205,7 +205,7 @@ class SqlInProcessBus:
             self._thread = threading.Thread(target=self._dispatch_forever, name="event-dispatcher", daemon=True)
             self._thread.start()
             self._housekeeping = Periodic(
-                "monolith-housekeeping", max(0.5, self.settings.redeliver_after / 4), self._tidy,
+                "monolith-housekeeping", self.settings.relay_interval, self._tidy,
                 (sqlalchemy.exc.DBAPIError,)).start()
 
     def stop(self, timeout: float = 10.0) -> int:
